@@ -1,0 +1,481 @@
+"""A real single-node Apache Kafka broker (KRaft) run from jars that Maven resolves.
+
+No Docker and no downloaded tarball: `infra/kafka/pom.xml` lists the broker's jars, Maven
+Central provides them once into a cache outside the git tree, and `LocalKafka` runs
+`kafka.Kafka` on free loopback ports with its data in a work directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import base64
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Self
+
+from aiokafka.admin import AIOKafkaAdminClient
+
+from devinfra._util import (
+    LOCALHOST,
+    InfraError,
+    cache_root,
+    free_ports,
+    port_accepts,
+    port_is_free,
+    repo_root,
+    run_coroutine_blocking,
+    tail,
+)
+
+__all__ = ["KafkaStartError", "LocalKafka", "kafka_infra_dir", "resolve_jars"]
+
+log = logging.getLogger(__name__)
+
+_MARKER = ".resolved"
+_MVN_TIMEOUT_S = 20 * 60
+_JAR_RE = re.compile(r"^kafka_2\.13-(?P<version>.+)\.jar$")
+
+
+class KafkaStartError(InfraError):
+    """The local broker could not be prepared or did not come up."""
+
+
+def kafka_infra_dir() -> Path:
+    """`infra/kafka` of this checkout (pom.xml and log4j2.xml)."""
+    path = repo_root() / "infra" / "kafka"
+    if not (path / "pom.xml").is_file():
+        raise KafkaStartError(
+            f"{path / 'pom.xml'} not found: devinfra must run from a checkout of the repo "
+            "(an editable install), since the broker's jars are listed there"
+        )
+    return path
+
+
+def _pom_kafka_version(pom: Path) -> str:
+    match = re.search(r"<kafka\.version>\s*([^<\s]+)\s*</kafka\.version>", pom.read_text())
+    if match is None:
+        raise KafkaStartError(f"no <kafka.version> property in {pom}")
+    return match.group(1)
+
+
+def resolve_jars() -> Path:
+    """Directory holding the broker's jars, resolving them with Maven on first use.
+
+    The cache is `<cache root>/kafka-<version>/libs` (see `devinfra._util.cache_root`). A
+    marker file records the sha256 of the pom it was built from: while it matches, this
+    returns at once without running Maven; an edited pom re-resolves. A file lock makes
+    concurrent first calls (e.g. parallel test processes) resolve only once.
+    """
+    pom = kafka_infra_dir() / "pom.xml"
+    digest = hashlib.sha256(pom.read_bytes()).hexdigest()
+    cache = cache_root() / f"kafka-{_pom_kafka_version(pom)}"
+    libs = cache / "libs"
+    marker = cache / _MARKER
+
+    def complete() -> bool:
+        try:
+            return marker.read_text().strip() == digest and libs.is_dir()
+        except OSError:
+            return False
+
+    if complete():
+        return libs
+
+    cache.mkdir(parents=True, exist_ok=True)
+    with (cache / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if complete():
+            return libs
+        mvn = shutil.which("mvn")
+        if mvn is None:
+            raise KafkaStartError("Maven (mvn) is needed once to fetch the Kafka jars; not on PATH")
+        staging = cache / f"libs.tmp-{os.getpid()}"
+        shutil.rmtree(staging, ignore_errors=True)
+        cmd = [
+            mvn, "-q", "-B", "-Dstyle.color=never", "-f", str(pom),
+            "dependency:copy-dependencies", f"-DoutputDirectory={staging}",
+        ]  # fmt: skip
+        log.info("Resolving Kafka jars with Maven into %s (one-time)", libs)
+        started = time.monotonic()
+        try:
+            proc = subprocess.run(
+                cmd, capture_output=True, text=True, timeout=_MVN_TIMEOUT_S, check=False
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise KafkaStartError(f"Maven did not finish within {_MVN_TIMEOUT_S} s") from exc
+        if proc.returncode != 0 or not any(staging.glob("kafka_2.13-*.jar")):
+            shutil.rmtree(staging, ignore_errors=True)
+            output = (proc.stdout + proc.stderr)[-4000:]
+            raise KafkaStartError(f"Maven failed to resolve the Kafka jars:\n{output}")
+        shutil.rmtree(libs, ignore_errors=True)
+        staging.rename(libs)
+        marker.write_text(digest + "\n")
+        log.info("Kafka jars resolved in %.1f s", time.monotonic() - started)
+    return libs
+
+
+def _java() -> str:
+    java_home = os.environ.get("JAVA_HOME")
+    if java_home and (Path(java_home) / "bin" / "java").is_file():
+        return str(Path(java_home) / "bin" / "java")
+    java = shutil.which("java")
+    if java is None:
+        raise KafkaStartError("Java 17+ is needed to run the local Kafka broker; not on PATH")
+    return java
+
+
+def _random_cluster_id() -> str:
+    """Kafka's cluster-id format: a base64url UUID without padding.
+
+    One that starts with '-' would be read as an option by the storage tool, so skip those
+    (Kafka's own Uuid.randomUuid does the same).
+    """
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cid.startswith("-"):
+            return cid
+
+
+async def _broker_ready(bootstrap: str) -> bool:
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap, client_id="devinfra-probe", request_timeout_ms=5000
+    )
+    try:
+        await admin.start()
+        cluster = await admin.describe_cluster()
+        return bool(cluster.get("brokers"))
+    finally:
+        await admin.close()
+
+
+class LocalKafka:
+    """A single-node KRaft broker+controller on 127.0.0.1, run as a child JVM.
+
+    Ports and data directory stay fixed for the life of the object, so `restart()` (and
+    `kill()` + `start()`) bring the same cluster back with its data, as a broker restart in
+    production would. Without `workdir` a temporary directory is used and removed when the
+    context manager exits.
+    """
+
+    def __init__(
+        self,
+        workdir: Path | None = None,
+        *,
+        port: int | None = None,
+        controller_port: int | None = None,
+        startup_timeout: float = 90.0,
+    ) -> None:
+        self._owns_workdir = workdir is None
+        self.workdir = (
+            Path(tempfile.mkdtemp(prefix="local-kafka-")) if workdir is None else workdir
+        ).resolve()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.startup_timeout = startup_timeout
+        self.port, self.controller_port = self._choose_ports(port, controller_port)
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._out: IO[bytes] | None = None
+        self._libs: Path | None = None
+        self._atexit_registered = False
+
+    # -- paths ---------------------------------------------------------------------------
+    @property
+    def data_dir(self) -> Path:
+        return self.workdir / "data"
+
+    @property
+    def properties_file(self) -> Path:
+        return self.workdir / "server.properties"
+
+    @property
+    def log_file(self) -> Path:
+        """The broker's log4j2 INFO log."""
+        return self.workdir / "logs" / "server.log"
+
+    @property
+    def console_file(self) -> Path:
+        """JVM stdout/stderr: WARN+ log lines and anything printed before log4j2 starts."""
+        return self.workdir / "kafka.out"
+
+    # -- public API ----------------------------------------------------------------------
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"{LOCALHOST}:{self.port}"
+
+    @property
+    def version(self) -> str:
+        """Kafka version, read from the name of the kafka_2.13 jar in use."""
+        for jar in self._jars().iterdir():
+            match = _JAR_RE.match(jar.name)
+            if match:
+                return match.group("version")
+        raise KafkaStartError(f"no kafka_2.13-*.jar in {self._jars()}")
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        """PID of the broker JVM while it runs."""
+        proc = self._proc
+        return proc.pid if proc is not None and proc.poll() is None else None
+
+    def start(self) -> str:
+        """Start the broker (formatting storage on first use); returns the bootstrap address."""
+        if self.running:
+            return self.bootstrap_servers
+        self._jars()  # a first-ever Maven resolve should not eat into the startup timeout
+        started = time.monotonic()
+        self._write_properties()
+        if not (self.data_dir / "meta.properties").exists():
+            self._format()
+        self._spawn()
+        self._wait_ready(started + self.startup_timeout)
+        log.info(
+            "Local Kafka %s ready at %s in %.1f s (workdir %s)",
+            self.version, self.bootstrap_servers, time.monotonic() - started, self.workdir,
+        )  # fmt: skip
+        return self.bootstrap_servers
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Controlled shutdown (SIGTERM); SIGKILL if it takes longer than `timeout`."""
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            self._signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                log.warning("Kafka did not stop within %.0f s; killing it", timeout)
+                self._signal(signal.SIGKILL)
+                proc.wait()
+        self._reap()
+
+    def kill(self) -> None:
+        """SIGKILL the broker, as in a crash; data stays for a later `start()`."""
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            self._signal(signal.SIGKILL)
+            proc.wait()
+        self._reap()
+
+    def restart(self) -> str:
+        """Stop and start again on the same ports and data directory."""
+        self.stop()
+        return self.start()
+
+    # Async variants for fault tests whose clients run on the caller's event loop: the
+    # blocking work happens in a thread so those clients keep running meanwhile.
+    async def astart(self) -> str:
+        return await asyncio.to_thread(self.start)
+
+    async def astop(self) -> None:
+        await asyncio.to_thread(self.stop)
+
+    async def akill(self) -> None:
+        await asyncio.to_thread(self.kill)
+
+    async def arestart(self) -> str:
+        return await asyncio.to_thread(self.restart)
+
+    def close(self) -> None:
+        """Stop, and remove the work directory if this object created it."""
+        self.stop()
+        if self._atexit_registered:
+            atexit.unregister(self._atexit_stop)
+            self._atexit_registered = False
+        if self._owns_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> Self:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return f"LocalKafka({self.bootstrap_servers}, {state}, workdir={self.workdir})"
+
+    # -- internals -----------------------------------------------------------------------
+    def _choose_ports(self, port: int | None, controller_port: int | None) -> tuple[int, int]:
+        """Explicit ports win; else the ones a previous run in this workdir used, if free
+        (a reused data dir then keeps its controller endpoint); else fresh free ports."""
+        saved = self.workdir / "ports.json"
+        if port is None and controller_port is None and saved.exists():
+            with contextlib.suppress(ValueError, KeyError, OSError):
+                old = json.loads(saved.read_text())
+                p, c = int(old["port"]), int(old["controller_port"])
+                if port_is_free(p) and port_is_free(c):
+                    return p, c
+        fresh = iter(free_ports(2))
+        chosen = (
+            port if port is not None else next(fresh),
+            controller_port if controller_port is not None else next(fresh),
+        )
+        if chosen[0] == chosen[1]:
+            raise KafkaStartError(f"broker and controller port must differ (both {chosen[0]})")
+        saved.write_text(json.dumps({"port": chosen[0], "controller_port": chosen[1]}))
+        return chosen
+
+    def _jars(self) -> Path:
+        if self._libs is None:
+            self._libs = resolve_jars()
+        return self._libs
+
+    def _java_cmd(self, *jvm_opts: str) -> list[str]:
+        return [
+            _java(),
+            *jvm_opts,
+            "-Djava.awt.headless=true",
+            f"-Dkafka.logs.dir={self.workdir / 'logs'}",
+            f"-Dlog4j2.configurationFile={kafka_infra_dir() / 'log4j2.xml'}",
+            "-cp",
+            f"{self._jars()}/*",
+        ]
+
+    def _write_properties(self) -> None:
+        props = {
+            "process.roles": "broker,controller",
+            "node.id": "1",
+            "listeners": f"PLAINTEXT://{LOCALHOST}:{self.port},"
+            f"CONTROLLER://{LOCALHOST}:{self.controller_port}",
+            "advertised.listeners": f"PLAINTEXT://{LOCALHOST}:{self.port}",
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "controller.quorum.bootstrap.servers": f"{LOCALHOST}:{self.controller_port}",
+            "log.dirs": str(self.data_dir),
+            # Topics are created explicitly by the services, as in production.
+            "auto.create.topics.enable": "false",
+            "num.partitions": "3",
+            "default.replication.factor": "1",
+            "min.insync.replicas": "1",
+            # Internal topics: one replica; fewer partitions than the default 50 so the
+            # first consumer group / transaction does not wait for 50 partitions to load.
+            "offsets.topic.replication.factor": "1",
+            "offsets.topic.num.partitions": "3",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "transaction.state.log.num.partitions": "3",
+            "share.coordinator.state.topic.replication.factor": "1",
+            "share.coordinator.state.topic.min.isr": "1",
+            "group.initial.rebalance.delay.ms": "0",
+            # After a kill -9 the restarted broker must wait until its old registration's
+            # session expires (default 9 s); a shorter session makes crash tests quicker.
+            "broker.session.timeout.ms": "4000",
+            "broker.heartbeat.interval.ms": "1000",
+            # Compacted topics need the cleaner; a small dedupe buffer suits a 512 MB heap.
+            "log.cleaner.enable": "true",
+            "log.cleaner.threads": "1",
+            "log.cleaner.dedupe.buffer.size": str(8 * 1024 * 1024),
+            "log.segment.bytes": str(16 * 1024 * 1024),
+            "log.retention.hours": "24",
+            # Two cores: keep the thread pools small.
+            "num.network.threads": "2",
+            "num.io.threads": "4",
+            "background.threads": "4",
+        }
+        text = "# Written by devinfra.kafka.LocalKafka; rewritten on every start.\n"
+        text += "".join(f"{key}={value}\n" for key, value in props.items())
+        self.properties_file.write_text(text)
+
+    def _format(self) -> None:
+        cmd = [
+            *self._java_cmd("-Xmx256m"),
+            "kafka.tools.StorageTool", "format", "--standalone",
+            "-t", _random_cluster_id(), "-c", str(self.properties_file),
+        ]  # fmt: skip
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+        if proc.returncode != 0:
+            raise KafkaStartError(
+                f"formatting Kafka storage in {self.data_dir} failed:\n"
+                f"{proc.stdout}{proc.stderr}\n{tail(self.log_file)}"
+            )
+
+    def _spawn(self) -> None:
+        cmd = [
+            *self._java_cmd("-Xms256m", "-Xmx512m", "-XX:+ExitOnOutOfMemoryError"),
+            "kafka.Kafka",
+            str(self.properties_file),
+        ]
+        self._out = self.console_file.open("ab")
+        self._out.write(f"\n--- devinfra: starting broker at {time.ctime()} ---\n".encode())
+        self._out.flush()
+        # Own process group: Ctrl+C in a terminal reaches only us, and we stop the JVM in order.
+        self._proc = subprocess.Popen(
+            cmd,
+            cwd=self.workdir,
+            stdin=subprocess.DEVNULL,
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        if not self._atexit_registered:
+            atexit.register(self._atexit_stop)
+            self._atexit_registered = True
+
+    def _wait_ready(self, deadline: float) -> None:
+        while True:
+            proc = self._proc
+            if proc is None or proc.poll() is not None:
+                code = None if proc is None else proc.returncode
+                self._reap()
+                raise KafkaStartError(
+                    f"Kafka broker exited during startup (exit code {code}).\n"
+                    f"--- {self.console_file} ---\n{tail(self.console_file)}\n"
+                    f"--- {self.log_file} ---\n{tail(self.log_file)}"
+                )
+            if port_accepts(self.port):
+                try:
+                    if run_coroutine_blocking(lambda: _broker_ready(self.bootstrap_servers)):
+                        return
+                except Exception as exc:
+                    log.debug("Kafka not ready yet: %r", exc)
+            if time.monotonic() > deadline:
+                self.kill()
+                raise KafkaStartError(
+                    f"Kafka broker did not answer on {self.bootstrap_servers} within "
+                    f"{self.startup_timeout:.0f} s; killed it.\n"
+                    f"--- {self.log_file} ---\n{tail(self.log_file)}"
+                )
+            time.sleep(0.25)
+
+    def _signal(self, sig: signal.Signals) -> None:
+        assert self._proc is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self._proc.pid, sig)
+
+    def _reap(self) -> None:
+        self._proc = None
+        if self._out is not None:
+            self._out.close()
+            self._out = None
+
+    def _atexit_stop(self) -> None:
+        """Never leave an orphaned JVM holding the ports when the caller forgot to stop."""
+        if self.running:
+            self.stop(timeout=10.0)

@@ -1,0 +1,85 @@
+"""Tiny JSON-over-ASGI helpers for the services' operational and read routes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+MAX_BODY_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Request:
+    method: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body or b"null")
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    body: bytes
+    content_type: str = "application/json"
+
+    @classmethod
+    def json(cls, status: int, payload: Any) -> Response:
+        return cls(status, json.dumps(payload, ensure_ascii=False, default=str).encode())
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+async def _read_body(receive: Receive) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise BodyTooLarge
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def route(
+    handler: Callable[[Request], Awaitable[Response]], *, methods: tuple[str, ...] = ("GET",)
+) -> ASGIApp:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["method"] not in methods:
+            response = Response.json(405, {"error": "method not allowed"})
+        else:
+            try:
+                body = await _read_body(receive)
+            except BodyTooLarge:
+                response = Response.json(413, {"error": "request body too large"})
+            else:
+                query = {
+                    k: v[0] for k, v in parse_qs(scope.get("query_string", b"").decode()).items()
+                }
+                headers = {k.decode().lower(): v.decode() for k, v in scope.get("headers", [])}
+                response = await handler(Request(scope["method"], query, headers, body))
+        await send(
+            {
+                "type": "http.response.start",
+                "status": response.status,
+                "headers": [(b"content-type", response.content_type.encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": response.body})
+
+    return app

@@ -1,0 +1,135 @@
+"""Kafka plumbing shared by both services: security, the FastStream broker, topics.
+
+FastStream's defaults are wrong for us, so every choice is made here on purpose:
+- topics are never auto-created (a typo must fail loudly, and partition counts and
+  the compacted export topic are chosen explicitly by `ensure_topics`);
+- producers are idempotent with acks=all, so a retried send never duplicates or drops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+from faststream.kafka import KafkaBroker
+from faststream.kafka.security import parse_security
+from faststream.security import (
+    BaseSecurity,
+    SASLPlaintext,
+    SASLScram256,
+    SASLScram512,
+)
+
+from services.common.settings import KafkaSettings, TopicSettings
+
+log = logging.getLogger(__name__)
+
+
+def build_security(settings: KafkaSettings) -> BaseSecurity | None:
+    """SASL/SSL from settings; None for PLAINTEXT."""
+    protocol = settings.security_protocol.upper()
+    if protocol == "PLAINTEXT":
+        return None
+    use_ssl = protocol in ("SSL", "SASL_SSL")
+    context: ssl.SSLContext | None = None
+    if use_ssl:
+        context = ssl.create_default_context(cafile=settings.ssl_cafile)
+        if settings.ssl_certfile:
+            context.load_cert_chain(settings.ssl_certfile, settings.ssl_keyfile)
+    if protocol == "SSL":
+        return BaseSecurity(ssl_context=context, use_ssl=True)
+    password = settings.sasl_password.get_secret_value() if settings.sasl_password else ""
+    username = settings.sasl_username or ""
+    mechanism = (settings.sasl_mechanism or "PLAIN").upper()
+    classes: dict[str, type[SASLPlaintext] | type[SASLScram256] | type[SASLScram512]] = {
+        "PLAIN": SASLPlaintext,
+        "SCRAM-SHA-256": SASLScram256,
+        "SCRAM-SHA-512": SASLScram512,
+    }
+    if mechanism not in classes:
+        raise ValueError(f"unsupported KAFKA_SASL_MECHANISM {mechanism!r}")
+    return classes[mechanism](username, password, ssl_context=context, use_ssl=use_ssl)
+
+
+def client_kwargs(settings: KafkaSettings) -> dict[str, Any]:
+    """Connection kwargs for raw aiokafka clients (producer, admin)."""
+    kwargs: dict[str, Any] = {"bootstrap_servers": settings.bootstrap_servers}
+    security = build_security(settings)
+    if security is not None:
+        kwargs.update(parse_security(security))
+    return kwargs
+
+
+def build_broker(settings: KafkaSettings, *, client_id: str) -> KafkaBroker:
+    return KafkaBroker(
+        settings.bootstrap_servers,
+        client_id=client_id,
+        security=build_security(settings),
+        allow_auto_create_topics=False,
+        enable_idempotence=True,
+        acks="all",
+        max_request_size=settings.max_message_bytes,
+    )
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    config: dict[str, str]
+
+
+def topic_specs(topics: TopicSettings, kafka: KafkaSettings) -> list[TopicSpec]:
+    inbound = kafka.inbound_partitions
+    return [
+        TopicSpec(topics.bookings, inbound, {}),
+        TopicSpec(topics.started, inbound, {}),
+        TopicSpec(topics.commands, inbound, {}),
+        TopicSpec(topics.prompts, inbound, {}),
+        TopicSpec(topics.events, inbound, {}),
+        # Compacted: the last value per key is the current state of that record.
+        TopicSpec(
+            topics.export,
+            inbound,
+            {"cleanup.policy": "compact", "min.compaction.lag.ms": "0"},
+        ),
+        TopicSpec(topics.dlq, 3, {"retention.ms": str(30 * 24 * 3600 * 1000)}),
+    ]
+
+
+async def ensure_topics(topics: TopicSettings, kafka: KafkaSettings) -> None:
+    """Create the topics the services use, if missing. Existing topics are left alone."""
+    admin = AIOKafkaAdminClient(**client_kwargs(kafka))
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [
+            NewTopic(
+                name=spec.name,
+                num_partitions=spec.partitions,
+                replication_factor=kafka.replication_factor,
+                topic_configs=spec.config,
+            )
+            for spec in topic_specs(topics, kafka)
+            if spec.name not in existing
+        ]
+        if missing:
+            try:
+                await admin.create_topics(missing)
+            except TopicAlreadyExistsError:
+                pass  # another process created them first
+            log.info("created topics %s", [t.name for t in missing])
+        # Metadata for new topics propagates asynchronously; wait until they are visible.
+        wanted = {spec.name for spec in topic_specs(topics, kafka)}
+        for _ in range(100):
+            if wanted <= set(await admin.list_topics()):
+                return
+            await asyncio.sleep(0.1)
+        raise RuntimeError(f"topics not visible after creation: {wanted}")
+    finally:
+        await admin.close()

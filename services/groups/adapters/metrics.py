@@ -1,0 +1,32 @@
+"""Prometheus metrics of the groups service (served at /metrics)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class GroupsMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.records = Counter(
+            "groups_records_total", "Inbound records by outcome", ["outcome"], registry=r
+        )
+        self.batches = Histogram(
+            "groups_batch_seconds",
+            "Time from batch received to transaction committed",
+            registry=r,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
+        self.batch_retries = Counter(
+            "groups_batch_retries_total",
+            "Batch transactions retried after an error",
+            ["error"],
+            registry=r,
+        )
+        self.published = Counter(
+            "groups_outbox_published_total", "Outbox records published to Kafka", registry=r
+        )
+        self.relay_leader = Gauge(
+            "groups_outbox_relay_leader", "1 when this process's relay is publishing", registry=r
+        )

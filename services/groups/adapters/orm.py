@@ -1,0 +1,191 @@
+"""Table definitions of the groups service (SQLAlchemy Core).
+
+The Alembic migrations in `migrations/` create exactly these tables; a test
+compares the two.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Date,
+    DateTime,
+    ForeignKey,
+    Identity,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+
+metadata = MetaData()
+
+catalog_groups = Table(
+    "catalog_groups",
+    metadata,
+    Column("code", String(64), primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("valid_from", Date, nullable=False),
+    Column("valid_to", Date),
+    Column("position", Integer, nullable=False),
+    Column("catalog_version", String(64), nullable=False),
+)
+
+catalog_subgroups = Table(
+    "catalog_subgroups",
+    metadata,
+    Column("group_code", String(64), ForeignKey("catalog_groups.code"), primary_key=True),
+    Column("code", String(64), primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("valid_from", Date, nullable=False),
+    Column("valid_to", Date),
+    Column("position", Integer, nullable=False),
+    Column("rule", JSONB),
+)
+
+customers = Table(
+    "customers",
+    metadata,
+    Column("personnummer", String(12), primary_key=True),
+    Column("first_name", Text),
+    Column("last_name", Text),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+memberships = Table(
+    "memberships",
+    metadata,
+    Column("membership_id", UUID(as_uuid=False), primary_key=True),
+    Column("personnummer", String(12), ForeignKey("customers.personnummer"), nullable=False),
+    Column("group_code", String(64), nullable=False),
+    Column("subgroup_code", String(64)),
+    Column("reference_code", String(64)),
+    Column("valid_from", Date, nullable=False),
+    Column("valid_to", Date),
+    Column("version", Integer, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("updated_by_user", Text, nullable=False),
+    Column("updated_by_unit", Text, nullable=False),
+    Index("ix_memberships_personnummer", "personnummer"),
+    # The database backs ALREADY_ACTIVE: one active membership per customer and group.
+    Index(
+        "ux_memberships_one_active_per_group",
+        "personnummer",
+        "group_code",
+        unique=True,
+        postgresql_where=text("valid_to IS NULL"),
+    ),
+    Index("ix_memberships_updated_at", "updated_at"),
+)
+
+bookings = Table(
+    "bookings",
+    metadata,
+    Column("booking_id", String(128), primary_key=True),
+    Column("unit_id", String(128), nullable=False),
+    Column("personnummer", String(12), ForeignKey("customers.personnummer"), nullable=False),
+    Column("start_time", DateTime(timezone=True), nullable=False),
+    Column("vaccine_code", String(64)),
+    Column("vaccine_name", Text),
+    Column("dose", Integer),
+    Column("requested_group_code", String(64)),
+    Column("requested_subgroup_code", String(64)),
+    Column("status", String(16), nullable=False),  # booked | cancelled
+    Column("source_event_time", DateTime(timezone=True)),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Index("ix_bookings_personnummer", "personnummer"),
+)
+
+prompts = Table(
+    "prompts",
+    metadata,
+    Column("prompt_id", UUID(as_uuid=False), primary_key=True),
+    Column("vaccination_id", String(128), nullable=False, unique=True),
+    Column("personnummer", String(12), ForeignKey("customers.personnummer"), nullable=False),
+    Column("unit_id", String(128), nullable=False),
+    Column("user_id", String(128), nullable=False),
+    Column("booking_id", String(128)),
+    Column("vaccine_code", String(64)),
+    # The exact event sent, so a redelivered start re-sends the very same prompt.
+    Column("event", LargeBinary, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("closed_at", DateTime(timezone=True)),
+)
+
+vaccination_confirmations = Table(
+    "vaccination_confirmations",
+    metadata,
+    Column("vaccination_id", String(128), primary_key=True),
+    Column("prompt_id", UUID(as_uuid=False), ForeignKey("prompts.prompt_id"), nullable=False),
+    Column("personnummer", String(12), nullable=False),
+    Column("unit_id", String(128), nullable=False),
+    Column("user_id", String(128), nullable=False),
+    Column("command_id", String(256), nullable=False),
+    Column("memberships", JSONB, nullable=False),
+    Column("confirmed_at", DateTime(timezone=True), nullable=False),
+    Column("version", Integer, nullable=False),
+    Index("ix_vaccination_confirmations_confirmed_at", "confirmed_at"),
+)
+
+# Idempotency: ids of events already applied, written in the same transaction as
+# their effect, so a redelivered record changes nothing.
+inbox = Table(
+    "inbox",
+    metadata,
+    Column("topic", String(249), primary_key=True),
+    Column("event_id", String(1024), primary_key=True),
+    Column("processed_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+# Transactional outbox: every outgoing record is written with the state change that
+# caused it; the relay publishes in id order and deletes what the broker acknowledged.
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("id", BigInteger, Identity(always=True), primary_key=True),
+    Column("topic", String(249), nullable=False),
+    Column("key", LargeBinary),
+    Column("value", LargeBinary),
+    Column("headers", JSONB, nullable=False, server_default=text("'[]'::jsonb")),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+dead_letters = Table(
+    "dead_letters",
+    metadata,
+    Column("id", BigInteger, Identity(always=True), primary_key=True),
+    Column("source_topic", String(249), nullable=False),
+    Column("source_partition", Integer, nullable=False),
+    Column("source_offset", BigInteger, nullable=False),
+    Column("key", LargeBinary),
+    Column("value", LargeBinary),
+    Column("headers", JSONB, nullable=False),
+    Column("error_code", String(64), nullable=False),
+    Column("error_message", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("replayed_at", DateTime(timezone=True)),
+)
+
+# PDL (patientdatalagen) access log: every change and every read of a customer's groups.
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", BigInteger, Identity(always=True), primary_key=True),
+    Column("at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("action", String(64), nullable=False),
+    Column("user_id", String(128), nullable=False),
+    Column("unit_id", String(128), nullable=False),
+    Column("personnummer", String(12), nullable=False),
+    Column("membership_id", UUID(as_uuid=False)),
+    Column("detail", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Index("ix_audit_log_personnummer_at", "personnummer", "at"),
+)

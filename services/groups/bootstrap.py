@@ -1,0 +1,177 @@
+"""Wires the groups service once: settings -> engine, catalog, handlers, relay, broker."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from faststream.kafka import KafkaBroker
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.common.db import create_engine
+from services.common.kafka import build_broker, client_kwargs, ensure_topics
+from services.common.settings import (
+    AppSettings,
+    DatabaseSettings,
+    GroupsSettings,
+    KafkaSettings,
+    TopicSettings,
+)
+from services.groups.adapters import migrate
+from services.groups.adapters.metrics import GroupsMetrics
+from services.groups.adapters.outbox_relay import OutboxRelay
+from services.groups.catalog import default_catalog_path
+from services.groups.domain.catalog import Catalog
+from services.groups.service_layer.handlers import (
+    Authorization,
+    CatalogHolder,
+    Clock,
+    GroupsHandlers,
+)
+from services.groups.service_layer.inbound import BatchOutcome, InboundProcessor, Route, Routes
+from services.groups.service_layer.unit_of_work import UnitOfWork
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = "groups-service"
+
+
+def _personnummer_of(data: Any) -> str | None:
+    if not isinstance(data, dict):
+        return None
+    value = data.get("personnummer")
+    if value is None and isinstance(data.get("customer"), dict):
+        value = data["customer"].get("personnummer")
+    return value[:32] if isinstance(value, str) else None
+
+
+def _no_subject(_data: Any) -> str | None:
+    return None
+
+
+def read_catalog_file(path: Path) -> Catalog:
+    return Catalog.from_dict(json.loads(path.read_text(encoding="utf-8")))
+
+
+@dataclass
+class GroupsSettingsBundle:
+    app: AppSettings = field(default_factory=AppSettings)
+    kafka: KafkaSettings = field(default_factory=KafkaSettings)
+    topics: TopicSettings = field(default_factory=TopicSettings)
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    groups: GroupsSettings = field(default_factory=GroupsSettings)
+
+
+def authorization_from(settings: GroupsSettingsBundle) -> Authorization:
+    units = settings.groups.allowed_unit_set
+    if units == frozenset({"*"}):
+        return Authorization(None)
+    if not units:
+        if not settings.app.dev_mode:
+            raise RuntimeError(
+                "GROUPS_ALLOWED_UNITS is empty; outside dev mode set it (or '*' for open)"
+            )
+        return Authorization(None)
+    return Authorization(units)
+
+
+class GroupsService:
+    """Everything the groups process runs, built from settings."""
+
+    def __init__(
+        self, settings: GroupsSettingsBundle | None = None, clock: Clock | None = None
+    ) -> None:
+        self.settings = settings or GroupsSettingsBundle()
+        s = self.settings
+        self.metrics = GroupsMetrics()
+        self.engine: AsyncEngine = create_engine(s.database)
+        self.clock = clock or Clock(s.groups.timezone)
+        catalog_path = (
+            Path(s.groups.catalog_file) if s.groups.catalog_file else (default_catalog_path())
+        )
+        self.catalog_file = catalog_path
+        self.catalog = CatalogHolder(read_catalog_file(catalog_path))
+        self.handlers = GroupsHandlers(
+            topics=s.topics,
+            catalog=self.catalog,
+            clock=self.clock,
+            authorization=authorization_from(s),
+        )
+        self.relay = OutboxRelay(
+            self.engine, self._new_producer, on_published=self.metrics.published.inc
+        )
+        self.processor = InboundProcessor(
+            self.new_uow,
+            self.routes(),
+            max_event_bytes=s.kafka.max_message_bytes,
+            after_commit=self._after_commit,
+            on_retry=self._on_retry,
+        )
+        self.broker: KafkaBroker = build_broker(s.kafka, client_id=SERVICE_NAME)
+        self.ready = False
+
+    def new_uow(self) -> UnitOfWork:
+        return UnitOfWork(self.engine, dlq_topic=self.settings.topics.dlq, service=SERVICE_NAME)
+
+    def routes(self) -> Routes:
+        h, t = self.handlers, self.settings.topics
+        return {
+            t.bookings: {
+                "booking.created": Route(h.booking_upsert, _personnummer_of),
+                "booking.updated": Route(h.booking_upsert, _personnummer_of),
+                "booking.cancelled": Route(h.booking_cancelled, _no_subject),
+            },
+            t.started: {"vaccination.started": Route(h.vaccination_started, _personnummer_of)},
+            t.commands: {
+                "customer_group.add": Route(h.add_group, _personnummer_of),
+                "customer_group.update": Route(h.update_group, _personnummer_of),
+                "customer_group.remove": Route(h.remove_group, _personnummer_of),
+                "customer_group.prompt_close": Route(h.close_prompt, _personnummer_of),
+            },
+        }
+
+    async def _new_producer(self) -> AIOKafkaProducer:
+        producer = AIOKafkaProducer(
+            **client_kwargs(self.settings.kafka),
+            client_id=f"{SERVICE_NAME}-outbox",
+            enable_idempotence=True,
+            acks="all",
+            linger_ms=2,
+            max_request_size=self.settings.kafka.max_message_bytes,
+        )
+        await producer.start()
+        return producer
+
+    def _after_commit(self, outcome: BatchOutcome) -> None:
+        m = self.metrics.records
+        m.labels("processed").inc(outcome.processed)
+        m.labels("duplicate").inc(outcome.duplicates)
+        m.labels("dead_lettered").inc(outcome.dead_lettered)
+        self.relay.wake()
+
+    def _on_retry(self, error: BaseException, _delay: float) -> None:
+        self.metrics.batch_retries.labels(type(error).__name__).inc()
+
+    async def prepare(self) -> None:
+        """Before consuming: topics, schema, catalog. Waits out a database that is not up yet."""
+        await ensure_topics(self.settings.topics, self.settings.kafka)
+        await migrate.upgrade(self.engine)
+        async with self.new_uow() as uow:
+            await uow.repo.import_catalog(self.catalog.current)
+            loaded = await uow.repo.load_catalog()
+            await uow.commit()
+        if loaded is not None:
+            self.catalog.current = loaded
+        log.info("catalog %s loaded", self.catalog.current.version)
+
+    async def start_background(self) -> None:
+        self.relay.start()
+        self.ready = True
+
+    async def stop(self) -> None:
+        self.ready = False
+        await self.relay.stop()
+        await self.engine.dispose()

@@ -1,0 +1,22 @@
+"""The groups process: FastStream consumer + outbox relay + HTTP routes in one ASGI app."""
+
+from __future__ import annotations
+
+from faststream.asgi import AsgiFastStream
+
+from services.groups.bootstrap import GroupsService
+from services.groups.entrypoints.consumer import register_consumer
+from services.groups.entrypoints.http import build_routes
+
+
+def build_app(service: GroupsService | None = None) -> AsgiFastStream:
+    service = service or GroupsService()
+    register_consumer(service.broker, service)
+    return AsgiFastStream(
+        service.broker,
+        asgi_routes=build_routes(service),
+        asyncapi_path="/asyncapi",
+        on_startup=[service.prepare],
+        after_startup=[service.start_background],
+        after_shutdown=[service.stop],
+    )

@@ -1,0 +1,64 @@
+"""The Kafka entrypoint: one batch subscriber over the three inbound topics.
+
+FastStream's defaults are replaced on purpose:
+- `AckPolicy.MANUAL`: the default (ack first) would commit before processing.
+  Offsets are committed by `msg.ack()` only after the batch's transaction committed.
+  `ack()` commits every consumed position, which is safe here because the batch is
+  everything consumed and nothing else is in flight (one batch at a time).
+- No NACK: a failed batch is retried inside `InboundProcessor.process` with backoff;
+  FastStream's NACK would re-read at once in a hot loop.
+- The raw record bytes are handed over untouched (no FastStream decoding), so a
+  poison record reaches the dead-letter topic exactly as it arrived.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from faststream import AckPolicy
+from faststream.kafka import KafkaBroker
+from faststream.kafka.annotations import KafkaMessage
+from faststream.message import StreamMessage
+
+from services.groups.adapters.outbox import SourceRecord
+from services.groups.bootstrap import GroupsService
+
+
+async def keep_raw_bytes(message: StreamMessage[Any]) -> Any:
+    return message.body
+
+
+def to_source_record(record: Any) -> SourceRecord:
+    return SourceRecord(
+        topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        key=record.key,
+        value=record.value,
+        headers=tuple((name, bytes(value or b"")) for name, value in (record.headers or ())),
+    )
+
+
+def register_consumer(broker: KafkaBroker, service: GroupsService) -> None:
+    settings = service.settings
+
+    @broker.subscriber(
+        *settings.topics.inbound,
+        group_id=settings.groups.consumer_group,
+        batch=True,
+        max_records=500,
+        batch_timeout_ms=100,
+        auto_offset_reset="earliest",
+        ack_policy=AckPolicy.MANUAL,
+        decoder=keep_raw_bytes,
+        # A database outage blocks a batch while it waits; stay in the group meanwhile.
+        max_poll_interval_ms=30 * 60 * 1000,
+        title="groups-inbound",
+        description="Bookings, vaccination starts and group commands (CONTRACT.md).",
+    )
+    async def consume_inbound(msg: KafkaMessage) -> None:
+        raw = msg.raw_message
+        records = [to_source_record(r) for r in (raw if isinstance(raw, tuple) else (raw,))]
+        with service.metrics.batches.time():
+            await service.processor.process(records)
+        await msg.ack()

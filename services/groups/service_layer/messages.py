@@ -1,0 +1,89 @@
+"""The outgoing messages' `data`, exactly as CONTRACT.md names the fields."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from services.groups.domain.catalog import Catalog, Group, Suggestion
+from services.groups.domain.errors import DomainError
+from services.groups.domain.membership import Customer, Membership
+
+EVENT_SOURCE = "/customer-groups/groups-service"
+
+ADDED = "customer_group.added"
+UPDATED = "customer_group.updated"
+REMOVED = "customer_group.removed"
+REJECTED = "customer_group.command_rejected"
+CONFIRMED = "customer_group.vaccination_groups_confirmed"
+PROMPT = "customer_group.prompt"
+
+
+def membership_view(membership: Membership, catalog: Catalog) -> dict[str, Any]:
+    group_name = membership.group_code
+    subgroup_name: str | None = None
+    try:
+        group = catalog.group(membership.group_code)
+        group_name = group.name
+        if membership.subgroup_code is not None:
+            subgroup_name = group.subgroup(membership.subgroup_code).name
+    except DomainError:
+        # A code no longer in the catalog file: keep the code visible rather than fail.
+        subgroup_name = membership.subgroup_code
+    return {
+        "membership_id": membership.membership_id,
+        "group_code": membership.group_code,
+        "group_name": group_name,
+        "subgroup_code": membership.subgroup_code,
+        "subgroup_name": subgroup_name,
+        "reference_code": membership.reference_code,
+        "valid_from": membership.valid_from.isoformat(),
+        "valid_to": membership.valid_to.isoformat() if membership.valid_to else None,
+        "status": membership.status.value,
+        "version": membership.version,
+    }
+
+
+def customer_groups_view(customer: Customer, catalog: Catalog) -> dict[str, list[dict[str, Any]]]:
+    return {
+        "active": [membership_view(m, catalog) for m in customer.active()],
+        "historical": [
+            membership_view(m, catalog)
+            for m in sorted(
+                customer.historical(), key=lambda m: m.valid_to or m.valid_from, reverse=True
+            )
+        ],
+    }
+
+
+def catalog_view(groups: tuple[Group, ...]) -> list[dict[str, Any]]:
+    return [
+        {
+            "group_code": g.code,
+            "name": g.name,
+            "subgroups": [{"subgroup_code": s.code, "name": s.name} for s in g.subgroups],
+        }
+        for g in groups
+    ]
+
+
+def suggestion_view(suggestion: Suggestion) -> dict[str, Any]:
+    return {
+        "group_code": suggestion.group_code,
+        "subgroup_code": suggestion.subgroup_code,
+        "reason": suggestion.reason,
+    }
+
+
+def actor_view(user_id: str, unit_id: str) -> dict[str, str]:
+    return {"user_id": user_id, "unit_id": unit_id}
+
+
+def rejected_data(
+    command_id: str, personnummer: str | None, reason_code: str, message: str
+) -> dict[str, Any]:
+    return {
+        "command_id": command_id,
+        "personnummer": personnummer,
+        "reason_code": reason_code,
+        "message": message,
+    }

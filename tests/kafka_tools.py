@@ -1,0 +1,106 @@
+"""Test-side Kafka helpers: produce CloudEvents and raw bytes, read topics back."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from aiokafka.structs import TopicPartition
+
+
+def cloudevent(
+    type_: str, data: Any, *, event_id: str | None = None, source: str = "/tests"
+) -> dict[str, Any]:
+    return {
+        "specversion": "1.0",
+        "id": event_id or str(uuid.uuid4()),
+        "source": source,
+        "type": type_,
+        "time": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        "datacontenttype": "application/json",
+        "data": data,
+    }
+
+
+class KafkaTestClient:
+    def __init__(self, bootstrap: str) -> None:
+        self.bootstrap = bootstrap
+        self._producer: AIOKafkaProducer | None = None
+
+    async def __aenter__(self) -> KafkaTestClient:
+        self._producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all")
+        await self._producer.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._producer is not None
+        await self._producer.stop()
+
+    async def send_raw(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> None:
+        assert self._producer is not None
+        await self._producer.send_and_wait(topic, value=value, key=key, headers=headers)
+
+    async def send_event(self, topic: str, event: dict[str, Any], key: str | None = None) -> None:
+        await self.send_raw(topic, json.dumps(event).encode(), key.encode() if key else None)
+
+    async def read_all(self, topic: str, *, timeout: float = 3.0) -> list[ConsumerRecord[Any, Any]]:
+        """Everything currently on the topic (from the beginning)."""
+        return await self.read_until(topic, lambda _records: False, timeout=timeout, require=False)
+
+    async def read_until(
+        self,
+        topic: str,
+        done: Callable[[list[ConsumerRecord[Any, Any]]], bool],
+        *,
+        timeout: float = 30.0,
+        require: bool = True,
+    ) -> list[ConsumerRecord[Any, Any]]:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+        )
+        await consumer.start()
+        try:
+            assert self._producer is not None
+            # The producer waits for the topic's metadata; the consumer would not.
+            partitions = [
+                TopicPartition(topic, p) for p in sorted(await self._producer.partitions_for(topic))
+            ]
+            consumer.assign(partitions)
+            await consumer.seek_to_beginning(*partitions)
+            records: list[ConsumerRecord[Any, Any]] = []
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                batch = await consumer.getmany(timeout_ms=200)
+                for items in batch.values():
+                    records.extend(items)
+                if done(records):
+                    return records
+            if require:
+                raise AssertionError(
+                    f"timed out after {timeout}s on {topic}: {len(records)} records read"
+                )
+            return records
+        finally:
+            await consumer.stop()
+
+    async def events(
+        self, topic: str, done: Callable[[list[dict[str, Any]]], bool], *, timeout: float = 30.0
+    ) -> list[dict[str, Any]]:
+        """Decoded CloudEvents on `topic`, read until `done(events)` holds."""
+
+        def decoded(records: list[ConsumerRecord[Any, Any]]) -> list[dict[str, Any]]:
+            return [json.loads(r.value) for r in records]
+
+        records = await self.read_until(topic, lambda rs: done(decoded(rs)), timeout=timeout)
+        return decoded(records)

@@ -1,0 +1,22 @@
+from __future__ import annotations
+
+import json
+from datetime import date
+
+import pytest
+
+from services.groups.catalog import default_catalog_path
+from services.groups.domain.catalog import Catalog
+
+TODAY = date(2026, 11, 26)
+
+
+@pytest.fixture(scope="session")
+def catalog_data() -> dict[str, object]:
+    data: dict[str, object] = json.loads(default_catalog_path().read_text(encoding="utf-8"))
+    return data
+
+
+@pytest.fixture(scope="session")
+def catalog(catalog_data: dict[str, object]) -> Catalog:
+    return Catalog.from_dict(catalog_data)
