@@ -1,8 +1,8 @@
 """`python -m devinfra up`: run Kafka and PostgreSQL for local development.
 
-Prints `export ...` lines for the services (so `eval "$(python -m devinfra up)"` style use
-works when run in the background with its stdout captured), then waits for Ctrl+C or
-SIGTERM and stops both cleanly. Logs go to stderr.
+Prints `export KAFKA_BOOTSTRAP_SERVERS=...` and `export DATABASE_URL=...` on stdout (paste
+them into another shell, or redirect stdout to a file and source it), then waits for Ctrl+C
+or SIGTERM and stops both cleanly. Logs go to stderr.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ as the unprivileged system user the wheel itself uses.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import functools
 import logging
@@ -130,6 +131,7 @@ class LocalPostgres:
         self._as_root = os.geteuid() == 0
         self._socket_dir: Path | None = None
         self._owns_socket_dir = False
+        self._atexit_registered = False
 
     # -- paths ---------------------------------------------------------------------------
     @property
@@ -179,12 +181,16 @@ class LocalPostgres:
     def start(self) -> str:
         """Start the server (initdb on first use) and create the database; returns `url`."""
         if self.running:
+            self._adopt_running_port()
             return self.url
         started = time.monotonic()
         self._prepare_dirs()
         if not (self.data_dir / "PG_VERSION").exists():
             self._initdb()
         self._pg_ctl_start()
+        if not self._atexit_registered:
+            atexit.register(self._atexit_stop)
+            self._atexit_registered = True
         self._ensure_database()
         log.info(
             "Local PostgreSQL %s ready at %s:%d in %.1f s (workdir %s)",
@@ -226,9 +232,12 @@ class LocalPostgres:
                 proc.send_signal(signal.SIGKILL)
         # Wait until the pids are gone, not just dead: PostgreSQL treats a postmaster.pid
         # naming a not-yet-reaped zombie as a server that still runs.
-        _, alive = psutil.wait_procs(procs, timeout=10)
-        if alive:
-            log.warning("PostgreSQL processes still present after SIGKILL: %s", alive)
+        deadline = time.monotonic() + 10
+        while any(psutil.pid_exists(p.pid) for p in procs):
+            if time.monotonic() > deadline:
+                log.warning("PostgreSQL processes still present 10 s after SIGKILL")
+                break
+            time.sleep(0.02)
 
     def restart(self) -> str:
         """Stop and start again on the same port and data directory."""
@@ -250,6 +259,9 @@ class LocalPostgres:
     def close(self) -> None:
         """Stop, and remove the directories this object created."""
         self.stop()
+        if self._atexit_registered:
+            atexit.unregister(self._atexit_stop)
+            self._atexit_registered = False
         if self._owns_socket_dir and self._socket_dir is not None:
             shutil.rmtree(self._socket_dir, ignore_errors=True)
         if self._owns_workdir:
@@ -276,6 +288,21 @@ class LocalPostgres:
         return f"LocalPostgres({LOCALHOST}:{self.port}, {state}, workdir={self.workdir})"
 
     # -- internals -----------------------------------------------------------------------
+    def _atexit_stop(self) -> None:
+        """pg_ctl daemonizes the server: never leave it running after our process exits."""
+        if self.running:
+            self.stop(timeout=10.0)
+
+    def _adopt_running_port(self) -> None:
+        """A server left running in this data dir (e.g. by a crashed earlier run) may listen
+        on another port than the one picked for this object: use the real one."""
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            lines = (self.data_dir / "postmaster.pid").read_text().splitlines()
+            port = int(lines[3])
+            if port != self.port:
+                log.warning("PostgreSQL already running in %s on port %d", self.data_dir, port)
+                self.port = port
+
     def _user_kwargs(self) -> dict[str, Any]:
         if not self._as_root:
             return {}

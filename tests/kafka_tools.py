@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import time
 import uuid
@@ -104,3 +106,77 @@ class KafkaTestClient:
 
         records = await self.read_until(topic, lambda rs: done(decoded(rs)), timeout=timeout)
         return decoded(records)
+
+
+class TopicCollector:
+    """Reads a topic from the beginning in the background; tests wait on what arrived."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self.records: list[ConsumerRecord[Any, Any]] = []
+        self._task: asyncio.Task[None] | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+        self._arrived = asyncio.Event()
+
+    async def __aenter__(self) -> TopicCollector:
+        producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap)
+        await producer.start()
+        try:
+            partitions = [
+                TopicPartition(self.topic, p)
+                for p in sorted(await producer.partitions_for(self.topic))
+            ]
+        finally:
+            await producer.stop()
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap, enable_auto_commit=False
+        )
+        await self._consumer.start()
+        self._consumer.assign(partitions)
+        await self._consumer.seek_to_beginning(*partitions)
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None and self._consumer is not None
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        await self._consumer.stop()
+
+    async def _run(self) -> None:
+        assert self._consumer is not None
+        while True:
+            batch = await self._consumer.getmany(timeout_ms=100)
+            for items in batch.values():
+                self.records.extend(items)
+            if batch:
+                self._arrived.set()
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        return [json.loads(r.value) for r in self.records]
+
+    async def wait_for(
+        self,
+        predicate: Callable[[dict[str, Any]], bool],
+        *,
+        count: int = 1,
+        timeout: float = 30.0,
+    ) -> list[dict[str, Any]]:
+        """The events matching `predicate`, once at least `count` of them arrived."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = [e for e in self.events if predicate(e)]
+            if len(found) >= count:
+                return found
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(
+                    f"{self.topic}: {len(found)}/{count} matching events after {timeout}s "
+                    f"({len(self.records)} records read)"
+                )
+            self._arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._arrived.wait(), timeout=min(remaining, 0.5))

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
 
+from faststream.asgi import AsyncAPIRoute
+
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
@@ -83,3 +85,9 @@ def route(
         await send({"type": "http.response.body", "body": response.body})
 
     return app
+
+
+def asyncapi_docs() -> AsyncAPIRoute:
+    """The AsyncAPI page and JSON, without FastStream's "try it out" route: that route
+    publishes whatever an HTTP caller sends, which no production service should offer."""
+    return AsyncAPIRoute("/asyncapi", try_it_out_path=None)

@@ -14,6 +14,7 @@ import ssl
 from dataclasses import dataclass
 from typing import Any
 
+from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 from faststream.kafka import KafkaBroker
@@ -133,3 +134,17 @@ async def ensure_topics(topics: TopicSettings, kafka: KafkaSettings) -> None:
         raise RuntimeError(f"topics not visible after creation: {wanted}")
     finally:
         await admin.close()
+
+
+async def start_producer(settings: KafkaSettings, *, client_id: str) -> AIOKafkaProducer:
+    """An idempotent producer with acks=all: a retried send is neither lost nor doubled."""
+    producer = AIOKafkaProducer(
+        **client_kwargs(settings),
+        client_id=client_id,
+        enable_idempotence=True,
+        acks="all",
+        linger_ms=2,
+        max_request_size=settings.max_message_bytes,
+    )
+    await producer.start()
+    return producer

@@ -13,7 +13,7 @@ from faststream.kafka import KafkaBroker
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.common.db import create_engine
-from services.common.kafka import build_broker, client_kwargs, ensure_topics
+from services.common.kafka import build_broker, ensure_topics, start_producer
 from services.common.settings import (
     AppSettings,
     DatabaseSettings,
@@ -134,16 +134,7 @@ class GroupsService:
         }
 
     async def _new_producer(self) -> AIOKafkaProducer:
-        producer = AIOKafkaProducer(
-            **client_kwargs(self.settings.kafka),
-            client_id=f"{SERVICE_NAME}-outbox",
-            enable_idempotence=True,
-            acks="all",
-            linger_ms=2,
-            max_request_size=self.settings.kafka.max_message_bytes,
-        )
-        await producer.start()
-        return producer
+        return await start_producer(self.settings.kafka, client_id=f"{SERVICE_NAME}-outbox")
 
     def _after_commit(self, outcome: BatchOutcome) -> None:
         m = self.metrics.records

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from services.common.records import Header, SourceRecord, dead_letter_headers
 from services.groups.adapters.orm import dead_letters, outbox
-
-Header = tuple[str, bytes]
 
 
 def encode_headers(headers: Sequence[Header]) -> list[list[str]]:
@@ -22,18 +20,6 @@ def encode_headers(headers: Sequence[Header]) -> list[list[str]]:
 
 def decode_headers(stored: Sequence[Sequence[str]]) -> list[Header]:
     return [(name, base64.b64decode(value)) for name, value in stored]
-
-
-@dataclass(frozen=True)
-class SourceRecord:
-    """Where an inbound record came from, and its bytes exactly as received."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    headers: tuple[Header, ...]
 
 
 class Outbox:
@@ -59,15 +45,7 @@ class Outbox:
 
     async def dead_letter(self, record: SourceRecord, error_code: str, message: str) -> None:
         """The original key, value and headers, plus headers naming the error and origin."""
-        error_headers: list[Header] = [
-            ("dlq-error-code", error_code.encode()),
-            ("dlq-error-message", message[:1000].encode()),
-            ("dlq-source-topic", record.topic.encode()),
-            ("dlq-source-partition", str(record.partition).encode()),
-            ("dlq-source-offset", str(record.offset).encode()),
-            ("dlq-service", self._service.encode()),
-        ]
-        headers = [*record.headers, *error_headers]
+        headers = dead_letter_headers(record, error_code, message, self._service)
         row: dict[str, Any] = {
             "source_topic": record.topic,
             "source_partition": record.partition,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from faststream.asgi import AsgiFastStream
 
+from services.common.asgi import asyncapi_docs
 from services.groups.bootstrap import GroupsService
 from services.groups.entrypoints.consumer import register_consumer
 from services.groups.entrypoints.http import build_routes
@@ -15,7 +16,7 @@ def build_app(service: GroupsService | None = None) -> AsgiFastStream:
     return AsgiFastStream(
         service.broker,
         asgi_routes=build_routes(service),
-        asyncapi_path="/asyncapi",
+        asyncapi_path=asyncapi_docs(),
         on_startup=[service.prepare],
         after_startup=[service.start_background],
         after_shutdown=[service.stop],

@@ -13,30 +13,12 @@ FastStream's defaults are replaced on purpose:
 
 from __future__ import annotations
 
-from typing import Any
-
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
-from faststream.message import StreamMessage
 
-from services.groups.adapters.outbox import SourceRecord
+from services.common.records import batch_records, keep_raw_bytes
 from services.groups.bootstrap import GroupsService
-
-
-async def keep_raw_bytes(message: StreamMessage[Any]) -> Any:
-    return message.body
-
-
-def to_source_record(record: Any) -> SourceRecord:
-    return SourceRecord(
-        topic=record.topic,
-        partition=record.partition,
-        offset=record.offset,
-        key=record.key,
-        value=record.value,
-        headers=tuple((name, bytes(value or b"")) for name, value in (record.headers or ())),
-    )
 
 
 def register_consumer(broker: KafkaBroker, service: GroupsService) -> None:
@@ -57,8 +39,7 @@ def register_consumer(broker: KafkaBroker, service: GroupsService) -> None:
         description="Bookings, vaccination starts and group commands (CONTRACT.md).",
     )
     async def consume_inbound(msg: KafkaMessage) -> None:
-        raw = msg.raw_message
-        records = [to_source_record(r) for r in (raw if isinstance(raw, tuple) else (raw,))]
+        records = batch_records(msg.raw_message)
         with service.metrics.batches.time():
             await service.processor.process(records)
         await msg.ack()

@@ -13,8 +13,8 @@ from zoneinfo import ZoneInfo
 from pydantic import BaseModel, ValidationError
 
 from services.common.envelope import CloudEvent, PoisonRecord, new_event
+from services.common.records import SourceRecord
 from services.common.settings import TopicSettings
-from services.groups.adapters.outbox import SourceRecord
 from services.groups.domain.catalog import REQUESTED_AT_BOOKING, Catalog, Suggestion
 from services.groups.domain.errors import (
     DomainError,

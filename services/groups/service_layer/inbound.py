@@ -25,7 +25,7 @@ from typing import Any
 from services.common.backoff import Backoff
 from services.common.db import is_transient_db_error
 from services.common.envelope import CloudEvent, PoisonRecord, decode_cloudevent
-from services.groups.adapters.outbox import SourceRecord
+from services.common.records import SourceRecord
 from services.groups.domain.errors import DomainError
 from services.groups.service_layer.unit_of_work import UnitOfWork
 

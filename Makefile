@@ -1,0 +1,33 @@
+# Two commands matter (see README, Quick start):
+#   make run   - install, start Kafka + PostgreSQL + both services, play the demo feed
+#   make test  - install and run the whole test suite against the real broker and database
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: run demo test lint install clean
+
+$(BIN)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -c constraints.txt -e ".[dev]"
+	touch $@
+
+install: $(BIN)/.installed
+
+run: install
+	$(BIN)/python -m devinfra.demo
+
+demo: install
+	$(BIN)/python -m devinfra.demo --once
+
+test: install
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) .run .tools

@@ -1,0 +1,72 @@
+"""Wires the export service once from settings."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from aiokafka import AIOKafkaProducer
+from faststream.kafka import KafkaBroker
+
+from services.common.kafka import build_broker, ensure_topics, start_producer
+from services.common.settings import AppSettings, ExportSettings, KafkaSettings, TopicSettings
+from services.export.adapters.metrics import ExportMetrics
+from services.export.domain.records import Pseudonymizer
+from services.export.service_layer.pipeline import SERVICE_NAME, ExportPipeline
+
+log = logging.getLogger(__name__)
+
+# Used only in dev/test mode, so subject ids stay stable across restarts there.
+DEV_PSEUDONYM_KEY = b"dev-only-pseudonym-key-not-for-production"
+
+
+@dataclass
+class ExportSettingsBundle:
+    app: AppSettings = field(default_factory=AppSettings)
+    kafka: KafkaSettings = field(default_factory=KafkaSettings)
+    topics: TopicSettings = field(default_factory=TopicSettings)
+    export: ExportSettings = field(default_factory=ExportSettings)
+
+
+def pseudonymizer_from(settings: ExportSettingsBundle) -> Pseudonymizer:
+    key = settings.export.pseudonym_key
+    if key is None or not key.get_secret_value():
+        if not settings.app.dev_mode:
+            raise RuntimeError("EXPORT_PSEUDONYM_KEY is required outside dev mode")
+        log.warning("EXPORT_PSEUDONYM_KEY not set: using the dev key (dev mode only)")
+        return Pseudonymizer(DEV_PSEUDONYM_KEY)
+    return Pseudonymizer(key.get_secret_value().encode())
+
+
+class ExportService:
+    def __init__(self, settings: ExportSettingsBundle | None = None) -> None:
+        self.settings = settings or ExportSettingsBundle()
+        s = self.settings
+        self.metrics = ExportMetrics()
+        self.pseudonymizer = pseudonymizer_from(s)
+        self.pipeline = ExportPipeline(
+            self._new_producer,
+            export_topic=s.topics.export,
+            dlq_topic=s.topics.dlq,
+            pseudonymizer=self.pseudonymizer,
+            include_personnummer=s.export.include_personnummer,
+            metrics=self.metrics,
+            max_event_bytes=s.kafka.max_message_bytes,
+        )
+        self.broker: KafkaBroker = build_broker(s.kafka, client_id=SERVICE_NAME)
+        self.ready = False
+
+    async def _new_producer(self) -> AIOKafkaProducer:
+        return await start_producer(self.settings.kafka, client_id=SERVICE_NAME)
+
+    async def prepare(self) -> None:
+        await ensure_topics(self.settings.topics, self.settings.kafka)
+        if self.settings.export.include_personnummer:
+            log.warning("EXPORT_INCLUDE_PERSONNUMMER is on: the export carries personnummer")
+
+    async def mark_ready(self) -> None:
+        self.ready = True
+
+    async def stop(self) -> None:
+        self.ready = False
+        await self.pipeline.close()

@@ -1,0 +1,23 @@
+"""The export process: FastStream consumer + HTTP routes in one ASGI app."""
+
+from __future__ import annotations
+
+from faststream.asgi import AsgiFastStream
+
+from services.common.asgi import asyncapi_docs
+from services.export.bootstrap import ExportService
+from services.export.entrypoints.consumer import register_consumer
+from services.export.entrypoints.http import build_routes
+
+
+def build_app(service: ExportService | None = None) -> AsgiFastStream:
+    service = service or ExportService()
+    register_consumer(service.broker, service)
+    return AsgiFastStream(
+        service.broker,
+        asgi_routes=build_routes(service),
+        asyncapi_path=asyncapi_docs(),
+        on_startup=[service.prepare],
+        after_startup=[service.mark_ready],
+        after_shutdown=[service.stop],
+    )

@@ -1,0 +1,138 @@
+"""Events in, export records out: a batch is acknowledged by the broker before its
+offsets are committed, so a crash at any moment re-sends, never skips.
+
+Re-sent records carry the same key and state, so the compacted topic still converges
+to the same last value per key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+
+from services.common.backoff import Backoff
+from services.common.envelope import CloudEvent, PoisonRecord, decode_cloudevent
+from services.common.records import SourceRecord, dead_letter_headers
+from services.export.adapters.metrics import ExportMetrics
+from services.export.domain.records import EXPORT_SOURCE, ExportRecord, Pseudonymizer
+from services.export.service_layer.translate import records_from_event
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = "export-service"
+
+
+def record_value(record: ExportRecord) -> bytes:
+    event = CloudEvent(
+        id=record.event_id,
+        source=EXPORT_SOURCE,
+        type=record.type,
+        time=datetime.fromisoformat(record.updated_at),
+        data=record.data,
+    )
+    return event.to_bytes()
+
+
+class RecordSender:
+    """Sends export records on one producer and waits for every acknowledgement."""
+
+    def __init__(self, producer: AIOKafkaProducer, export_topic: str) -> None:
+        self._producer = producer
+        self._topic = export_topic
+        self._pending: list[asyncio.Future[Any]] = []
+
+    async def send(self, record: ExportRecord) -> None:
+        self._pending.append(
+            await self._producer.send(
+                self._topic, key=record.key.encode(), value=record_value(record)
+            )
+        )
+
+    async def send_raw(
+        self, topic: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]
+    ) -> None:
+        self._pending.append(
+            await self._producer.send(topic, key=key, value=value, headers=headers)
+        )
+
+    async def flush(self) -> None:
+        pending, self._pending = self._pending, []
+        await asyncio.gather(*pending)
+
+
+class ExportPipeline:
+    def __init__(
+        self,
+        producer_factory: Callable[[], Awaitable[AIOKafkaProducer]],
+        *,
+        export_topic: str,
+        dlq_topic: str,
+        pseudonymizer: Pseudonymizer,
+        include_personnummer: bool,
+        metrics: ExportMetrics,
+        max_event_bytes: int,
+    ) -> None:
+        self._producer_factory = producer_factory
+        self._producer: AIOKafkaProducer | None = None
+        self._export_topic = export_topic
+        self._dlq_topic = dlq_topic
+        self._pseudonymizer = pseudonymizer
+        self._include_personnummer = include_personnummer
+        self._metrics = metrics
+        self._max_event_bytes = max_event_bytes
+
+    async def producer(self) -> AIOKafkaProducer:
+        if self._producer is None:
+            self._producer = await self._producer_factory()
+        return self._producer
+
+    async def close(self) -> None:
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+
+    async def process(self, records: Sequence[SourceRecord]) -> None:
+        backoff = Backoff(cap=10.0)
+        while True:
+            try:
+                await self._process_once(records)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                delay = backoff.next_delay()
+                log.warning(
+                    "export batch failed (%s); retrying in %.1fs", type(error).__name__, delay
+                )
+                self._metrics.retries.inc()
+                await self.close()  # a fresh producer after a broker outage
+                await asyncio.sleep(delay)
+
+    async def _process_once(self, records: Sequence[SourceRecord]) -> None:
+        sender = RecordSender(await self.producer(), self._export_topic)
+        counts: dict[str, int] = {}
+        dead = 0
+        for source in records:
+            try:
+                event = decode_cloudevent(source.value, max_bytes=self._max_event_bytes)
+                exported = records_from_event(
+                    event, self._pseudonymizer, include_personnummer=self._include_personnummer
+                )
+            except PoisonRecord as poison:
+                headers = dead_letter_headers(
+                    source, poison.error_code, poison.message, SERVICE_NAME
+                )
+                await sender.send_raw(self._dlq_topic, source.key, source.value, headers)
+                dead += 1
+                continue
+            for record in exported:
+                await sender.send(record)
+                counts[record.type] = counts.get(record.type, 0) + 1
+        await sender.flush()
+        for type_, count in counts.items():
+            self._metrics.records.labels(type_).inc(count)
+        self._metrics.dead_letters.inc(dead)

@@ -1,0 +1,109 @@
+"""Through the real entrypoints: two OS processes, the real broker, the real database."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from devinfra.services import http_json
+from tests.e2e.conftest import Stack
+from tests.kafka_tools import KafkaTestClient, cloudevent
+
+PNR = "191212121212"
+ACTOR = {"user_id": "nurse-1", "unit_id": "unit-1"}
+
+
+def of_type(type_: str):  # type: ignore[no-untyped-def]
+    return lambda events: any(e["type"] == type_ for e in events)
+
+
+async def test_popup_flow_through_both_services(stack: Stack, kafka: KafkaTestClient) -> None:
+    t = stack.topics
+    booking = cloudevent(
+        "booking.created",
+        {
+            "booking_id": "e2e-b1",
+            "unit_id": "unit-1",
+            "start_time": "2026-11-26T14:20:00+01:00",
+            "customer": {"personnummer": PNR, "first_name": "Test", "last_name": "Testsson"},
+            "vaccine": {"code": "J07BB02", "name": "Influvac", "dose": 1},
+            "requested_group": {"group_code": "INFLUENSA", "subgroup_code": "ALDER_65_PLUS"},
+        },
+    )
+    await kafka.send_event(t.bookings, booking, key=PNR)
+    start = cloudevent(
+        "vaccination.started",
+        {
+            "vaccination_id": "e2e-v1",
+            "unit_id": "unit-1",
+            "user_id": "nurse-1",
+            "personnummer": PNR,
+            "booking_id": "e2e-b1",
+            "vaccine": {"code": "J07BB02", "name": "Influvac"},
+        },
+    )
+    await kafka.send_event(t.started, start, key=PNR)
+
+    prompts = await kafka.events(t.prompts, lambda es: len(es) >= 1)
+    prompt = prompts[0]["data"]
+    assert prompt["vaccination_id"] == "e2e-v1"
+    assert prompt["required"] is True
+    assert {
+        "group_code": "INFLUENSA",
+        "subgroup_code": "ALDER_65_PLUS",
+        "reason": "REQUESTED_AT_BOOKING",
+    } in prompt["suggestions"]
+
+    add = cloudevent(
+        "customer_group.add",
+        {
+            "personnummer": PNR,
+            "actor": ACTOR,
+            "group_code": "INFLUENSA",
+            "subgroup_code": "ALDER_65_PLUS",
+            "prompt_id": prompt["prompt_id"],
+        },
+    )
+    await kafka.send_event(t.commands, add, key=PNR)
+    events = await kafka.events(t.events, of_type("customer_group.added"))
+    added = next(e for e in events if e["type"] == "customer_group.added")["data"]
+    assert added["command_id"] == add["id"]
+    assert added["membership"]["group_name"] == "Influensa"
+
+    close = cloudevent(
+        "customer_group.prompt_close",
+        {
+            "personnummer": PNR,
+            "actor": ACTOR,
+            "prompt_id": prompt["prompt_id"],
+            "vaccination_id": "e2e-v1",
+        },
+    )
+    await kafka.send_event(t.commands, close, key=PNR)
+    await kafka.events(t.events, of_type("customer_group.vaccination_groups_confirmed"))
+
+    exported = await kafka.read_until(t.export, lambda rs: len(rs) >= 2)
+    values = [json.loads(r.value) for r in exported]
+    types = {v["type"] for v in values}
+    assert types == {"customer_group.membership_record", "customer_group.vaccination_record"}
+    for record in exported:
+        assert PNR.encode() not in record.value
+        assert record.key is not None and PNR.encode() not in record.key
+
+    status, card = await asyncio.to_thread(
+        http_json, f"{stack.groups.url}/customer-card", {"personnummer": PNR, **ACTOR}
+    )
+    assert status == 200
+    assert [m["group_code"] for m in card["active"]] == ["INFLUENSA"]
+
+    status, health = await asyncio.to_thread(http_json, f"{stack.groups.url}/healthz")
+    assert status == 200, health
+    status, health = await asyncio.to_thread(http_json, f"{stack.export.url}/healthz")
+    assert status == 200, health
+    status, metrics = await asyncio.to_thread(http_json, f"{stack.groups.url}/metrics")
+    assert status == 200 and "groups_records_total" in metrics
+    status, asyncapi = await asyncio.to_thread(http_json, f"{stack.groups.url}/asyncapi.json")
+    assert status == 200
+    assert any("bookings" in name for name in asyncapi["channels"])
+    status, _ = await asyncio.to_thread(http_json, f"{stack.groups.url}/asyncapi/try")
+    assert status == 404, "the try-it-out publish route must stay off"
