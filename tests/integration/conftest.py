@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -17,7 +19,9 @@ from services.common.settings import (
 )
 from services.groups.bootstrap import GroupsService, GroupsSettingsBundle
 from services.groups.entrypoints.consumer import register_consumer
-from tests.kafka_tools import KafkaTestClient
+from tests.kafka_tools import KafkaTestClient, TopicCollector, cloudevent
+
+ACTOR = {"user_id": "nurse-1", "unit_id": "unit-1"}
 
 
 def unique_topics(suffix: str) -> TopicSettings:
@@ -39,9 +43,10 @@ def groups_settings(infra: Infrastructure, database_url: str) -> GroupsSettingsB
     )
 
 
-@pytest.fixture
-async def groups_service(groups_settings: GroupsSettingsBundle) -> AsyncIterator[GroupsService]:
-    service = GroupsService(groups_settings)
+@contextlib.asynccontextmanager
+async def running_groups_service(settings: GroupsSettingsBundle) -> AsyncIterator[GroupsService]:
+    """The groups service in this process: consumer, outbox relay, no HTTP server."""
+    service = GroupsService(settings)
     register_consumer(service.broker, service)
     await service.prepare()
     await service.broker.start()
@@ -54,6 +59,65 @@ async def groups_service(groups_settings: GroupsSettingsBundle) -> AsyncIterator
 
 
 @pytest.fixture
+async def groups_service(groups_settings: GroupsSettingsBundle) -> AsyncIterator[GroupsService]:
+    async with running_groups_service(groups_settings) as service:
+        yield service
+
+
+@pytest.fixture
 async def kafka(infra: Infrastructure) -> AsyncIterator[KafkaTestClient]:
     async with KafkaTestClient(infra.kafka_bootstrap) as client:
         yield client
+
+
+class NurseClient:
+    """What a vaccination client does: send starts and commands, read prompts and events."""
+
+    def __init__(self, kafka: KafkaTestClient, topics: TopicSettings,
+                 events: TopicCollector, prompts: TopicCollector) -> None:
+        self.kafka = kafka
+        self.topics = topics
+        self.events = events
+        self.prompts = prompts
+
+    async def command(self, type_: str, personnummer: str, actor: dict[str, str] | None = None,
+                      *, command_id: str | None = None, **fields: Any) -> dict[str, Any]:
+        """Send a command and return the event that answers it (by command_id)."""
+        event = cloudevent(f"customer_group.{type_}",
+                           {"personnummer": personnummer, "actor": actor or ACTOR, **fields},
+                           event_id=command_id)
+        await self.kafka.send_event(self.topics.commands, event, key=personnummer)
+        found = await self.events.wait_for(lambda e: e["data"].get("command_id") == event["id"])
+        return found[0]
+
+    async def start(self, vaccination_id: str, personnummer: str, *,
+                    event_id: str | None = None, **fields: Any) -> dict[str, Any]:
+        event = cloudevent("vaccination.started", {
+            "vaccination_id": vaccination_id, "unit_id": ACTOR["unit_id"],
+            "user_id": ACTOR["user_id"], "personnummer": personnummer, **fields,
+        }, event_id=event_id)
+        await self.kafka.send_event(self.topics.started, event, key=personnummer)
+        found = await self.prompts.wait_for(
+            lambda e: e["data"]["vaccination_id"] == vaccination_id)
+        return found[-1]
+
+    async def book(self, booking_id: str, personnummer: str, *, type_: str = "booking.created",
+                   event_id: str | None = None, **fields: Any) -> dict[str, Any]:
+        data = {"booking_id": booking_id, "unit_id": ACTOR["unit_id"],
+                "start_time": "2026-11-26T14:20:00+01:00",
+                "customer": {"personnummer": personnummer, "first_name": "Test",
+                             "last_name": "Testsson"}, **fields}
+        event = cloudevent(type_, data, event_id=event_id)
+        await self.kafka.send_event(self.topics.bookings, event, key=personnummer)
+        return event
+
+
+@pytest.fixture
+async def nurse(groups_service: GroupsService, kafka: KafkaTestClient,
+                infra: Infrastructure) -> AsyncIterator[NurseClient]:
+    topics = groups_service.settings.topics
+    async with (
+        TopicCollector(infra.kafka_bootstrap, topics.events) as events,
+        TopicCollector(infra.kafka_bootstrap, topics.prompts) as prompts,
+    ):
+        yield NurseClient(kafka, topics, events, prompts)
