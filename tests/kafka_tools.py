@@ -158,6 +158,20 @@ class TopicCollector:
     def events(self) -> list[dict[str, Any]]:
         return [json.loads(r.value) for r in self.records]
 
+    async def wait_records(
+        self, count: int, *, timeout: float = 30.0
+    ) -> list[ConsumerRecord[Any, Any]]:
+        """The raw records, once at least `count` arrived (values need not be JSON)."""
+        deadline = time.monotonic() + timeout
+        while len(self.records) < count:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"{self.topic}: {len(self.records)}/{count} records")
+            self._arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._arrived.wait(), timeout=min(remaining, 0.5))
+        return list(self.records)
+
     async def wait_for(
         self,
         predicate: Callable[[dict[str, Any]], bool],

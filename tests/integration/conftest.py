@@ -73,48 +73,84 @@ async def kafka(infra: Infrastructure) -> AsyncIterator[KafkaTestClient]:
 class NurseClient:
     """What a vaccination client does: send starts and commands, read prompts and events."""
 
-    def __init__(self, kafka: KafkaTestClient, topics: TopicSettings,
-                 events: TopicCollector, prompts: TopicCollector) -> None:
+    def __init__(
+        self,
+        kafka: KafkaTestClient,
+        topics: TopicSettings,
+        events: TopicCollector,
+        prompts: TopicCollector,
+    ) -> None:
         self.kafka = kafka
         self.topics = topics
         self.events = events
         self.prompts = prompts
 
-    async def command(self, type_: str, personnummer: str, actor: dict[str, str] | None = None,
-                      *, command_id: str | None = None, **fields: Any) -> dict[str, Any]:
+    async def command(
+        self,
+        type_: str,
+        personnummer: str,
+        actor: dict[str, str] | None = None,
+        *,
+        command_id: str | None = None,
+        **fields: Any,
+    ) -> dict[str, Any]:
         """Send a command and return the event that answers it (by command_id)."""
-        event = cloudevent(f"customer_group.{type_}",
-                           {"personnummer": personnummer, "actor": actor or ACTOR, **fields},
-                           event_id=command_id)
+        event = cloudevent(
+            f"customer_group.{type_}",
+            {"personnummer": personnummer, "actor": actor or ACTOR, **fields},
+            event_id=command_id,
+        )
         await self.kafka.send_event(self.topics.commands, event, key=personnummer)
         found = await self.events.wait_for(lambda e: e["data"].get("command_id") == event["id"])
         return found[0]
 
-    async def start(self, vaccination_id: str, personnummer: str, *,
-                    event_id: str | None = None, **fields: Any) -> dict[str, Any]:
-        event = cloudevent("vaccination.started", {
-            "vaccination_id": vaccination_id, "unit_id": ACTOR["unit_id"],
-            "user_id": ACTOR["user_id"], "personnummer": personnummer, **fields,
-        }, event_id=event_id)
+    async def start(
+        self, vaccination_id: str, personnummer: str, *, event_id: str | None = None, **fields: Any
+    ) -> dict[str, Any]:
+        event = cloudevent(
+            "vaccination.started",
+            {
+                "vaccination_id": vaccination_id,
+                "unit_id": ACTOR["unit_id"],
+                "user_id": ACTOR["user_id"],
+                "personnummer": personnummer,
+                **fields,
+            },
+            event_id=event_id,
+        )
         await self.kafka.send_event(self.topics.started, event, key=personnummer)
-        found = await self.prompts.wait_for(
-            lambda e: e["data"]["vaccination_id"] == vaccination_id)
+        found = await self.prompts.wait_for(lambda e: e["data"]["vaccination_id"] == vaccination_id)
         return found[-1]
 
-    async def book(self, booking_id: str, personnummer: str, *, type_: str = "booking.created",
-                   event_id: str | None = None, **fields: Any) -> dict[str, Any]:
-        data = {"booking_id": booking_id, "unit_id": ACTOR["unit_id"],
-                "start_time": "2026-11-26T14:20:00+01:00",
-                "customer": {"personnummer": personnummer, "first_name": "Test",
-                             "last_name": "Testsson"}, **fields}
+    async def book(
+        self,
+        booking_id: str,
+        personnummer: str,
+        *,
+        type_: str = "booking.created",
+        event_id: str | None = None,
+        **fields: Any,
+    ) -> dict[str, Any]:
+        data = {
+            "booking_id": booking_id,
+            "unit_id": ACTOR["unit_id"],
+            "start_time": "2026-11-26T14:20:00+01:00",
+            "customer": {
+                "personnummer": personnummer,
+                "first_name": "Test",
+                "last_name": "Testsson",
+            },
+            **fields,
+        }
         event = cloudevent(type_, data, event_id=event_id)
         await self.kafka.send_event(self.topics.bookings, event, key=personnummer)
         return event
 
 
 @pytest.fixture
-async def nurse(groups_service: GroupsService, kafka: KafkaTestClient,
-                infra: Infrastructure) -> AsyncIterator[NurseClient]:
+async def nurse(
+    groups_service: GroupsService, kafka: KafkaTestClient, infra: Infrastructure
+) -> AsyncIterator[NurseClient]:
     topics = groups_service.settings.topics
     async with (
         TopicCollector(infra.kafka_bootstrap, topics.events) as events,
