@@ -44,35 +44,37 @@ class EventSchemaError(ValueError):
     """An event does not match the contract; the message lists every violation."""
 
 
-def _format_checker() -> FormatChecker:
-    """Real checks for the formats the schemas use (jsonschema skips date-time without
-    optional packages, and Python's fromisoformat alone is too lenient)."""
-    checker = FormatChecker(formats=())
-
-    @checker.checks("date", raises=ValueError)
-    def _is_date(instance: object) -> bool:
-        if not isinstance(instance, str):
-            return True
-        if not _DATE.fullmatch(instance):
-            return False
-        date.fromisoformat(instance)  # a real calendar day
+def _is_date(instance: object) -> bool:
+    if not isinstance(instance, str):
         return True
+    if not _DATE.fullmatch(instance):
+        return False
+    date.fromisoformat(instance)  # a real calendar day, else ValueError
+    return True
 
-    @checker.checks("date-time", raises=ValueError)
-    def _is_date_time(instance: object) -> bool:
-        if not isinstance(instance, str):
-            return True
-        if not _DATE_TIME.fullmatch(instance):
-            return False
-        parsed = datetime.fromisoformat(instance.upper().replace("Z", "+00:00"))
-        return parsed.tzinfo is not None
 
-    @checker.checks("uuid", raises=ValueError)
-    def _is_uuid(instance: object) -> bool:
-        if not isinstance(instance, str):
-            return True
-        return str(uuid.UUID(instance)) == instance
+def _is_date_time(instance: object) -> bool:
+    if not isinstance(instance, str):
+        return True
+    if not _DATE_TIME.fullmatch(instance):
+        return False
+    parsed = datetime.fromisoformat(instance.upper().replace("Z", "+00:00"))
+    return parsed.tzinfo is not None
 
+
+def _is_uuid(instance: object) -> bool:
+    if not isinstance(instance, str):
+        return True
+    return str(uuid.UUID(instance)) == instance  # canonical lower-case form only
+
+
+def _format_checker() -> FormatChecker:
+    """Real checks for the formats the schemas use: jsonschema skips `date-time` without
+    optional packages, and Python's `fromisoformat` alone accepts too much."""
+    checker = FormatChecker(formats=())
+    checker.checks("date", raises=ValueError)(_is_date)
+    checker.checks("date-time", raises=ValueError)(_is_date_time)
+    checker.checks("uuid", raises=ValueError)(_is_uuid)
     return checker
 
 

@@ -1,26 +1,7 @@
-"""`python -m services.groups`: run the groups service (settings from the environment)."""
+"""`python -m services.groups`: run the groups service, or an operator task (`--help`)."""
 
-from __future__ import annotations
+import sys
 
-import uvicorn
+from services.groups.entrypoints.cli import main
 
-from services.common.logs import configure_logging
-from services.common.settings import AppSettings, GroupsSettings
-
-
-def main() -> None:
-    app_settings, settings = AppSettings(), GroupsSettings()
-    configure_logging(app_settings.log_level)
-    from services.groups.entrypoints.app import build_app
-
-    uvicorn.run(
-        build_app(),
-        host=settings.http_host,
-        port=settings.http_port,
-        log_config=None,
-        access_log=False,
-    )
-
-
-if __name__ == "__main__":
-    main()
+sys.exit(main())

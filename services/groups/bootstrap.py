@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -9,10 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 from faststream.kafka import KafkaBroker
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.common.db import create_engine
+from services.common.backoff import Backoff
+from services.common.db import create_engine, is_transient_db_error
 from services.common.kafka import build_broker, ensure_topics, start_producer
 from services.common.settings import (
     AppSettings,
@@ -24,6 +28,7 @@ from services.common.settings import (
 from services.groups.adapters import migrate
 from services.groups.adapters.metrics import GroupsMetrics
 from services.groups.adapters.outbox_relay import OutboxRelay
+from services.groups.adapters.repository import GroupsRepository
 from services.groups.catalog import default_catalog_path
 from services.groups.domain.catalog import Catalog
 from services.groups.service_layer.handlers import (
@@ -37,6 +42,7 @@ from services.groups.service_layer.unit_of_work import UnitOfWork
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = "groups-service"
+CATALOG_RELOAD_SECONDS = 30.0
 
 
 def _personnummer_of(data: Any) -> str | None:
@@ -112,6 +118,7 @@ class GroupsService:
         )
         self.broker: KafkaBroker = build_broker(s.kafka, client_id=SERVICE_NAME)
         self.ready = False
+        self._catalog_task: asyncio.Task[None] | None = None
 
     def new_uow(self) -> UnitOfWork:
         return UnitOfWork(self.engine, dlq_topic=self.settings.topics.dlq, service=SERVICE_NAME)
@@ -147,22 +154,59 @@ class GroupsService:
         self.metrics.batch_retries.labels(type(error).__name__).inc()
 
     async def prepare(self) -> None:
-        """Before consuming: topics, schema, catalog. Waits out a database that is not up yet."""
+        """Before consuming: topics, schema, catalog. An unreachable broker or database
+        is waited out with backoff (they may start after us), anything else fails."""
+        backoff = Backoff(cap=10.0)
+        while True:
+            try:
+                await self._prepare_once()
+                return
+            except Exception as error:
+                if not (isinstance(error, KafkaError) or is_transient_db_error(error)):
+                    raise
+                delay = backoff.next_delay()
+                log.warning(
+                    "start-up waiting for %s; retrying in %.1fs", type(error).__name__, delay
+                )
+                await asyncio.sleep(delay)
+
+    async def _prepare_once(self) -> None:
         await ensure_topics(self.settings.topics, self.settings.kafka)
         await migrate.upgrade(self.engine)
         async with self.new_uow() as uow:
-            await uow.repo.import_catalog(self.catalog.current)
-            loaded = await uow.repo.load_catalog()
+            in_database = await uow.repo.load_catalog()
+            # Never roll back a newer catalog that an operator imported.
+            if in_database is None or self.catalog.current.version >= in_database.version:
+                await uow.repo.import_catalog(self.catalog.current)
             await uow.commit()
-        if loaded is not None:
-            self.catalog.current = loaded
+        await self.reload_catalog()
         log.info("catalog %s loaded", self.catalog.current.version)
+
+    async def reload_catalog(self) -> None:
+        """The catalog tables are the truth (`import-catalog` may change them at any time)."""
+        async with self.engine.connect() as connection:
+            loaded = await GroupsRepository(connection).load_catalog()
+        if loaded is not None and loaded != self.catalog.current:
+            self.catalog.current = loaded
+
+    async def _reload_catalog_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(CATALOG_RELOAD_SECONDS)
+            try:
+                await self.reload_catalog()
+            except Exception as error:  # keep the catalog in force; try again later
+                log.warning("catalog reload failed: %s", type(error).__name__)
 
     async def start_background(self) -> None:
         self.relay.start()
+        self._catalog_task = asyncio.create_task(self._reload_catalog_periodically())
         self.ready = True
 
     async def stop(self) -> None:
         self.ready = False
+        if self._catalog_task is not None:
+            self._catalog_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._catalog_task
         await self.relay.stop()
         await self.engine.dispose()

@@ -33,7 +33,7 @@ class Outbox:
         self,
         topic: str,
         key: bytes | None,
-        value: bytes,
+        value: bytes | None,
         headers: Sequence[Header] = (),
     ) -> None:
         await self._connection.execute(

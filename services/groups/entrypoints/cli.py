@@ -1,0 +1,141 @@
+"""`python -m services.groups [command]`: run the service (default) or an operator task.
+
+The personnummer for `audit-extract` is read from standard input, so it stays out of
+shell history and process lists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from services.common.db import create_engine
+from services.common.logs import configure_logging
+from services.common.settings import AppSettings, DatabaseSettings, GroupsSettings, TopicSettings
+from services.groups.adapters import migrate
+from services.groups.bootstrap import SERVICE_NAME, read_catalog_file
+from services.groups.catalog import default_catalog_path
+from services.groups.domain.errors import DomainError
+from services.groups.domain.personnummer import Personnummer
+from services.groups.service_layer import operations
+from services.groups.service_layer.unit_of_work import UnitOfWork
+
+T = TypeVar("T")
+
+
+def _with_uow(task: Callable[[UnitOfWork], Awaitable[T]]) -> T:
+    async def run() -> T:
+        engine = create_engine(DatabaseSettings())
+        try:
+            await migrate.upgrade(engine)
+            async with UnitOfWork(
+                engine, dlq_topic=TopicSettings().dlq, service=SERVICE_NAME
+            ) as uow:
+                return await task(uow)
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(run())
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, ensure_ascii=False, default=str))
+
+
+def serve() -> int:
+    import uvicorn
+
+    settings = GroupsSettings()
+    from services.groups.entrypoints.app import build_app
+
+    uvicorn.run(
+        build_app(),
+        host=settings.http_host,
+        port=settings.http_port,
+        log_config=None,
+        access_log=False,
+    )
+    return 0
+
+
+def import_catalog(path: Path) -> int:
+    catalog = read_catalog_file(path)
+    _with_uow(lambda uow: operations.import_catalog(uow, catalog))
+    print(
+        f"catalog {catalog.version} imported ({len(catalog.groups)} groups); running "
+        "services pick it up within a minute"
+    )
+    return 0
+
+
+def audit_extract(since: str | None) -> int:
+    text = sys.stdin.readline().strip()
+    try:
+        personnummer = Personnummer.parse(text)
+    except DomainError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    since_at = datetime.fromisoformat(since) if since else None
+    rows = _with_uow(lambda uow: operations.audit_extract(uow, personnummer, since=since_at))
+    for row in rows:
+        _print_json(row)
+    print(f"{len(rows)} log entries", file=sys.stderr)
+    return 0
+
+
+def list_dead_letters(include_replayed: bool, limit: int) -> int:
+    letters = _with_uow(
+        lambda uow: operations.list_dead_letters(
+            uow, include_replayed=include_replayed, limit=limit
+        )
+    )
+    for letter in letters:
+        _print_json(asdict(letter))
+    print(f"{len(letters)} dead letters", file=sys.stderr)
+    return 0
+
+
+def replay_dead_letters(ids: list[int] | None) -> int:
+    count = _with_uow(lambda uow: operations.replay_dead_letters(uow, ids, now=datetime.now(UTC)))
+    print(f"{count} dead letters queued for replay to their source topics")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m services.groups")
+    commands = parser.add_subparsers(dest="command")
+    commands.add_parser("serve", help="run the groups service (the default)")
+    catalog = commands.add_parser("import-catalog", help="load a catalog file into the database")
+    catalog.add_argument("file", type=Path, nargs="?", default=default_catalog_path())
+    extract = commands.add_parser(
+        "audit-extract", help="PDL log extract for one patient (personnummer on stdin)"
+    )
+    extract.add_argument("--since", help="ISO date or date-time")
+    letters = commands.add_parser("dead-letters", help="list or replay dead letters")
+    letter_commands = letters.add_subparsers(dest="action", required=True)
+    listing = letter_commands.add_parser("list")
+    listing.add_argument("--all", action="store_true", help="include replayed ones")
+    listing.add_argument("--limit", type=int, default=100)
+    replay = letter_commands.add_parser("replay")
+    which = replay.add_mutually_exclusive_group(required=True)
+    which.add_argument("--id", type=int, action="append", dest="ids")
+    which.add_argument("--all", action="store_true")
+    args = parser.parse_args(argv)
+
+    configure_logging(AppSettings().log_level)
+    if args.command in (None, "serve"):
+        return serve()
+    if args.command == "import-catalog":
+        return import_catalog(args.file)
+    if args.command == "audit-extract":
+        return audit_extract(args.since)
+    if args.action == "list":
+        return list_dead_letters(args.all, args.limit)
+    return replay_dead_letters(None if args.all else args.ids)
