@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,7 +67,9 @@ def client_kwargs(settings: KafkaSettings) -> dict[str, Any]:
     return kwargs
 
 
-def build_broker(settings: KafkaSettings, *, client_id: str) -> KafkaBroker:
+def build_broker(
+    settings: KafkaSettings, *, client_id: str, middlewares: Sequence[Any] = ()
+) -> KafkaBroker:
     return KafkaBroker(
         settings.bootstrap_servers,
         client_id=client_id,
@@ -75,6 +78,7 @@ def build_broker(settings: KafkaSettings, *, client_id: str) -> KafkaBroker:
         enable_idempotence=True,
         acks="all",
         max_request_size=settings.max_message_bytes,
+        middlewares=tuple(middlewares),
     )
 
 

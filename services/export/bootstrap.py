@@ -10,6 +10,7 @@ from faststream.kafka import KafkaBroker
 
 from services.common.kafka import build_broker, ensure_topics, start_producer
 from services.common.settings import AppSettings, ExportSettings, KafkaSettings, TopicSettings
+from services.common.telemetry import telemetry_middlewares
 from services.export.adapters.metrics import ExportMetrics
 from services.export.domain.records import Pseudonymizer
 from services.export.service_layer.pipeline import SERVICE_NAME, ExportPipeline
@@ -53,7 +54,11 @@ class ExportService:
             metrics=self.metrics,
             max_event_bytes=s.kafka.max_message_bytes,
         )
-        self.broker: KafkaBroker = build_broker(s.kafka, client_id=SERVICE_NAME)
+        self.broker: KafkaBroker = build_broker(
+            s.kafka,
+            client_id=SERVICE_NAME,
+            middlewares=telemetry_middlewares(s.app, SERVICE_NAME),
+        )
         self.ready = False
 
     async def _new_producer(self) -> AIOKafkaProducer:

@@ -25,6 +25,7 @@ from services.common.settings import (
     KafkaSettings,
     TopicSettings,
 )
+from services.common.telemetry import telemetry_middlewares
 from services.groups.adapters import migrate
 from services.groups.adapters.metrics import GroupsMetrics
 from services.groups.adapters.outbox_relay import OutboxRelay
@@ -116,7 +117,11 @@ class GroupsService:
             after_commit=self._after_commit,
             on_retry=self._on_retry,
         )
-        self.broker: KafkaBroker = build_broker(s.kafka, client_id=SERVICE_NAME)
+        self.broker: KafkaBroker = build_broker(
+            s.kafka,
+            client_id=SERVICE_NAME,
+            middlewares=telemetry_middlewares(s.app, SERVICE_NAME),
+        )
         self.ready = False
         self._catalog_task: asyncio.Task[None] | None = None
 
