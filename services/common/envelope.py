@@ -72,6 +72,8 @@ def _require_str(obj: dict[str, Any], name: str) -> str:
         raise PoisonRecord("NOT_A_CLOUDEVENT", f"attribute '{name}' must be a non-empty string")
     if len(value) > 1024:
         raise PoisonRecord("NOT_A_CLOUDEVENT", f"attribute '{name}' is longer than 1024 characters")
+    if not value.isprintable():
+        raise PoisonRecord("NOT_A_CLOUDEVENT", f"attribute '{name}' has control characters")
     return value
 
 

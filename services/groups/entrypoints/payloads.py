@@ -12,9 +12,11 @@ from typing import Annotated
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
-Id = Annotated[str, StringConstraints(min_length=1, max_length=128)]
-Name = Annotated[str, StringConstraints(max_length=200)]
-Code = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+# No control characters (PostgreSQL text cannot even hold NUL): rejected here, clearly.
+_PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
+Id = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=_PRINTABLE)]
+Name = Annotated[str, StringConstraints(max_length=200, pattern=_PRINTABLE)]
+Code = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=_PRINTABLE)]
 # Validated by the domain's Personnummer; bounded here only against oversize input.
 PersonnummerText = Annotated[str, StringConstraints(max_length=32)]
 
