@@ -72,7 +72,12 @@ class OutboxRelay:
             try:
                 producer = await self._producer_factory()
                 async with self._engine.connect() as lock_connection:
-                    await self._lead(lock_connection, producer, backoff)
+                    try:
+                        await self._lead(lock_connection, producer, backoff)
+                    finally:
+                        # A session lock outlives the pool's reset: never hand a connection
+                        # that may hold it back to the pool, or no relay could lead again.
+                        await lock_connection.invalidate()
             except asyncio.CancelledError:
                 raise
             except Exception as error:  # outage of the database or the broker: wait it out

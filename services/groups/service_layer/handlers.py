@@ -241,7 +241,8 @@ class GroupsHandlers:
                 )
             except DomainError:
                 pass  # requested online but not selectable (any more): no suggestion
-        age = customer.personnummer.age_on(today)
+        birth = customer.personnummer.birth_date
+        age = customer.personnummer.age_on(today) if birth <= today else None
         found.extend(catalog.suggestions(age, vaccine_code, today))
         unique: list[Suggestion] = []
         seen: set[str] = set()
