@@ -100,7 +100,10 @@ def decode_cloudevent(raw: bytes | None, *, max_bytes: int = MAX_EVENT_BYTES) ->
     source = _require_str(obj, "source")
     type_ = _require_str(obj, "type")
     content_type = obj.get("datacontenttype", "application/json")
-    if not isinstance(content_type, str) or not content_type.startswith("application/json"):
+    if (
+        not isinstance(content_type, str)
+        or content_type.split(";")[0].strip() != "application/json"
+    ):
         raise PoisonRecord("NOT_A_CLOUDEVENT", "datacontenttype must be application/json")
     time: datetime | None = None
     if "time" in obj and obj["time"] is not None:
@@ -110,6 +113,8 @@ def decode_cloudevent(raw: bytes | None, *, max_bytes: int = MAX_EVENT_BYTES) ->
             time = datetime.fromisoformat(obj["time"].replace("Z", "+00:00"))
         except ValueError:
             raise PoisonRecord("NOT_A_CLOUDEVENT", "time is not RFC 3339") from None
+        if time.tzinfo is None or len(obj["time"]) < 20:
+            raise PoisonRecord("NOT_A_CLOUDEVENT", "time must be an RFC 3339 instant with offset")
     subject = obj.get("subject") if isinstance(obj.get("subject"), str) else None
     return CloudEvent(
         id=event_id, source=source, type=type_, time=time, data=obj.get("data"), subject=subject

@@ -20,6 +20,7 @@ from services.common.settings import (
 from services.groups.bootstrap import GroupsService, GroupsSettingsBundle
 from services.groups.entrypoints.consumer import register_consumer
 from tests.kafka_tools import KafkaTestClient, TopicCollector, cloudevent
+from tests.schema_validation import validate_event
 
 ACTOR = {"user_id": "nurse-1", "unit_id": "unit-1"}
 
@@ -157,3 +158,6 @@ async def nurse(
         TopicCollector(infra.kafka_bootstrap, topics.prompts) as prompts,
     ):
         yield NurseClient(kafka, topics, events, prompts)
+        # Every message the service emitted during the test matches the published schemas.
+        for event in events.events + prompts.events:
+            validate_event(event)

@@ -8,11 +8,13 @@ import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from jsonschema import Draft202012Validator
 from pydantic import BaseModel
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
 
 from services.export.domain.records import (
     MEMBERSHIP_FIELDS,
@@ -36,6 +38,9 @@ from tests.schema_validation import (
     validate_event,
     validator_for,
 )
+
+if TYPE_CHECKING:
+    from referencing._core import Resolver
 
 CONTRACT_FILE = SCHEMAS_DIR.parent.parent / "shared" / "CONTRACT.md"
 PNR = "191212121212"
@@ -180,6 +185,79 @@ def test_inbound_schema_has_the_payload_models_fields(type_: str) -> None:
     assert schema["additionalProperties"] is True, "unknown inbound fields are ignored"
 
 
+# Constraints the published schema states differently from the payload model, on purpose.
+DELIBERATE = {
+    # The model only bounds the text; the domain validates it (INVALID_PERSONNUMMER).
+    ("personnummer", "string", "maxLength"),
+    # The model lets up to 4096 through so the domain can reject > 64 with a clear message.
+    ("reference_code", "string", "maxLength"),
+}
+CONSTRAINTS = ("minLength", "maxLength", "pattern", "format", "minimum", "maximum")
+Shape = dict[tuple[str, ...], dict[str, dict[str, Any]]]
+
+
+def _follow(node: dict[str, Any], resolver: Resolver[Any]) -> tuple[dict[str, Any], Resolver[Any]]:
+    while "$ref" in node:
+        found = resolver.lookup(node["$ref"])
+        siblings = {k: v for k, v in node.items() if k != "$ref"}
+        node, resolver = {**found.contents, **siblings}, found.resolver
+    return node, resolver
+
+
+def _branches(
+    node: dict[str, Any], resolver: Resolver[Any]
+) -> Iterator[tuple[dict[str, Any], Resolver[Any]]]:
+    node, resolver = _follow(node, resolver)
+    if "type" not in node and "anyOf" in node:
+        for branch in node["anyOf"]:
+            yield from _branches(branch, resolver)
+    elif isinstance(node.get("type"), list):
+        for type_ in node["type"]:
+            yield {**node, "type": type_}, resolver
+    else:
+        yield node, resolver
+
+
+def shape(node: dict[str, Any], resolver: Resolver[Any], path: tuple[str, ...] = ()) -> Shape:
+    """Per property path: the JSON types allowed and each type's constraints."""
+    out: Shape = {}
+    by_type: dict[str, dict[str, Any]] = {}
+    for branch, branch_resolver in _branches(node, resolver):
+        type_ = str(branch.get("type"))
+        if type_ == "object":
+            for name, sub in branch.get("properties", {}).items():
+                out.update(shape(sub, branch_resolver, (*path, name)))
+            by_type[type_] = {"required": sorted(branch.get("required", []))}
+        else:
+            by_type[type_] = {k: branch[k] for k in CONSTRAINTS if k in branch}
+    out[path] = by_type
+    return out
+
+
+def model_shape(model: type[BaseModel]) -> Shape:
+    contents = model.model_json_schema()
+    resource = Resource.from_contents(contents, default_specification=DRAFT202012)
+    resolver = Registry().with_resource("urn:model", resource).resolver("urn:model")
+    return shape(contents, resolver)
+
+
+@pytest.mark.parametrize("type_", sorted(INBOUND_MODELS))
+def test_inbound_schema_states_the_payload_models_types_and_limits(type_: str) -> None:
+    """Every field, nested ones too: same JSON types, and every limit the model enforces
+    (length, control characters, date formats, dose range) is in the schema."""
+    schema = load_schemas()[type_]
+    ours = shape(dict(schema), load_registry().resolver(base_uri=schema["$id"]))
+    theirs = model_shape(INBOUND_MODELS[type_])
+    assert set(ours) == set(theirs)
+    for path, types in theirs.items():
+        assert set(ours[path]) == set(types), path
+        for json_type, constraints in types.items():
+            for key, value in constraints.items():
+                if path and (path[-1], json_type, key) in DELIBERATE:
+                    continue
+                assert ours[path][json_type].get(key) == value, (path, json_type, key)
+
+
 @pytest.mark.parametrize("type_", sorted(OUTBOUND_TYPES))
 def test_outbound_schema_is_closed(type_: str) -> None:
     """Outgoing schemas list exactly what the code emits, so drift fails the tests."""
@@ -238,6 +316,7 @@ def with_data(type_: str, **changes: Any) -> dict[str, Any]:
         with_data("vaccination.started", personnummer="1912121212"),
         with_data("vaccination.started", vaccination_id=...),
         with_data("vaccination.started", vaccination_id=""),
+        with_data("vaccination.started", vaccination_id="V-1\x00"),
         with_data("booking.created", start_time="2026-11-26T13:20:00"),
         with_data("booking.created", start_time="2026-02-30T13:20:00Z"),
         with_data("customer_group.add", valid_from="26-11-2026"),
@@ -283,6 +362,8 @@ def test_valid_variants_are_accepted(event: dict[str, Any]) -> None:
         ("specversion", 1.0),
         ("id", ""),
         ("id", "x" * 1025),
+        ("id", "   "),
+        ("id", "id\nwith-newline"),
         ("source", ...),
         ("type", ...),
         ("time", "yesterday"),

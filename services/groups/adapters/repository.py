@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, select, update
+from sqlalchemy import ColumnElement, and_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -152,11 +152,18 @@ class GroupsRepository:
             )
         )
 
-    async def cancel_booking(self, booking_id: str, *, now: datetime) -> bool:
+    async def cancel_booking(
+        self, booking_id: str, *, event_time: datetime | None, now: datetime
+    ) -> bool:
+        """Cancel unless a newer event already changed the booking; records the event time
+        so an older created/updated arriving later cannot revive it."""
+        newer_or_unknown: ColumnElement[bool] = bookings.c.source_event_time.is_(None)
+        if event_time is not None:
+            newer_or_unknown = newer_or_unknown | (bookings.c.source_event_time <= event_time)
         result = await self._c.execute(
             update(bookings)
-            .where(bookings.c.booking_id == booking_id)
-            .values(status="cancelled", updated_at=now)
+            .where(bookings.c.booking_id == booking_id, newer_or_unknown)
+            .values(status="cancelled", source_event_time=event_time, updated_at=now)
         )
         return bool(result.rowcount)
 

@@ -57,6 +57,16 @@ def schema_summary(error: ValidationError) -> str:
     return "; ".join(parts)
 
 
+def _personnummer_or_none(data: Any) -> Personnummer | None:
+    value = data.get("personnummer") if isinstance(data, dict) else None
+    if not isinstance(value, str):
+        return None
+    try:
+        return Personnummer.parse(value)
+    except DomainError:
+        return None
+
+
 def _parse(model: type[P], data: Any) -> P:
     try:
         return model.model_validate(data)
@@ -146,7 +156,9 @@ class GroupsHandlers:
         cancelled = _parse(payloads.BookingCancelled, event.data)
         # A cancel for a booking never seen is kept as nothing: there is no customer
         # to attach it to, and a later created/updated event carries the truth.
-        await uow.repo.cancel_booking(cancelled.booking_id, now=self._clock.now())
+        await uow.repo.cancel_booking(
+            cancelled.booking_id, event_time=event.time, now=self._clock.now()
+        )
 
     # -- vaccination started -> prompt ------------------------------------------
 
@@ -262,7 +274,9 @@ class GroupsHandlers:
         model: type[P],
         apply: Callable[[P, Personnummer], Awaitable[None]],
     ) -> None:
-        personnummer: Personnummer | None = None
+        # Best effort first, so every answer about a valid personnummer is keyed by it,
+        # also when the payload or the unit is what is wrong.
+        personnummer = _personnummer_or_none(event.data)
         try:
             try:
                 command = model.model_validate(event.data)
