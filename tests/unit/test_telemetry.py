@@ -14,11 +14,14 @@ def test_span_attributes_lose_the_record_key_and_personnummer() -> None:
     provider.add_span_processor(RedactingSpanProcessor())
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     tracer = provider.get_tracer("test")
-    with tracer.start_as_current_span("consume", attributes={
-        "messaging.kafka.message.key": "191212121212",
-        "messaging.destination.name": "vaccination.started.v1",
-        "note": "patient 19121212-1212 seen",
-    }):
+    with tracer.start_as_current_span(
+        "consume",
+        attributes={
+            "messaging.kafka.message.key": "191212121212",
+            "messaging.destination.name": "vaccination.started.v1",
+            "note": "patient 19121212-1212 seen",
+        },
+    ):
         pass
     (span,) = exporter.get_finished_spans()
     attributes = dict(span.attributes or {})
@@ -29,5 +32,11 @@ def test_span_attributes_lose_the_record_key_and_personnummer() -> None:
 
 def test_tracing_is_off_without_an_endpoint() -> None:
     assert telemetry_middlewares(AppSettings(otel_exporter_otlp_endpoint=None), "svc") == []
-    assert len(telemetry_middlewares(
-        AppSettings(otel_exporter_otlp_endpoint="http://127.0.0.1:4318"), "svc")) == 1
+    assert (
+        len(
+            telemetry_middlewares(
+                AppSettings(otel_exporter_otlp_endpoint="http://127.0.0.1:4318"), "svc"
+            )
+        )
+        == 1
+    )
