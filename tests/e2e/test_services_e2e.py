@@ -96,6 +96,18 @@ async def test_popup_flow_through_both_services(stack: Stack, kafka: KafkaTestCl
     assert status == 200
     assert [m["group_code"] for m in card["active"]] == ["INFLUENSA"]
 
+    query = "booking_id=e2e-b1&user_id=nurse-1&unit_id=unit-1"
+    status, found = await asyncio.to_thread(http_json, f"{stack.groups.url}/booking?{query}")
+    assert status == 200
+    assert found["booking"]["requested_group"]["group_code"] == "INFLUENSA"
+    assert [m["group_code"] for m in found["customer"]["active"]] == ["INFLUENSA"]
+    status, _ = await asyncio.to_thread(http_json, f"{stack.groups.url}/booking?booking_id=x")
+    assert status == 400, "reads must name the user and unit (PDL)"
+    status, error = await asyncio.to_thread(
+        http_json, f"{stack.groups.url}/customer-card", {"personnummer": "191212121213", **ACTOR}
+    )
+    assert (status, error["reason_code"]) == (422, "INVALID_PERSONNUMMER")
+
     status, health = await asyncio.to_thread(http_json, f"{stack.groups.url}/healthz")
     assert status == 200, health
     status, health = await asyncio.to_thread(http_json, f"{stack.export.url}/healthz")
