@@ -29,7 +29,7 @@ from services.common.telemetry import telemetry_middlewares
 from services.groups.adapters import migrate
 from services.groups.adapters.metrics import GroupsMetrics
 from services.groups.adapters.outbox_relay import OutboxRelay
-from services.groups.adapters.repository import GroupsRepository
+from services.groups.adapters.repository import CatalogRepository
 from services.groups.catalog import default_catalog_path
 from services.groups.domain.catalog import Catalog
 from services.groups.service_layer.handlers import (
@@ -179,10 +179,10 @@ class GroupsService:
         await ensure_topics(self.settings.topics, self.settings.kafka)
         await migrate.upgrade(self.engine)
         async with self.new_uow() as uow:
-            in_database = await uow.repo.load_catalog()
+            in_database = await uow.catalog.load_catalog()
             # Never roll back a newer catalog that an operator imported.
             if in_database is None or self.catalog.current.version >= in_database.version:
-                await uow.repo.import_catalog(self.catalog.current)
+                await uow.catalog.import_catalog(self.catalog.current)
             await uow.commit()
         await self.reload_catalog()
         log.info("catalog %s loaded", self.catalog.current.version)
@@ -190,7 +190,7 @@ class GroupsService:
     async def reload_catalog(self) -> None:
         """The catalog tables are the truth (`import-catalog` may change them at any time)."""
         async with self.engine.connect() as connection:
-            loaded = await GroupsRepository(connection).load_catalog()
+            loaded = await CatalogRepository(connection).load_catalog()
         if loaded is not None and loaded != self.catalog.current:
             self.catalog.current = loaded
 

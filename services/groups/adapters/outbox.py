@@ -1,4 +1,4 @@
-"""Writing outgoing records and dead letters inside the current transaction."""
+"""Outgoing records and dead letters, written with the transaction that produced them."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import base64
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.common.records import Header, SourceRecord, dead_letter_headers
@@ -23,10 +22,14 @@ def decode_headers(stored: Sequence[Sequence[str]]) -> list[Header]:
 
 
 class Outbox:
+    """Collects rows in memory; `flush()` inserts them in order, one statement per table."""
+
     def __init__(self, connection: AsyncConnection, *, dlq_topic: str, service: str) -> None:
         self._connection = connection
         self._dlq_topic = dlq_topic
         self._service = service
+        self._rows: list[dict[str, Any]] = []
+        self._dead_letters: list[dict[str, Any]] = []
         self.written = 0
 
     async def add(
@@ -36,33 +39,38 @@ class Outbox:
         value: bytes | None,
         headers: Sequence[Header] = (),
     ) -> None:
-        await self._connection.execute(
-            insert(outbox).values(
-                topic=topic, key=key, value=value, headers=encode_headers(headers)
-            )
+        self._rows.append(
+            {"topic": topic, "key": key, "value": value, "headers": encode_headers(headers)}
         )
-        self.written += 1
 
     async def dead_letter(self, record: SourceRecord, error_code: str, message: str) -> None:
         """The original key, value and headers, plus headers naming the error and origin."""
-        headers = dead_letter_headers(record, error_code, message, self._service)
-        row: dict[str, Any] = {
-            "source_topic": record.topic,
-            "source_partition": record.partition,
-            "source_offset": record.offset,
-            "key": record.key,
-            "value": record.value,
-            "headers": encode_headers(headers),
-            "error_code": error_code,
-            "error_message": message[:1000],
-        }
-        await self._connection.execute(insert(dead_letters).values(**row))
-        await self._connection.execute(
-            insert(outbox).values(
-                topic=self._dlq_topic,
-                key=record.key,
-                value=record.value,
-                headers=encode_headers(headers),
-            )
+        headers = encode_headers(dead_letter_headers(record, error_code, message, self._service))
+        self._dead_letters.append(
+            {
+                "source_topic": record.topic,
+                "source_partition": record.partition,
+                "source_offset": record.offset,
+                "key": record.key,
+                "value": record.value,
+                "headers": headers,
+                "error_code": error_code,
+                "error_message": message[:1000],
+            }
         )
-        self.written += 1
+        await self.add(self._dlq_topic, record.key, record.value)
+        self._rows[-1]["headers"] = headers
+
+    def discard(self) -> None:
+        self._rows.clear()
+        self._dead_letters.clear()
+
+    async def flush(self) -> None:
+        rows, self._rows = self._rows, []
+        letters, self._dead_letters = self._dead_letters, []
+        if letters:
+            await self._connection.execute(dead_letters.insert(), letters)
+        if rows:
+            # Multi-row insert: ids (and so the relay's publishing order) follow list order.
+            await self._connection.execute(outbox.insert(), rows)
+        self.written += len(rows)

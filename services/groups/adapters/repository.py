@@ -1,11 +1,20 @@
-"""Reads and writes of the groups service's rows, mapped to and from the domain."""
+"""Reads and writes of the groups service's rows, mapped to and from the domain.
+
+One repository serves one unit of work (one transaction) and works like an identity
+map with deferred writes: what a batch reads is loaded once (in bulk where the batch
+says up front what it will need), every change is kept in memory, and `flush()` writes
+all of it with one multi-row statement per table. A batch of hundreds of records thus
+costs a handful of round trips instead of several per record.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, select, update
+from sqlalchemy import ColumnElement, bindparam, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -21,8 +30,63 @@ from services.groups.adapters.orm import (
     vaccination_confirmations,
 )
 from services.groups.domain.catalog import Catalog
+from services.groups.domain.errors import DomainError
 from services.groups.domain.membership import Customer, Membership
 from services.groups.domain.personnummer import Personnummer
+
+
+@dataclass
+class BookingRow:
+    booking_id: str
+    unit_id: str
+    personnummer: str
+    start_time: datetime
+    vaccine_code: str | None
+    vaccine_name: str | None
+    dose: int | None
+    requested_group_code: str | None
+    requested_subgroup_code: str | None
+    status: str
+    source_event_time: datetime | None
+    updated_at: datetime
+
+    def as_values(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class PromptRow:
+    prompt_id: str
+    vaccination_id: str
+    personnummer: str
+    unit_id: str
+    user_id: str
+    booking_id: str | None
+    vaccine_code: str | None
+    event: bytes
+    created_at: datetime
+    closed_at: datetime | None = None
+
+
+@dataclass
+class _MembershipWrite:
+    personnummer: str
+    membership: Membership
+    user_id: str
+    unit_id: str
+    created_at: datetime | None  # set for a membership created in this unit of work
+    updated_at: datetime
+
+
+@dataclass
+class _Changes:
+    customers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    bookings: dict[str, BookingRow] = field(default_factory=dict)
+    memberships: dict[str, _MembershipWrite] = field(default_factory=dict)
+    new_prompts: dict[str, PromptRow] = field(default_factory=dict)
+    closed_prompts: dict[str, datetime] = field(default_factory=dict)
+    confirmations: dict[str, dict[str, Any]] = field(default_factory=dict)
+    audit: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _membership(row: Row[Any]) -> Membership:
@@ -37,11 +101,94 @@ def _membership(row: Row[Any]) -> Membership:
     )
 
 
+def _booking(row: Row[Any]) -> BookingRow:
+    return BookingRow(**{name: getattr(row, name) for name in BookingRow.__dataclass_fields__})
+
+
+def _prompt(row: Row[Any]) -> PromptRow:
+    return PromptRow(**{name: getattr(row, name) for name in PromptRow.__dataclass_fields__})
+
+
+def _valid(personnummer: str) -> bool:
+    try:
+        Personnummer.parse(personnummer)
+    except DomainError:
+        return False
+    return True
+
+
+def _newer_or_same(current: datetime | None, incoming: datetime | None) -> bool:
+    """Event-time order of booking events; unknown times never block a change."""
+    return current is None or incoming is None or current <= incoming
+
+
 class GroupsRepository:
     def __init__(self, connection: AsyncConnection) -> None:
         self._c = connection
+        self._customers: dict[str, Customer] = {}
+        self._bookings: dict[str, BookingRow | None] = {}
+        self._prompts_by_vaccination: dict[str, PromptRow | None] = {}
+        self._prompts_by_id: dict[str, PromptRow | None] = {}
+        self._confirmation_versions: dict[str, int] = {}
+        self._changes = _Changes()
 
-    # -- customers and memberships ----------------------------------------
+    # -- bulk loading ----------------------------------------------------------
+
+    async def preload(
+        self,
+        *,
+        personnummer: Iterable[str] = (),
+        booking_ids: Iterable[str] = (),
+        vaccination_ids: Iterable[str] = (),
+        prompt_ids: Iterable[str] = (),
+    ) -> None:
+        """Load what a batch will read, a query per table; anything missed loads lazily."""
+        pnrs = sorted({p for p in personnummer if p not in self._customers and _valid(p)})
+        if pnrs:
+            rows = (
+                await self._c.execute(
+                    select(memberships)
+                    .where(memberships.c.personnummer.in_(pnrs))
+                    .order_by(memberships.c.valid_from, memberships.c.created_at)
+                )
+            ).all()
+            by_pnr: dict[str, list[Membership]] = {p: [] for p in pnrs}
+            for row in rows:
+                by_pnr[row.personnummer].append(_membership(row))
+            for pnr, items in by_pnr.items():
+                self._customers[pnr] = Customer(Personnummer(pnr), items)
+        ids = sorted({b for b in booking_ids if b not in self._bookings})
+        if ids:
+            found = await self._c.execute(select(bookings).where(bookings.c.booking_id.in_(ids)))
+            loaded = {row.booking_id: _booking(row) for row in found}
+            for booking_id in ids:
+                self._bookings[booking_id] = loaded.get(booking_id)
+        vids = sorted({v for v in vaccination_ids if v not in self._prompts_by_vaccination})
+        pids = sorted({p for p in prompt_ids if p not in self._prompts_by_id})
+        if vids or pids:
+            condition: ColumnElement[bool] = prompts.c.vaccination_id.in_(vids)
+            if pids:
+                condition = condition | prompts.c.prompt_id.in_(pids)
+            for row in await self._c.execute(select(prompts).where(condition)):
+                self._remember_prompt(_prompt(row))
+            for vid in vids:
+                self._prompts_by_vaccination.setdefault(vid, None)
+            for pid in pids:
+                self._prompts_by_id.setdefault(pid, None)
+        if vids:
+            found = await self._c.execute(
+                select(
+                    vaccination_confirmations.c.vaccination_id, vaccination_confirmations.c.version
+                ).where(vaccination_confirmations.c.vaccination_id.in_(vids))
+            )
+            for row in found:
+                self._confirmation_versions[row.vaccination_id] = row.version
+
+    def _remember_prompt(self, prompt: PromptRow) -> None:
+        self._prompts_by_vaccination[prompt.vaccination_id] = prompt
+        self._prompts_by_id[prompt.prompt_id] = prompt
+
+    # -- customers and memberships ----------------------------------------------
 
     async def ensure_customer(
         self,
@@ -51,16 +198,15 @@ class GroupsRepository:
         last_name: str | None = None,
         now: datetime,
     ) -> None:
-        values: dict[str, Any] = {"personnummer": personnummer.value, "updated_at": now}
-        if first_name is not None:
-            values["first_name"] = first_name
-        if last_name is not None:
-            values["last_name"] = last_name
-        statement = pg_insert(customers).values(**values)
-        changes = {k: statement.excluded[k] for k in values if k != "personnummer"}
-        await self._c.execute(
-            statement.on_conflict_do_update(index_elements=[customers.c.personnummer], set_=changes)
+        pending = self._changes.customers.setdefault(
+            personnummer.value,
+            {"personnummer": personnummer.value, "first_name": None, "last_name": None},
         )
+        pending["updated_at"] = now
+        if first_name is not None:
+            pending["first_name"] = first_name
+        if last_name is not None:
+            pending["last_name"] = last_name
 
     async def customer_names(self, personnummer: Personnummer) -> tuple[str | None, str | None]:
         row = (
@@ -73,14 +219,10 @@ class GroupsRepository:
         return (row.first_name, row.last_name) if row else (None, None)
 
     async def get_customer(self, personnummer: Personnummer) -> Customer:
-        rows = (
-            await self._c.execute(
-                select(memberships)
-                .where(memberships.c.personnummer == personnummer.value)
-                .order_by(memberships.c.valid_from, memberships.c.created_at)
-            )
-        ).all()
-        return Customer(personnummer, [_membership(r) for r in rows])
+        """The customer with every membership, the same object for the whole unit of work."""
+        if personnummer.value not in self._customers:
+            await self.preload(personnummer=[personnummer.value])
+        return self._customers[personnummer.value]
 
     async def insert_membership(
         self,
@@ -91,122 +233,88 @@ class GroupsRepository:
         unit_id: str,
         now: datetime,
     ) -> None:
-        await self._c.execute(
-            memberships.insert().values(
-                membership_id=membership.membership_id,
-                personnummer=personnummer.value,
-                group_code=membership.group_code,
-                subgroup_code=membership.subgroup_code,
-                reference_code=membership.reference_code,
-                valid_from=membership.valid_from,
-                valid_to=membership.valid_to,
-                version=membership.version,
-                created_at=now,
-                updated_at=now,
-                updated_by_user=user_id,
-                updated_by_unit=unit_id,
-            )
+        self._changes.memberships[membership.membership_id] = _MembershipWrite(
+            personnummer.value, membership, user_id, unit_id, created_at=now, updated_at=now
         )
 
     async def save_membership(
         self, membership: Membership, *, user_id: str, unit_id: str, now: datetime
     ) -> None:
-        """Write a changed membership; the version check guards against lost updates."""
-        result = await self._c.execute(
-            update(memberships)
-            .where(
-                and_(
-                    memberships.c.membership_id == membership.membership_id,
-                    memberships.c.version == membership.version - 1,
-                )
-            )
-            .values(
-                subgroup_code=membership.subgroup_code,
-                reference_code=membership.reference_code,
-                valid_to=membership.valid_to,
-                version=membership.version,
-                updated_at=now,
-                updated_by_user=user_id,
-                updated_by_unit=unit_id,
-            )
+        known = self._changes.memberships.get(membership.membership_id)
+        if known is not None:
+            known.user_id, known.unit_id, known.updated_at = user_id, unit_id, now
+            return
+        self._changes.memberships[membership.membership_id] = _MembershipWrite(
+            "", membership, user_id, unit_id, created_at=None, updated_at=now
         )
-        if result.rowcount != 1:
-            raise RuntimeError("membership changed concurrently (version mismatch)")
 
-    # -- bookings ------------------------------------------------------------
+    # -- bookings ------------------------------------------------------------------
+
+    async def get_booking(self, booking_id: str) -> BookingRow | None:
+        if booking_id not in self._bookings:
+            await self.preload(booking_ids=[booking_id])
+        return self._bookings[booking_id]
 
     async def upsert_booking(self, values: dict[str, Any]) -> None:
-        statement = pg_insert(bookings).values(**values)
-        changes = {k: statement.excluded[k] for k in values if k != "booking_id"}
-        # An older event never overwrites a newer one (events may arrive out of order
-        # across partitions after a re-key or a replay).
-        await self._c.execute(
-            statement.on_conflict_do_update(
-                index_elements=[bookings.c.booking_id],
-                set_=changes,
-                where=(
-                    bookings.c.source_event_time.is_(None)
-                    | statement.excluded.source_event_time.is_(None)
-                    | (bookings.c.source_event_time <= statement.excluded.source_event_time)
-                ),
-            )
-        )
+        current = await self.get_booking(values["booking_id"])
+        # An older event never overwrites a newer one (events of one booking may arrive
+        # out of order across partitions after a re-key or a replay).
+        if current is not None and not _newer_or_same(
+            current.source_event_time, values["source_event_time"]
+        ):
+            return
+        row = BookingRow(**values)
+        self._bookings[row.booking_id] = row
+        self._changes.bookings[row.booking_id] = row
 
     async def cancel_booking(
         self, booking_id: str, *, event_time: datetime | None, now: datetime
     ) -> bool:
         """Cancel unless a newer event already changed the booking; records the event time
         so an older created/updated arriving later cannot revive it."""
-        newer_or_unknown: ColumnElement[bool] = bookings.c.source_event_time.is_(None)
-        if event_time is not None:
-            newer_or_unknown = newer_or_unknown | (bookings.c.source_event_time <= event_time)
-        result = await self._c.execute(
-            update(bookings)
-            .where(bookings.c.booking_id == booking_id, newer_or_unknown)
-            .values(status="cancelled", source_event_time=event_time, updated_at=now)
-        )
-        return bool(result.rowcount)
+        current = await self.get_booking(booking_id)
+        if current is None or not _newer_or_same(current.source_event_time, event_time):
+            return False
+        row = replace(current, status="cancelled", source_event_time=event_time, updated_at=now)
+        self._bookings[booking_id] = row
+        self._changes.bookings[booking_id] = row
+        return True
 
-    async def get_booking(self, booking_id: str) -> Row[Any] | None:
-        return (
-            await self._c.execute(select(bookings).where(bookings.c.booking_id == booking_id))
-        ).first()
+    # -- prompts and confirmations ------------------------------------------------
 
-    # -- prompts and confirmations ------------------------------------------
+    async def get_prompt_by_vaccination(self, vaccination_id: str) -> PromptRow | None:
+        if vaccination_id not in self._prompts_by_vaccination:
+            await self.preload(vaccination_ids=[vaccination_id])
+        return self._prompts_by_vaccination[vaccination_id]
 
-    async def get_prompt_by_vaccination(self, vaccination_id: str) -> Row[Any] | None:
-        return (
-            await self._c.execute(select(prompts).where(prompts.c.vaccination_id == vaccination_id))
-        ).first()
-
-    async def get_prompt(self, prompt_id: str) -> Row[Any] | None:
-        return (
-            await self._c.execute(select(prompts).where(prompts.c.prompt_id == prompt_id))
-        ).first()
+    async def get_prompt(self, prompt_id: str) -> PromptRow | None:
+        if prompt_id not in self._prompts_by_id:
+            await self.preload(prompt_ids=[prompt_id])
+        return self._prompts_by_id[prompt_id]
 
     async def insert_prompt(self, values: dict[str, Any]) -> None:
-        await self._c.execute(prompts.insert().values(**values))
+        prompt = PromptRow(**values)
+        self._remember_prompt(prompt)
+        self._changes.new_prompts[prompt.prompt_id] = prompt
 
     async def close_prompt(self, prompt_id: str, *, now: datetime) -> None:
-        await self._c.execute(
-            update(prompts).where(prompts.c.prompt_id == prompt_id).values(closed_at=now)
-        )
+        prompt = self._prompts_by_id.get(prompt_id)
+        if prompt is not None:
+            prompt.closed_at = now
+        if prompt_id not in self._changes.new_prompts:
+            self._changes.closed_prompts[prompt_id] = now
 
     async def upsert_confirmation(self, values: dict[str, Any]) -> int:
         """Insert or replace the dose's confirmation; returns its version."""
-        statement = pg_insert(vaccination_confirmations).values(**values, version=1)
-        changes: dict[str, Any] = {
-            k: statement.excluded[k] for k in values if k != "vaccination_id"
-        }
-        changes["version"] = vaccination_confirmations.c.version + 1
-        result = await self._c.execute(
-            statement.on_conflict_do_update(
-                index_elements=[vaccination_confirmations.c.vaccination_id], set_=changes
-            ).returning(vaccination_confirmations.c.version)
-        )
-        return int(result.scalar_one())
+        vaccination_id = values["vaccination_id"]
+        if vaccination_id not in self._confirmation_versions:
+            await self.preload(vaccination_ids=[vaccination_id])
+        version = self._confirmation_versions.get(vaccination_id, 0) + 1
+        self._confirmation_versions[vaccination_id] = version
+        self._changes.confirmations[vaccination_id] = {**values, "version": version}
+        return version
 
-    # -- audit (PDL) -----------------------------------------------------------
+    # -- audit (PDL) -----------------------------------------------------------------
 
     async def audit(
         self,
@@ -218,18 +326,139 @@ class GroupsRepository:
         membership_id: str | None = None,
         detail: dict[str, Any] | None = None,
     ) -> None:
-        await self._c.execute(
-            audit_log.insert().values(
-                action=action,
-                user_id=user_id,
-                unit_id=unit_id,
-                personnummer=personnummer.value,
-                membership_id=membership_id,
-                detail=detail or {},
-            )
+        self._changes.audit.append(
+            {
+                "action": action,
+                "user_id": user_id,
+                "unit_id": unit_id,
+                "personnummer": personnummer.value,
+                "membership_id": membership_id,
+                "detail": detail or {},
+            }
         )
 
-    # -- catalog -------------------------------------------------------------
+    # -- writing -----------------------------------------------------------------------
+
+    async def flush(self) -> None:
+        """Write every pending change, parents before children, one statement per table."""
+        changes, self._changes = self._changes, _Changes()
+        if changes.customers:
+            statement = pg_insert(customers)
+            await self._c.execute(
+                statement.on_conflict_do_update(
+                    index_elements=[customers.c.personnummer],
+                    set_={
+                        "first_name": func.coalesce(
+                            statement.excluded.first_name, customers.c.first_name
+                        ),
+                        "last_name": func.coalesce(
+                            statement.excluded.last_name, customers.c.last_name
+                        ),
+                        "updated_at": statement.excluded.updated_at,
+                    },
+                ),
+                list(changes.customers.values()),
+            )
+        if changes.bookings:
+            statement = pg_insert(bookings)
+            names = [c.name for c in bookings.columns if c.name != "booking_id"]
+            guard: ColumnElement[bool] = (
+                bookings.c.source_event_time.is_(None)
+                | statement.excluded.source_event_time.is_(None)
+                | (bookings.c.source_event_time <= statement.excluded.source_event_time)
+            )
+            await self._c.execute(
+                statement.on_conflict_do_update(
+                    index_elements=[bookings.c.booking_id],
+                    set_={name: statement.excluded[name] for name in names},
+                    where=guard,
+                ),
+                [row.as_values() for row in changes.bookings.values()],
+            )
+        new = [w for w in changes.memberships.values() if w.created_at is not None]
+        changed = [w for w in changes.memberships.values() if w.created_at is None]
+        if new:
+            await self._c.execute(
+                memberships.insert(),
+                [
+                    {
+                        "membership_id": w.membership.membership_id,
+                        "personnummer": w.personnummer,
+                        "group_code": w.membership.group_code,
+                        "subgroup_code": w.membership.subgroup_code,
+                        "reference_code": w.membership.reference_code,
+                        "valid_from": w.membership.valid_from,
+                        "valid_to": w.membership.valid_to,
+                        "version": w.membership.version,
+                        "created_at": w.created_at,
+                        "updated_at": w.updated_at,
+                        "updated_by_user": w.user_id,
+                        "updated_by_unit": w.unit_id,
+                    }
+                    for w in new
+                ],
+            )
+        if changed:
+            # The customers are locked for this transaction, so no one else can have
+            # changed these rows since they were read.
+            await self._c.execute(
+                update(memberships)
+                .where(memberships.c.membership_id == bindparam("b_id"))
+                .values(
+                    subgroup_code=bindparam("b_subgroup"),
+                    reference_code=bindparam("b_reference"),
+                    valid_to=bindparam("b_valid_to"),
+                    version=bindparam("b_version"),
+                    updated_at=bindparam("b_updated_at"),
+                    updated_by_user=bindparam("b_user"),
+                    updated_by_unit=bindparam("b_unit"),
+                ),
+                [
+                    {
+                        "b_id": w.membership.membership_id,
+                        "b_subgroup": w.membership.subgroup_code,
+                        "b_reference": w.membership.reference_code,
+                        "b_valid_to": w.membership.valid_to,
+                        "b_version": w.membership.version,
+                        "b_updated_at": w.updated_at,
+                        "b_user": w.user_id,
+                        "b_unit": w.unit_id,
+                    }
+                    for w in changed
+                ],
+            )
+        if changes.new_prompts:
+            await self._c.execute(
+                prompts.insert(), [dict(p.__dict__) for p in changes.new_prompts.values()]
+            )
+        if changes.closed_prompts:
+            await self._c.execute(
+                update(prompts)
+                .where(prompts.c.prompt_id == bindparam("b_id"))
+                .values(closed_at=bindparam("b_closed_at")),
+                [{"b_id": k, "b_closed_at": v} for k, v in changes.closed_prompts.items()],
+            )
+        if changes.confirmations:
+            statement = pg_insert(vaccination_confirmations)
+            names = [
+                c.name for c in vaccination_confirmations.columns if c.name != "vaccination_id"
+            ]
+            await self._c.execute(
+                statement.on_conflict_do_update(
+                    index_elements=[vaccination_confirmations.c.vaccination_id],
+                    set_={name: statement.excluded[name] for name in names},
+                ),
+                list(changes.confirmations.values()),
+            )
+        if changes.audit:
+            await self._c.execute(audit_log.insert(), changes.audit)
+
+
+class CatalogRepository:
+    """The catalog tables, read and written directly (rare, operator-driven)."""
+
+    def __init__(self, connection: AsyncConnection) -> None:
+        self._c = connection
 
     async def import_catalog(self, catalog: Catalog) -> None:
         """Upsert every group and subgroup; memberships are not touched, nothing is deleted."""

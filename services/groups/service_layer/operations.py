@@ -20,7 +20,7 @@ DLQ_HEADER_PREFIX = "dlq-"
 
 async def import_catalog(uow: UnitOfWork, catalog: Catalog) -> None:
     """Upsert the catalog; memberships are never touched and nothing is deleted."""
-    await uow.repo.import_catalog(catalog)
+    await uow.catalog.import_catalog(catalog)
     await uow.commit()
 
 

@@ -1,19 +1,23 @@
-"""One PostgreSQL transaction: repositories, the outbox, the inbox and locks share it."""
+"""One PostgreSQL transaction: repositories, the outbox, the inbox and locks share it.
+
+Writes are deferred: handlers change the repository's in-memory state and queue
+outgoing records; `commit()` flushes everything and commits. `discard()` forgets what
+was queued since the last flush without touching the database.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Iterable, Sequence
 from types import TracebackType
 from typing import Self
 
-from sqlalchemy import text
+from sqlalchemy import select, text, tuple_
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncTransaction
 
 from services.groups.adapters.orm import inbox
 from services.groups.adapters.outbox import Outbox
-from services.groups.adapters.repository import GroupsRepository
+from services.groups.adapters.repository import CatalogRepository, GroupsRepository
 
 
 class UnitOfWork:
@@ -23,12 +27,15 @@ class UnitOfWork:
         self._service = service
         self._connection: AsyncConnection | None = None
         self._transaction: AsyncTransaction | None = None
+        self._processed: set[tuple[str, str]] = set()
+        self._newly_processed: list[dict[str, str]] = []
         self.committed = False
 
     async def __aenter__(self) -> Self:
         self._connection = await self._engine.connect()
         self._transaction = await self._connection.begin()
         self.repo = GroupsRepository(self._connection)
+        self.catalog = CatalogRepository(self._connection)
         self.outbox = Outbox(self._connection, dlq_topic=self._dlq_topic, service=self._service)
         return self
 
@@ -50,15 +57,20 @@ class UnitOfWork:
         assert self._connection is not None
         return self._connection
 
+    async def flush(self) -> None:
+        await self.repo.flush()
+        if self._newly_processed:
+            await self.connection.execute(
+                pg_insert(inbox).on_conflict_do_nothing(), self._newly_processed
+            )
+            self._newly_processed = []
+        await self.outbox.flush()
+
     async def commit(self) -> None:
         assert self._transaction is not None
+        await self.flush()
         await self._transaction.commit()
         self.committed = True
-
-    @asynccontextmanager
-    async def savepoint(self) -> AsyncIterator[None]:
-        async with self.connection.begin_nested():
-            yield
 
     async def lock_subjects(self, subjects: Sequence[str]) -> None:
         """Transaction-scoped advisory locks, taken in one fixed order (by hash)."""
@@ -73,12 +85,23 @@ class UnitOfWork:
             {"subjects": list(subjects)},
         )
 
-    async def mark_processed(self, topic: str, event_id: str) -> bool:
-        """Record the event id; False when it was processed before (a redelivery)."""
-        result = await self.connection.execute(
-            pg_insert(inbox)
-            .values(topic=topic, event_id=event_id)
-            .on_conflict_do_nothing()
-            .returning(inbox.c.event_id)
+    async def load_processed(self, keys: Iterable[tuple[str, str]]) -> None:
+        """Which of these (topic, event id) pairs were applied before: one query."""
+        wanted = list(set(keys) - self._processed)
+        if not wanted:
+            return
+        rows = await self.connection.execute(
+            select(inbox.c.topic, inbox.c.event_id).where(
+                tuple_(inbox.c.topic, inbox.c.event_id).in_(wanted)
+            )
         )
-        return result.first() is not None
+        self._processed.update((row.topic, row.event_id) for row in rows)
+
+    def is_processed(self, topic: str, event_id: str) -> bool:
+        """Applied before (call `load_processed` first) or earlier in this unit of work."""
+        return (topic, event_id) in self._processed
+
+    def mark_processed(self, topic: str, event_id: str) -> None:
+        """Record the event id with the effects, so a redelivery changes nothing."""
+        self._processed.add((topic, event_id))
+        self._newly_processed.append({"topic": topic, "event_id": event_id})
