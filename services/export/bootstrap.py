@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from zoneinfo import ZoneInfo
 
 from aiokafka import AIOKafkaProducer
 from faststream.kafka import KafkaBroker
 
 from services.common.kafka import build_broker, ensure_topics, start_producer
-from services.common.settings import AppSettings, ExportSettings, KafkaSettings, TopicSettings
+from services.common.settings import (
+    AppSettings,
+    DatabaseSettings,
+    ExportSettings,
+    GroupsSettings,
+    KafkaSettings,
+    TopicSettings,
+)
 from services.common.telemetry import telemetry_middlewares
 from services.export.adapters.metrics import ExportMetrics
-from services.export.domain.records import Pseudonymizer
+from services.export.domain.records import Pseudonymizer, RecordBuilder
 from services.export.service_layer.pipeline import SERVICE_NAME, ExportPipeline
 
 log = logging.getLogger(__name__)
@@ -27,6 +35,11 @@ class ExportSettingsBundle:
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
     topics: TopicSettings = field(default_factory=TopicSettings)
     export: ExportSettings = field(default_factory=ExportSettings)
+    # Only the backfill and the snapshot read the groups database; the service does not.
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    # GROUPS_TIMEZONE: the zone the groups service writes instants in. Records format
+    # every instant in it, so a record built from a row equals the one built from the event.
+    timezone: str = field(default_factory=lambda: GroupsSettings().timezone)
 
 
 def pseudonymizer_from(settings: ExportSettingsBundle) -> Pseudonymizer:
@@ -39,18 +52,26 @@ def pseudonymizer_from(settings: ExportSettingsBundle) -> Pseudonymizer:
     return Pseudonymizer(key.get_secret_value().encode())
 
 
+def record_builder_from(settings: ExportSettingsBundle) -> RecordBuilder:
+    """The one way records are built in this deployment (service, backfill, snapshot)."""
+    return RecordBuilder(
+        pseudonymizer_from(settings),
+        ZoneInfo(settings.timezone),
+        include_personnummer=settings.export.include_personnummer,
+    )
+
+
 class ExportService:
     def __init__(self, settings: ExportSettingsBundle | None = None) -> None:
         self.settings = settings or ExportSettingsBundle()
         s = self.settings
         self.metrics = ExportMetrics()
-        self.pseudonymizer = pseudonymizer_from(s)
+        self.builder = record_builder_from(s)
         self.pipeline = ExportPipeline(
             self._new_producer,
             export_topic=s.topics.export,
             dlq_topic=s.topics.dlq,
-            pseudonymizer=self.pseudonymizer,
-            include_personnummer=s.export.include_personnummer,
+            builder=self.builder,
             metrics=self.metrics,
             max_event_bytes=s.kafka.max_message_bytes,
         )

@@ -3,6 +3,8 @@ or from its database rows. Pure: no I/O.
 
 Each record's value is the whole current state of its key, so a consumer that keeps the
 last value per key (the compacted topic, or a warehouse upsert) holds the current state.
+The live path (events), the backfill and the snapshot (database rows) all go through
+`RecordBuilder`, so one state gives the same record, byte for byte, whichever path built it.
 """
 
 from __future__ import annotations
@@ -10,7 +12,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import date, datetime, tzinfo
 from typing import Any
 
 MEMBERSHIP_RECORD = "customer_group.membership_record"
@@ -106,3 +110,95 @@ def vaccination_record(
     if include_personnummer:
         data["personnummer"] = personnummer
     return ExportRecord(vaccination_id, VACCINATION_RECORD, data, confirmed_at)
+
+
+def local_instant(value: datetime, zone: tzinfo) -> str:
+    """RFC 3339 with the offset of `zone` (the clinics' zone, in which the groups service
+    writes its instants). Both paths format through here: an event's time arrives as text
+    with an offset, a database row's as UTC, and only one form can be byte-identical."""
+    if value.tzinfo is None:
+        raise ValueError("an instant needs a time zone")
+    return value.astimezone(zone).isoformat()
+
+
+def membership_from_row(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A `memberships` row, joined with the catalog names, as the groups service's
+    `membership_view` shows it (the "membership" of its events).
+
+    `catalog_group_name` / `catalog_subgroup_name` are None where the code is not in the
+    catalog; the view then shows the code itself, and so does this.
+    """
+    valid_to: date | None = row["valid_to"]
+    subgroup_code: str | None = row["subgroup_code"]
+    subgroup_name: str | None = row["catalog_subgroup_name"]
+    return {
+        "membership_id": str(row["membership_id"]),
+        "group_code": row["group_code"],
+        "group_name": row["catalog_group_name"] or row["group_code"],
+        "subgroup_code": subgroup_code,
+        "subgroup_name": subgroup_name if subgroup_name is not None else subgroup_code,
+        "reference_code": row["reference_code"],
+        "valid_from": row["valid_from"].isoformat(),
+        "valid_to": valid_to.isoformat() if valid_to is not None else None,
+        "status": "active" if valid_to is None else "historical",
+        "version": int(row["version"]),
+    }
+
+
+@dataclass(frozen=True)
+class RecordBuilder:
+    """This deployment's way of building records: pseudonym key, personnummer opt-in and
+    local zone. One instance per process, shared by every path that publishes or writes."""
+
+    pseudonymizer: Pseudonymizer
+    zone: tzinfo
+    include_personnummer: bool = False
+
+    def membership(
+        self, membership: Mapping[str, Any], personnummer: str, updated_at: datetime
+    ) -> ExportRecord:
+        return membership_record(
+            dict(membership),
+            personnummer,
+            local_instant(updated_at, self.zone),
+            self.pseudonymizer,
+            include_personnummer=self.include_personnummer,
+        )
+
+    def vaccination(
+        self,
+        *,
+        vaccination_id: str,
+        personnummer: str,
+        unit_id: str,
+        confirmed_at: datetime,
+        memberships: Sequence[Mapping[str, Any]],
+        version: int,
+    ) -> ExportRecord:
+        return vaccination_record(
+            vaccination_id=vaccination_id,
+            personnummer=personnummer,
+            unit_id=unit_id,
+            confirmed_at=local_instant(confirmed_at, self.zone),
+            memberships=[dict(m) for m in memberships],
+            version=version,
+            pseudonymizer=self.pseudonymizer,
+            include_personnummer=self.include_personnummer,
+        )
+
+    def membership_from_row(self, row: Mapping[str, Any]) -> ExportRecord:
+        """A `memberships` row (see `membership_from_row`); its updated_at is the change's time."""
+        return self.membership(membership_from_row(row), row["personnummer"], row["updated_at"])
+
+    def vaccination_from_row(self, row: Mapping[str, Any]) -> ExportRecord:
+        """A `vaccination_confirmations` row: the JSONB `memberships` holds the same
+        membership views the confirmation event carried."""
+        memberships = row["memberships"] or []
+        return self.vaccination(
+            vaccination_id=str(row["vaccination_id"]),
+            personnummer=row["personnummer"],
+            unit_id=str(row["unit_id"]),
+            confirmed_at=row["confirmed_at"],
+            memberships=[m for m in memberships if isinstance(m, Mapping)],
+            version=int(row["version"]),
+        )

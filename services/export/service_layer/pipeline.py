@@ -19,7 +19,7 @@ from services.common.backoff import Backoff
 from services.common.envelope import CloudEvent, PoisonRecord, decode_cloudevent
 from services.common.records import SourceRecord, dead_letter_headers
 from services.export.adapters.metrics import ExportMetrics
-from services.export.domain.records import EXPORT_SOURCE, ExportRecord, Pseudonymizer
+from services.export.domain.records import EXPORT_SOURCE, ExportRecord, RecordBuilder
 from services.export.service_layer.translate import records_from_event
 
 log = logging.getLogger(__name__)
@@ -27,6 +27,7 @@ SERVICE_NAME = "export-service"
 
 
 def record_value(record: ExportRecord) -> bytes:
+    """The record's Kafka value; every path that publishes uses this (same state, same bytes)."""
     event = CloudEvent(
         id=record.event_id,
         source=EXPORT_SOURCE,
@@ -71,8 +72,7 @@ class ExportPipeline:
         *,
         export_topic: str,
         dlq_topic: str,
-        pseudonymizer: Pseudonymizer,
-        include_personnummer: bool,
+        builder: RecordBuilder,
         metrics: ExportMetrics,
         max_event_bytes: int,
     ) -> None:
@@ -80,8 +80,7 @@ class ExportPipeline:
         self._producer: AIOKafkaProducer | None = None
         self._export_topic = export_topic
         self._dlq_topic = dlq_topic
-        self._pseudonymizer = pseudonymizer
-        self._include_personnummer = include_personnummer
+        self._builder = builder
         self._metrics = metrics
         self._max_event_bytes = max_event_bytes
 
@@ -119,9 +118,7 @@ class ExportPipeline:
         for source in records:
             try:
                 event = decode_cloudevent(source.value, max_bytes=self._max_event_bytes)
-                exported = records_from_event(
-                    event, self._pseudonymizer, include_personnummer=self._include_personnummer
-                )
+                exported = records_from_event(event, self._builder)
             except PoisonRecord as poison:
                 headers = dead_letter_headers(
                     source, poison.error_code, poison.message, SERVICE_NAME

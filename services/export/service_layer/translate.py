@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from services.common.envelope import CloudEvent, PoisonRecord
-from services.export.domain.records import (
-    ExportRecord,
-    Pseudonymizer,
-    membership_record,
-    vaccination_record,
-)
+from services.export.domain.records import ExportRecord, RecordBuilder
 
 MEMBERSHIP_EVENTS = frozenset(
     {"customer_group.added", "customer_group.updated", "customer_group.removed"}
@@ -28,44 +24,59 @@ def _require(data: Any, *names: str) -> dict[str, Any]:
     return data
 
 
-def _time(event: CloudEvent) -> str:
+def _time(event: CloudEvent) -> datetime:
     if event.time is None:
         raise PoisonRecord("SCHEMA_VIOLATION", "event has no time")
-    return event.time.isoformat()
+    if event.time.tzinfo is None:
+        raise PoisonRecord("SCHEMA_VIOLATION", "event time has no offset")
+    return event.time
 
 
-def records_from_event(
-    event: CloudEvent, pseudonymizer: Pseudonymizer, *, include_personnummer: bool
-) -> list[ExportRecord]:
+def _instant(value: Any, name: str) -> datetime:
+    """An RFC 3339 instant with offset from the event's data."""
+    try:
+        parsed = datetime.fromisoformat(str(value))
+    except ValueError:
+        raise PoisonRecord("SCHEMA_VIOLATION", f"{name} is not RFC 3339") from None
+    if parsed.tzinfo is None:
+        raise PoisonRecord("SCHEMA_VIOLATION", f"{name} has no offset")
+    return parsed
+
+
+def _version(value: Any) -> int:
+    # A bad value must dead-letter, not raise ValueError: the pipeline retries those forever.
+    if value is None:
+        return 1
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise PoisonRecord("SCHEMA_VIOLATION", "version must be a positive integer")
+    return value
+
+
+def records_from_event(event: CloudEvent, builder: RecordBuilder) -> list[ExportRecord]:
     if event.type in IGNORED:
         return []
     if event.type in MEMBERSHIP_EVENTS:
         data = _require(event.data, "personnummer", "membership")
         membership = _require(data["membership"], "membership_id", "group_code", "version")
-        return [
-            membership_record(
-                membership,
-                str(data["personnummer"]),
-                _time(event),
-                pseudonymizer,
-                include_personnummer=include_personnummer,
-            )
-        ]
+        # updated_at is the event's time: the event carries no other instant of the change.
+        return [builder.membership(membership, str(data["personnummer"]), _time(event))]
     if event.type == CONFIRMED:
         data = _require(event.data, "vaccination_id", "personnummer", "unit_id")
         memberships = data.get("memberships") or []
         if not isinstance(memberships, list):
             raise PoisonRecord("SCHEMA_VIOLATION", "memberships must be a list")
+        confirmed_at = data.get("confirmed_at")
         return [
-            vaccination_record(
+            builder.vaccination(
                 vaccination_id=str(data["vaccination_id"]),
                 personnummer=str(data["personnummer"]),
                 unit_id=str(data["unit_id"]),
-                confirmed_at=str(data.get("confirmed_at") or _time(event)),
+                # The confirmation's own instant, which the groups service also stores.
+                confirmed_at=(
+                    _instant(confirmed_at, "confirmed_at") if confirmed_at else _time(event)
+                ),
                 memberships=[m for m in memberships if isinstance(m, dict)],
-                version=int(data.get("version") or 1),
-                pseudonymizer=pseudonymizer,
-                include_personnummer=include_personnummer,
+                version=_version(data.get("version")),
             )
         ]
     raise PoisonRecord("UNKNOWN_TYPE", f"type {event.type[:100]!r} is not exported")

@@ -377,28 +377,9 @@ class GroupsRepository:
             )
         new = [w for w in changes.memberships.values() if w.created_at is not None]
         changed = [w for w in changes.memberships.values() if w.created_at is None]
-        if new:
-            await self._c.execute(
-                memberships.insert(),
-                [
-                    {
-                        "membership_id": w.membership.membership_id,
-                        "personnummer": w.personnummer,
-                        "group_code": w.membership.group_code,
-                        "subgroup_code": w.membership.subgroup_code,
-                        "reference_code": w.membership.reference_code,
-                        "valid_from": w.membership.valid_from,
-                        "valid_to": w.membership.valid_to,
-                        "version": w.membership.version,
-                        "created_at": w.created_at,
-                        "updated_at": w.updated_at,
-                        "updated_by_user": w.user_id,
-                        "updated_by_unit": w.unit_id,
-                    }
-                    for w in new
-                ],
-            )
         if changed:
+            # Updates before inserts: a group removed and added again in one batch must
+            # end the old row before the new one exists (one active row per group).
             # The customers are locked for this transaction, so no one else can have
             # changed these rows since they were read.
             await self._c.execute(
@@ -425,6 +406,27 @@ class GroupsRepository:
                         "b_unit": w.unit_id,
                     }
                     for w in changed
+                ],
+            )
+        if new:
+            await self._c.execute(
+                memberships.insert(),
+                [
+                    {
+                        "membership_id": w.membership.membership_id,
+                        "personnummer": w.personnummer,
+                        "group_code": w.membership.group_code,
+                        "subgroup_code": w.membership.subgroup_code,
+                        "reference_code": w.membership.reference_code,
+                        "valid_from": w.membership.valid_from,
+                        "valid_to": w.membership.valid_to,
+                        "version": w.membership.version,
+                        "created_at": w.created_at,
+                        "updated_at": w.updated_at,
+                        "updated_by_user": w.user_id,
+                        "updated_by_unit": w.unit_id,
+                    }
+                    for w in new
                 ],
             )
         if changes.new_prompts:

@@ -311,13 +311,17 @@ class GroupsHandlers:
         command_id: str,
         personnummer: Personnummer | None,
         data: dict[str, Any],
+        *,
+        now: datetime | None = None,
     ) -> None:
+        """`now` is the instant the change was written, so the event's time equals the
+        row's updated_at (the export's live and backfilled records are then identical)."""
         event = new_event(
             type_,
             messages.EVENT_SOURCE,
             data,
             event_id=_event_id(type_, command_id),
-            time=self._clock.now(),
+            time=now or self._clock.now(),
         )
         key = personnummer.value.encode() if personnummer else None
         await uow.outbox.add(self._topics.events, key, event.to_bytes())
@@ -361,7 +365,7 @@ class GroupsHandlers:
             )
             data = self._change_data(event.id, personnummer, actor)
             data["membership"] = messages.membership_view(membership, catalog)
-            await self._emit(uow, messages.ADDED, event.id, personnummer, data)
+            await self._emit(uow, messages.ADDED, event.id, personnummer, data, now=now)
 
         await self._command(event, uow, payloads.AddGroup, apply)
 
@@ -392,7 +396,7 @@ class GroupsHandlers:
             data = self._change_data(event.id, personnummer, actor)
             data["membership"] = messages.membership_view(membership, catalog)
             data["previous"] = messages.membership_view(previous, catalog)
-            await self._emit(uow, messages.UPDATED, event.id, personnummer, data)
+            await self._emit(uow, messages.UPDATED, event.id, personnummer, data, now=now)
 
         await self._command(event, uow, payloads.UpdateGroup, apply)
 
@@ -417,7 +421,7 @@ class GroupsHandlers:
             )
             data = self._change_data(event.id, personnummer, actor)
             data["membership"] = messages.membership_view(membership, catalog)
-            await self._emit(uow, messages.REMOVED, event.id, personnummer, data)
+            await self._emit(uow, messages.REMOVED, event.id, personnummer, data, now=now)
 
         await self._command(event, uow, payloads.RemoveGroup, apply)
 
@@ -461,7 +465,7 @@ class GroupsHandlers:
                 "confirmed_at": now.isoformat(),
                 "version": version,
             }
-            await self._emit(uow, messages.CONFIRMED, event.id, personnummer, data)
+            await self._emit(uow, messages.CONFIRMED, event.id, personnummer, data, now=now)
 
         await self._command(event, uow, payloads.ClosePrompt, apply)
 

@@ -1,0 +1,250 @@
+"""`python -m services.export [serve | backfill | snapshot]`; settings from the environment.
+
+    python -m services.export                      # the service (default; same as `serve`)
+    python -m services.export backfill [--checkpoint FILE] [--batch-size N] [--limit N]
+    python -m services.export snapshot --out DIR [--batch-size N]
+
+backfill and snapshot read the groups database (DATABASE_URL) and build records with the
+service's own settings (EXPORT_PSEUDONYM_KEY, EXPORT_INCLUDE_PERSONNUMMER, GROUPS_TIMEZONE),
+so they must run with the same values as the service. Each prints a one-line JSON summary
+on stdout; logs and the progress bar go to stderr. pyarrow and tqdm are imported only by
+the commands that use them: the service does not need them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import resource
+import signal
+import sys
+from collections.abc import AsyncIterator, Coroutine, Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.common.db import create_engine
+from services.common.kafka import ensure_topics, start_producer
+from services.common.logs import configure_logging
+from services.export.adapters.checkpoint import FileCheckpointStore, MemoryCheckpointStore
+from services.export.adapters.groups_db import GroupsTables, SourceTable, open_tables
+from services.export.bootstrap import ExportSettingsBundle, record_builder_from
+from services.export.service_layer import backfill as backfill_service
+from services.export.service_layer import snapshot as snapshot_service
+from services.export.service_layer.backfill import CheckpointStore, Progress, ProgressFactory
+from services.export.service_layer.pipeline import RecordSender
+
+log = logging.getLogger("services.export.cli")
+T = TypeVar("T")
+
+EXIT_INTERRUPTED = 130
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m services.export",
+        description="The export service (default), or a backfill / snapshot from the groups "
+        "database.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="{serve,backfill,snapshot}")
+    commands.add_parser("serve", help="run the export service (the default)")
+
+    back = commands.add_parser(
+        "backfill",
+        help="republish every membership and vaccination confirmation to the export topic",
+    )
+    back.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="file recording progress; a rerun with the same file resumes after the last "
+        "acknowledged chunk (without it an interrupted run starts over)",
+    )
+    back.add_argument(
+        "--batch-size",
+        type=_positive,
+        default=backfill_service.DEFAULT_BATCH_SIZE,
+        help="rows per chunk; the checkpoint moves after each acknowledged chunk",
+    )
+    back.add_argument(
+        "--limit", type=_positive, help="stop after this many rows (resume with --checkpoint)"
+    )
+    back.add_argument(
+        "--catch-up-margin",
+        type=float,
+        default=backfill_service.DEFAULT_CATCH_UP_MARGIN.total_seconds(),
+        metavar="SECONDS",
+        help="the catch-up pass re-reads rows changed since start minus this (clock skew)",
+    )
+    back.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    snap = commands.add_parser(
+        "snapshot", help="write the export's records to Parquet and CSV files"
+    )
+    snap.add_argument("--out", type=Path, required=True, help="directory for the files")
+    snap.add_argument(
+        "--batch-size",
+        type=_positive,
+        default=snapshot_service.DEFAULT_BATCH_SIZE,
+        help="rows per chunk (one Parquet row group each)",
+    )
+    snap.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings = ExportSettingsBundle()
+    configure_logging(settings.app.log_level)
+    if args.command in (None, "serve"):
+        serve(settings)
+        return 0
+    if args.command == "backfill":
+        summary = _run(run_backfill(settings, args))
+    else:
+        summary = _run(run_snapshot(settings, args))
+    if summary is None:
+        return EXIT_INTERRUPTED
+    summary["peak_rss_mib"] = round(_peak_rss_mib(), 1)
+    print(json.dumps(summary), flush=True)
+    return 0
+
+
+def serve(settings: ExportSettingsBundle) -> None:
+    import uvicorn
+
+    from services.export.entrypoints.app import build_app
+
+    uvicorn.run(
+        build_app(),
+        host=settings.export.http_host,
+        port=settings.export.http_port,
+        log_config=None,
+        access_log=False,
+    )
+
+
+def _run(work: Coroutine[Any, Any, T]) -> T | None:
+    """Run to the end; SIGTERM or Ctrl+C cancel it cleanly (None), the checkpoint keeps
+    what was acknowledged."""
+
+    async def cancellable() -> T | None:
+        task = asyncio.ensure_future(work)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, task.cancel)
+        try:
+            return await task
+        except asyncio.CancelledError:
+            log.warning("interrupted; what was acknowledged is in the checkpoint")
+            return None
+
+    return asyncio.run(cancellable())
+
+
+@contextlib.asynccontextmanager
+async def _engine(settings: ExportSettingsBundle) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(settings.database)
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
+
+
+def _progress(enabled: bool) -> ProgressFactory:
+    if not enabled:
+        return backfill_service.no_progress
+    from tqdm import tqdm
+
+    def factory(description: str, total: int) -> Progress:
+        bar: Progress = tqdm(
+            total=total,
+            desc=description,
+            unit="rows",
+            unit_scale=True,
+            file=sys.stderr,
+            mininterval=0.5,
+            dynamic_ncols=True,
+        )
+        return bar
+
+    return factory
+
+
+async def run_backfill(settings: ExportSettingsBundle, args: argparse.Namespace) -> dict[str, Any]:
+    builder = record_builder_from(settings)
+    store: CheckpointStore = (
+        FileCheckpointStore(args.checkpoint) if args.checkpoint else MemoryCheckpointStore()
+    )
+    topic = settings.topics.export
+    await ensure_topics(settings.topics, settings.kafka)  # a fresh topic name is created compacted
+    async with _engine(settings) as engine:
+
+        def tables() -> contextlib.AbstractAsyncContextManager[GroupsTables]:
+            return open_tables(engine, consistent=False)
+
+        producer = await start_producer(settings.kafka, client_id="export-backfill")
+        try:
+            report = await backfill_service.backfill(
+                tables,
+                RecordSender(producer, topic),
+                builder,
+                store,
+                topic=topic,
+                batch_size=args.batch_size,
+                limit=args.limit,
+                catch_up_margin=timedelta(seconds=args.catch_up_margin),
+                progress=_progress(not args.no_progress),
+            )
+        finally:
+            await producer.stop()
+    return {"command": "backfill", "topic": topic, **report.summary()}
+
+
+async def run_snapshot(settings: ExportSettingsBundle, args: argparse.Namespace) -> dict[str, Any]:
+    from services.export.adapters import record_files
+
+    builder = record_builder_from(settings)
+    include = settings.export.include_personnummer
+    out: Path = args.out
+    files = {
+        SourceTable.MEMBERSHIPS: record_files.ParquetCsvFile(
+            out,
+            "membership_records",
+            record_files.membership_columns(settings.timezone, include_personnummer=include),
+        ),
+        SourceTable.VACCINATION_CONFIRMATIONS: record_files.ParquetCsvFile(
+            out,
+            "vaccination_records",
+            record_files.vaccination_columns(settings.timezone, include_personnummer=include),
+        ),
+    }
+    async with _engine(settings) as engine:
+
+        def tables() -> contextlib.AbstractAsyncContextManager[GroupsTables]:
+            return open_tables(engine, consistent=True)
+
+        report = await snapshot_service.snapshot(
+            tables,
+            builder,
+            files,
+            batch_size=args.batch_size,
+            progress=_progress(not args.no_progress),
+        )
+    return {"command": "snapshot", "out": str(out), **report.summary()}
+
+
+def _peak_rss_mib() -> float:
+    # Linux reports ru_maxrss in KiB.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

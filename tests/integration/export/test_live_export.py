@@ -1,0 +1,96 @@
+"""The export service in-process over the real broker and database: what the groups
+service's events become on the export topic, and that the topic's last value per key is
+the database's state (compaction equivalence; with a SIGKILLed real process in
+test_compaction.py)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from datetime import timedelta
+
+from services.export.domain.records import MEMBERSHIP_RECORD, VACCINATION_RECORD
+from services.groups.bootstrap import GroupsSettingsBundle
+from tests.integration.conftest import NurseClient
+from tests.integration.export.conftest import (
+    PNR_A,
+    PNR_B,
+    PNR_C,
+    PNR_D,
+    PSEUDONYM_KEY,
+    SCENARIO_PNRS,
+    assert_live_matches_db,
+    db_records,
+    export_settings,
+    last_values,
+    leaks,
+    mixed_scenario,
+    record_bytes,
+    running_export_service,
+    stockholm_today,
+    wait_for_state,
+)
+from tests.kafka_tools import KafkaTestClient
+from tests.schema_validation import validate_event
+
+
+def subject(pnr: str) -> str:
+    return hmac.new(PSEUDONYM_KEY.encode(), pnr.encode(), hashlib.sha256).hexdigest()
+
+
+async def test_adds_corrections_removals_and_doses_become_records(
+    nurse: NurseClient, groups_settings: GroupsSettingsBundle, kafka: KafkaTestClient
+) -> None:
+    settings = export_settings(groups_settings)
+    today = stockholm_today(settings)
+    async with running_export_service(settings):
+        scenario = await mixed_scenario(nurse, today)
+        expected = await db_records(settings)
+        records = await wait_for_state(kafka, settings.topics.export, expected)
+
+    state = {key: json.loads(value) for key, value in last_values(records).items()}
+    m = {label: state[mid]["data"] for label, mid in scenario.memberships.items()}
+    # Only memberships and doses are exported; the two rejected commands are not.
+    assert set(state) == {*scenario.memberships.values(), *scenario.vaccinations}
+    assert {e["type"] for k, e in state.items() if k in scenario.vaccinations} == {
+        VACCINATION_RECORD
+    }
+    assert {e["type"] for k, e in state.items() if k not in scenario.vaccinations} == {
+        MEMBERSHIP_RECORD
+    }
+    # A correction in place: same key, next version, new subgroup and reference.
+    assert m["a_flu"]["version"] == 2
+    assert (m["a_flu"]["subgroup_code"], m["a_flu"]["subgroup_name"]) == ("RISKGRUPP", "Riskgrupp")
+    assert m["a_flu"]["reference_code"] == "R-2" and m["a_flu"]["status"] == "active"
+    # A removal: historical with its period, never deleted.
+    assert m["a_covid"]["status"] == "historical" and m["a_covid"]["version"] == 2
+    assert m["a_covid"]["valid_to"] == today.isoformat()
+    assert m["b_pneumo"]["status"] == "historical"
+    assert m["b_pneumo"]["valid_from"] == (today - timedelta(days=30)).isoformat()
+    assert m["b_pneumo"]["valid_to"] == (today - timedelta(days=10)).isoformat()
+    assert m["b_pneumo"]["subgroup_code"] is None and m["b_pneumo"]["subgroup_name"] is None
+    # The same group again after removal is a new membership, active.
+    assert m["a_covid_again"]["status"] == "active" and m["a_covid_again"]["version"] == 1
+    assert m["a_covid_again"]["subgroup_name"] == "Riskgrupp 18-74 år"
+    assert m["d_flu"]["version"] == 3 and m["d_flu"]["reference_code"] is None
+    assert m["d_flu"]["subgroup_code"] == "GRAVID"
+    for label, pnr in (("a_flu", PNR_A), ("b_pneumo", PNR_B), ("c_tbe", PNR_C), ("d_flu", PNR_D)):
+        assert m[label]["subject_id"] == subject(pnr)
+        assert "personnummer" not in m[label]
+    # Doses: the groups active when the popup closed; a second close replaces the first.
+    v_a1 = state["v-a1"]["data"]
+    assert v_a1["version"] == 2 and v_a1["subject_id"] == subject(PNR_A)
+    assert sorted(v_a1["groups"], key=lambda g: g["group_code"]) == [
+        {"group_code": "COVID_19", "subgroup_code": "RISKGRUPP", "reference_code": None},
+        {"group_code": "INFLUENSA", "subgroup_code": "RISKGRUPP", "reference_code": "R-2"},
+    ]
+    tbe = [{"group_code": "OVRIGT", "subgroup_code": "TBE", "reference_code": None}]
+    assert state["v-c1"]["data"]["groups"] == tbe and state["v-c2"]["data"]["groups"] == tbe
+    assert state["v-c1"]["data"]["unit_id"] == "unit-1"
+    for record in records:  # every record ever sent, not only the last per key
+        validate_event(json.loads(record.value))
+        assert not leaks(record_bytes(record), SCENARIO_PNRS)
+    # Compaction equivalence: the topic read from the start, last value per key, is what
+    # the database's rows give through the same builder.
+    assert_live_matches_db(last_values(records), expected)

@@ -1,0 +1,99 @@
+"""Parquet and CSV files of export records: typed Parquet, text CSV, atomic commit."""
+
+from __future__ import annotations
+
+import csv
+from datetime import UTC, date, datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from services.export.adapters.record_files import (
+    ParquetCsvFile,
+    membership_columns,
+    vaccination_columns,
+)
+from services.export.domain.records import ExportRecord, Pseudonymizer, RecordBuilder
+
+ZONE = "Europe/Stockholm"
+BUILDER = RecordBuilder(Pseudonymizer(b"unit-test-pseudonym-key-0123456789"), ZoneInfo(ZONE))
+AT = datetime(2026, 11, 26, 12, 0, 0, 123_456, tzinfo=UTC)
+
+
+def dose(n: int, groups: list[dict[str, str | None]]) -> ExportRecord:
+    return BUILDER.vaccination(
+        vaccination_id=f"v-{n}",
+        personnummer="191212121212",
+        unit_id="unit-1",
+        confirmed_at=AT,
+        memberships=groups,
+        version=1,
+    )
+
+
+def test_each_write_is_a_row_group_and_values_keep_their_meaning(tmp_path: Path) -> None:
+    file = ParquetCsvFile(
+        tmp_path, "vaccination_records", vaccination_columns(ZONE, include_personnummer=False)
+    )
+    group = {"group_code": "OVRIGT", "subgroup_code": "TBE", "reference_code": None}
+    file.write([dose(1, [group]), dose(2, [])])
+    file.write([dose(3, [group, {**group, "group_code": "INFLUENSA"}])])
+    file.commit()
+
+    parquet = pq.ParquetFile(tmp_path / "vaccination_records.parquet")
+    assert parquet.metadata.num_row_groups == 2
+    rows = parquet.read().to_pylist()
+    assert [r["vaccination_id"] for r in rows] == ["v-1", "v-2", "v-3"]
+    assert rows[0]["groups"] == [group] and rows[1]["groups"] == []
+    assert rows[0]["confirmed_at"] == AT
+    assert parquet.schema_arrow.field("confirmed_at").type == pa.timestamp("us", tz=ZONE)
+    with (tmp_path / "vaccination_records.csv").open(encoding="utf-8", newline="") as handle:
+        text_rows = list(csv.DictReader(handle))
+    assert text_rows[0]["confirmed_at"] == "2026-11-26T13:00:00.123456+01:00"
+    assert (
+        text_rows[0]["groups"]
+        == '[{"group_code":"OVRIGT","subgroup_code":"TBE","reference_code":null}]'
+    )
+    assert text_rows[1]["groups"] == "[]" and text_rows[0]["version"] == "1"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "vaccination_records.csv",
+        "vaccination_records.parquet",
+    ]
+
+
+def test_membership_dates_are_dates_and_null_is_an_empty_csv_field(tmp_path: Path) -> None:
+    columns = membership_columns(ZONE, include_personnummer=True)
+    file = ParquetCsvFile(tmp_path, "membership_records", columns)
+    view = {
+        "membership_id": "m-1",
+        "group_code": "PNEUMOKOCK",
+        "group_name": "Pneumokockvaccin",
+        "subgroup_code": None,
+        "subgroup_name": None,
+        "reference_code": None,
+        "valid_from": "2026-10-01",
+        "valid_to": None,
+        "status": "active",
+        "version": 1,
+    }
+    opted_in = RecordBuilder(BUILDER.pseudonymizer, BUILDER.zone, include_personnummer=True)
+    file.write([opted_in.membership(view, "191212121212", AT)])
+    file.commit()
+    [row] = pq.read_table(tmp_path / "membership_records.parquet").to_pylist()
+    assert row["valid_from"] == date(2026, 10, 1) and row["valid_to"] is None
+    assert row["personnummer"] == "191212121212"  # the column exists only when opted in
+    with (tmp_path / "membership_records.csv").open(encoding="utf-8", newline="") as handle:
+        [text] = list(csv.DictReader(handle))
+    assert text["subgroup_code"] == "" and text["valid_from"] == "2026-10-01"
+    assert list(text) == [c.name for c in columns]
+
+
+def test_abort_leaves_nothing(tmp_path: Path) -> None:
+    file = ParquetCsvFile(
+        tmp_path, "vaccination_records", vaccination_columns(ZONE, include_personnummer=False)
+    )
+    file.write([dose(1, [])])
+    file.abort()
+    assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,244 @@
+"""Record building (pure): pseudonyms, instants, the row mapping, and that an event and a
+database row of the same state give the same bytes."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from services.common.envelope import PoisonRecord, decode_cloudevent, new_event
+from services.export.domain.records import (
+    MEMBERSHIP_FIELDS,
+    MEMBERSHIP_RECORD,
+    VACCINATION_RECORD,
+    Pseudonymizer,
+    RecordBuilder,
+    local_instant,
+    membership_from_row,
+    membership_record,
+)
+from services.export.service_layer.pipeline import record_value
+from services.export.service_layer.translate import records_from_event
+from services.groups.catalog import default_catalog_path
+from services.groups.domain.catalog import Catalog
+from services.groups.domain.membership import Membership
+from services.groups.service_layer import messages
+
+KEY = b"unit-test-pseudonym-key-0123456789"
+PNR = "191212121212"
+STOCKHOLM = ZoneInfo("Europe/Stockholm")
+BUILDER = RecordBuilder(Pseudonymizer(KEY), STOCKHOLM)
+CATALOG = Catalog.from_dict(json.loads(default_catalog_path().read_text(encoding="utf-8")))
+NOW = datetime(2026, 11, 26, 13, 35, 12, 80_000, tzinfo=STOCKHOLM)
+MID = "82d0533d-8d51-57d0-be88-dfdc9f37ef80"
+
+
+def membership(
+    group: str = "INFLUENSA", subgroup: str | None = "ALDER_65_PLUS", **changes: Any
+) -> Membership:
+    fields: dict[str, Any] = {
+        "membership_id": MID,
+        "group_code": group,
+        "subgroup_code": subgroup,
+        "reference_code": "REF-1",
+        "valid_from": date(2026, 10, 1),
+        "valid_to": None,
+        "version": 1,
+    }
+    return Membership(**{**fields, **changes})
+
+
+def row_of(m: Membership, updated_at: datetime = NOW) -> dict[str, Any]:
+    """The row the export's query returns: the table's columns plus the catalog names
+    its left joins find (None where the code is not in the catalog)."""
+    group_name = sub_name = None
+    for group in CATALOG.groups:
+        if group.code == m.group_code:
+            group_name = group.name
+            sub_name = next((s.name for s in group.subgroups if s.code == m.subgroup_code), None)
+    return {
+        "membership_id": m.membership_id,
+        "personnummer": PNR,
+        "group_code": m.group_code,
+        "subgroup_code": m.subgroup_code,
+        "reference_code": m.reference_code,
+        "valid_from": m.valid_from,
+        "valid_to": m.valid_to,
+        "version": m.version,
+        "updated_at": updated_at.astimezone(UTC),  # asyncpg hands out timestamptz in UTC
+        "catalog_group_name": group_name,
+        "catalog_subgroup_name": sub_name,
+    }
+
+
+# -- pseudonyms -----------------------------------------------------------------
+
+
+def test_subject_id_is_the_keyed_hmac_of_the_personnummer() -> None:
+    subject = Pseudonymizer(KEY).subject_id(PNR)
+    assert subject == hmac.new(KEY, PNR.encode(), hashlib.sha256).hexdigest()
+    assert subject == Pseudonymizer(KEY).subject_id(PNR), "stable per key"
+    assert subject != Pseudonymizer(KEY + b"x").subject_id(PNR), "another key, another id"
+    assert subject != Pseudonymizer(KEY).subject_id("191212121213")
+    assert len(subject) == 64 and PNR not in subject and PNR[2:] not in subject
+
+
+def test_a_short_pseudonym_key_is_refused() -> None:
+    with pytest.raises(ValueError, match="16 bytes"):
+        Pseudonymizer(b"too-short")
+
+
+# -- instants -----------------------------------------------------------------
+
+
+def test_one_instant_gives_one_text_whatever_offset_it_came_with() -> None:
+    as_utc = NOW.astimezone(UTC)
+    as_text = datetime.fromisoformat(NOW.isoformat())  # fixed +01:00, as parsed from JSON
+    assert local_instant(as_utc, STOCKHOLM) == local_instant(as_text, STOCKHOLM)
+    assert local_instant(as_utc, STOCKHOLM) == "2026-11-26T13:35:12.080000+01:00"
+    summer = datetime(2026, 7, 1, 10, 0, tzinfo=UTC)
+    assert local_instant(summer, STOCKHOLM) == "2026-07-01T12:00:00+02:00"
+
+
+def test_a_naive_instant_is_refused() -> None:
+    with pytest.raises(ValueError):
+        local_instant(datetime(2026, 11, 26, 12, 0), STOCKHOLM)
+
+
+# -- database rows as the groups service shows memberships ---------------------
+
+
+@pytest.mark.parametrize(
+    ("group", "subgroup", "valid_to"),
+    [
+        ("INFLUENSA", "ALDER_65_PLUS", None),
+        ("PNEUMOKOCK", None, None),
+        ("COVID", "OVRIG_ALLMANHET_18_64", date(2026, 10, 27)),  # retired, still named
+        ("INFLUENSA", "NOT_IN_CATALOG", None),
+        ("NOT_IN_CATALOG", "X", date(2026, 11, 1)),
+        ("NOT_IN_CATALOG", None, None),
+    ],
+)
+def test_row_mapping_equals_the_groups_service_view(
+    group: str, subgroup: str | None, valid_to: date | None
+) -> None:
+    m = membership(group, subgroup, valid_to=valid_to, version=3)
+    assert membership_from_row(row_of(m)) == messages.membership_view(m, CATALOG)
+
+
+# -- the live path and the row path give the same bytes -------------------------
+
+
+def _through_the_wire(type_: str, data: dict[str, Any], time: datetime) -> Any:
+    """An event as the groups service sends it and the export decodes it."""
+    return decode_cloudevent(new_event(type_, messages.EVENT_SOURCE, data, time=time).to_bytes())
+
+
+def test_a_membership_event_and_its_row_give_the_same_record() -> None:
+    m = membership(valid_to=date(2026, 11, 20), version=2)
+    data = {
+        "command_id": "c-1",
+        "personnummer": PNR,
+        "actor": {"user_id": "u", "unit_id": "unit-1"},
+        "membership": messages.membership_view(m, CATALOG),
+    }
+    [live] = records_from_event(_through_the_wire(messages.REMOVED, data, NOW), BUILDER)
+    from_row = BUILDER.membership_from_row(row_of(m))
+    assert record_value(live) == record_value(from_row)
+    assert live.key == MID and live.data["status"] == "historical"
+
+
+def test_a_confirmation_event_and_its_row_give_the_same_record() -> None:
+    views = [messages.membership_view(membership(), CATALOG)]
+    data = {
+        "command_id": "c-2",
+        "prompt_id": "p",
+        "vaccination_id": "v-1",
+        "personnummer": PNR,
+        "actor": {"user_id": "u", "unit_id": "unit-2"},
+        "unit_id": "unit-1",
+        "memberships": views,
+        "confirmed_at": NOW.isoformat(),
+        "version": 2,
+    }
+    later = NOW + timedelta(milliseconds=7)  # the event's own time is not the record's
+    [live] = records_from_event(_through_the_wire(messages.CONFIRMED, data, later), BUILDER)
+    row = {
+        "vaccination_id": "v-1",
+        "personnummer": PNR,
+        "unit_id": "unit-1",
+        "memberships": json.loads(json.dumps(views)),  # JSONB
+        "confirmed_at": NOW.astimezone(UTC),
+        "version": 2,
+    }
+    assert record_value(live) == record_value(BUILDER.vaccination_from_row(row))
+    assert live.data["groups"] == [
+        {"group_code": "INFLUENSA", "subgroup_code": "ALDER_65_PLUS", "reference_code": "REF-1"}
+    ]
+
+
+# -- record shape -------------------------------------------------------------
+
+
+def test_membership_record_has_no_personnummer_unless_asked() -> None:
+    view = messages.membership_view(membership(), CATALOG)
+    record = membership_record(view, PNR, NOW.isoformat(), Pseudonymizer(KEY))
+    assert set(record.data) == {*MEMBERSHIP_FIELDS, "subject_id", "updated_at"}
+    assert record.type == MEMBERSHIP_RECORD and PNR.encode() not in record_value(record)
+    opted_in = RecordBuilder(Pseudonymizer(KEY), STOCKHOLM, include_personnummer=True)
+    assert opted_in.membership(view, PNR, NOW).data["personnummer"] == PNR
+    confirmed = opted_in.vaccination(
+        vaccination_id="v",
+        personnummer=PNR,
+        unit_id="u",
+        confirmed_at=NOW,
+        memberships=[],
+        version=1,
+    )
+    assert confirmed.type == VACCINATION_RECORD and confirmed.data["personnummer"] == PNR
+
+
+def test_event_id_is_the_same_for_the_same_state_only() -> None:
+    view = messages.membership_view(membership(), CATALOG)
+    first = BUILDER.membership(view, PNR, NOW)
+    assert first.event_id == BUILDER.membership(view, PNR, NOW.astimezone(UTC)).event_id
+    assert first.event_id != BUILDER.membership({**view, "version": 2}, PNR, NOW).event_id
+    later = NOW + timedelta(microseconds=1)
+    assert first.event_id != BUILDER.membership(view, PNR, later).event_id
+
+
+# -- events that are not exported, or not well-formed -----------------------------
+
+
+def test_rejections_are_not_exported() -> None:
+    event = _through_the_wire(messages.REJECTED, {"command_id": "c"}, NOW)
+    assert records_from_event(event, BUILDER) == []
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"version": "two"},
+        {"version": 0},
+        {"confirmed_at": "yesterday"},
+        {"confirmed_at": "2026-11-26T12:00:00"},  # no offset
+        {"memberships": "INFLUENSA"},
+        {"unit_id": ""},
+    ],
+)
+def test_a_malformed_confirmation_is_poison_not_an_endless_retry(change: dict[str, Any]) -> None:
+    data = {"vaccination_id": "v", "personnummer": PNR, "unit_id": "u", **change}
+    with pytest.raises(PoisonRecord):
+        records_from_event(_through_the_wire(messages.CONFIRMED, data, NOW), BUILDER)
+
+
+def test_an_unknown_type_is_poison() -> None:
+    with pytest.raises(PoisonRecord) as raised:
+        records_from_event(_through_the_wire("customer_group.other", {}, NOW), BUILDER)
+    assert raised.value.error_code == "UNKNOWN_TYPE"
