@@ -20,7 +20,9 @@ def create_engine(settings: DatabaseSettings) -> AsyncEngine:
         settings.database_url,
         pool_size=settings.database_pool_size,
         max_overflow=2,
-        pool_pre_ping=True,
+        # No pre-ping (a round trip per checkout): a dead connection fails its statement,
+        # which callers retry with backoff, and the pool then drops it.
+        pool_pre_ping=False,
         pool_recycle=1800,
         # Fail fast on a dead server so the caller's backoff, not a hung connect, decides.
         connect_args={"timeout": 5, "command_timeout": 60},

@@ -107,7 +107,9 @@ class OutboxRelay:
         self.is_leader = True
         log.info("outbox relay is publishing")
         while True:
-            published = await self._publish_batch(producer)
+            # Cleared before reading, so a wake-up during the publish is never lost.
+            self._wakeup.clear()
+            published = await self._publish_batch(lock_connection, producer)
             backoff.reset()
             self.last_error = None
             if published < self._batch_size:
@@ -115,33 +117,29 @@ class OutboxRelay:
                     await asyncio.wait_for(self._wakeup.wait(), timeout=self._idle_poll)
                 except TimeoutError:
                     pass
-                self._wakeup.clear()
-            # Keep the lock connection alive; a dead one raises here and we re-elect.
-            await lock_connection.execute(text("SELECT 1"))
-            await lock_connection.commit()
 
-    async def _publish_batch(self, producer: AIOKafkaProducer) -> int:
-        async with self._engine.connect() as connection:
+    async def _publish_batch(self, connection: Any, producer: AIOKafkaProducer) -> int:
+        """Take the oldest rows, publish them, and commit their deletion only after the
+        broker acknowledged every one: a failure rolls back and they are sent again."""
+        oldest = select(outbox.c.id).order_by(outbox.c.id).limit(self._batch_size)
+        async with connection.begin():
             rows = (
                 await connection.execute(
-                    select(
+                    delete(outbox)
+                    .where(outbox.c.id.in_(oldest.scalar_subquery()))
+                    .returning(
                         outbox.c.id, outbox.c.topic, outbox.c.key, outbox.c.value, outbox.c.headers
                     )
-                    .order_by(outbox.c.id)
-                    .limit(self._batch_size)
                 )
             ).all()
-            await connection.commit()
-        if not rows:
-            return 0
-        futures = [
-            await producer.send(
-                row.topic, value=row.value, key=row.key, headers=decode_headers(row.headers)
-            )
-            for row in rows
-        ]
-        await asyncio.gather(*futures)
-        async with self._engine.begin() as connection:
-            await connection.execute(delete(outbox).where(outbox.c.id.in_([r.id for r in rows])))
+            if not rows:
+                return 0
+            futures = [
+                await producer.send(
+                    row.topic, value=row.value, key=row.key, headers=decode_headers(row.headers)
+                )
+                for row in sorted(rows, key=lambda r: r.id)
+            ]
+            await asyncio.gather(*futures)
         self._on_published(len(rows))
         return len(rows)
