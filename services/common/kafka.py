@@ -140,15 +140,31 @@ async def ensure_topics(topics: TopicSettings, kafka: KafkaSettings) -> None:
         await admin.close()
 
 
-async def start_producer(settings: KafkaSettings, *, client_id: str) -> AIOKafkaProducer:
+# A dead letter is the original record plus error headers, and a record is dead-lettered
+# RECORD_TOO_LARGE exactly when it is larger than KAFKA_MAX_MESSAGE_BYTES; the broker
+# accepted it, so the broker's own limit (1 MiB by default) is what bounds the copy.
+BROKER_DEFAULT_MAX_MESSAGE_BYTES = 1_048_588
+DEAD_LETTER_HEADROOM = 64 * 1024
+
+
+def dead_letter_request_size(settings: KafkaSettings) -> int:
+    """The request size a producer that publishes dead letters must allow."""
+    return max(settings.max_message_bytes, BROKER_DEFAULT_MAX_MESSAGE_BYTES) + DEAD_LETTER_HEADROOM
+
+
+async def start_producer(
+    settings: KafkaSettings, *, client_id: str, max_request_size: int | None = None
+) -> AIOKafkaProducer:
     """An idempotent producer with acks=all: a retried send is neither lost nor doubled."""
     producer = AIOKafkaProducer(
         **client_kwargs(settings),
         client_id=client_id,
         enable_idempotence=True,
         acks="all",
-        linger_ms=2,
-        max_request_size=settings.max_message_bytes,
+        # Room for many ~2 KB prompts per request; a few ms of linger fills it under load.
+        linger_ms=5,
+        max_batch_size=512 * 1024,
+        max_request_size=max_request_size or settings.max_message_bytes,
     )
     await producer.start()
     return producer

@@ -17,7 +17,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.common.backoff import Backoff
 from services.common.db import create_engine, is_transient_db_error
-from services.common.kafka import build_broker, ensure_topics, start_producer
+from services.common.kafka import (
+    build_broker,
+    dead_letter_request_size,
+    ensure_topics,
+    start_producer,
+)
 from services.common.settings import (
     AppSettings,
     DatabaseSettings,
@@ -146,7 +151,12 @@ class GroupsService:
         }
 
     async def _new_producer(self) -> AIOKafkaProducer:
-        return await start_producer(self.settings.kafka, client_id=f"{SERVICE_NAME}-outbox")
+        # The outbox also holds dead letters, which may be larger than the inbound limit.
+        return await start_producer(
+            self.settings.kafka,
+            client_id=f"{SERVICE_NAME}-outbox",
+            max_request_size=dead_letter_request_size(self.settings.kafka),
+        )
 
     def _after_commit(self, outcome: BatchOutcome) -> None:
         m = self.metrics.records

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, bindparam, func, select, update
+from sqlalchemy import ARRAY, ColumnElement, Text, any_, bindparam, func, select, update
+from sqlalchemy.dialects.postgresql import UUID
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -109,6 +110,12 @@ def _prompt(row: Row[Any]) -> PromptRow:
     return PromptRow(**{name: getattr(row, name) for name in PromptRow.__dataclass_fields__})
 
 
+def _any(values: list[str], item_type: Any = None) -> Any:
+    """`= ANY(:array)`: one statement text whatever the list's length, so PostgreSQL and
+    asyncpg reuse its prepared plan (an IN list is new SQL for every length)."""
+    return any_(bindparam(None, values, type_=ARRAY(item_type if item_type is not None else Text)))
+
+
 def _valid(personnummer: str) -> bool:
     try:
         Personnummer.parse(personnummer)
@@ -148,7 +155,7 @@ class GroupsRepository:
             rows = (
                 await self._c.execute(
                     select(memberships)
-                    .where(memberships.c.personnummer.in_(pnrs))
+                    .where(memberships.c.personnummer == _any(pnrs))
                     .order_by(memberships.c.valid_from, memberships.c.created_at)
                 )
             ).all()
@@ -159,16 +166,18 @@ class GroupsRepository:
                 self._customers[pnr] = Customer(Personnummer(pnr), items)
         ids = sorted({b for b in booking_ids if b not in self._bookings})
         if ids:
-            found = await self._c.execute(select(bookings).where(bookings.c.booking_id.in_(ids)))
+            found = await self._c.execute(
+                select(bookings).where(bookings.c.booking_id == _any(ids))
+            )
             loaded = {row.booking_id: _booking(row) for row in found}
             for booking_id in ids:
                 self._bookings[booking_id] = loaded.get(booking_id)
         vids = sorted({v for v in vaccination_ids if v not in self._prompts_by_vaccination})
         pids = sorted({p for p in prompt_ids if p not in self._prompts_by_id})
         if vids or pids:
-            condition: ColumnElement[bool] = prompts.c.vaccination_id.in_(vids)
+            condition: ColumnElement[bool] = prompts.c.vaccination_id == _any(vids)
             if pids:
-                condition = condition | prompts.c.prompt_id.in_(pids)
+                condition = condition | (prompts.c.prompt_id == _any(pids, UUID(as_uuid=False)))
             for row in await self._c.execute(select(prompts).where(condition)):
                 self._remember_prompt(_prompt(row))
             for vid in vids:
@@ -179,7 +188,7 @@ class GroupsRepository:
             found = await self._c.execute(
                 select(
                     vaccination_confirmations.c.vaccination_id, vaccination_confirmations.c.version
-                ).where(vaccination_confirmations.c.vaccination_id.in_(vids))
+                ).where(vaccination_confirmations.c.vaccination_id == _any(vids))
             )
             for row in found:
                 self._confirmation_versions[row.vaccination_id] = row.version

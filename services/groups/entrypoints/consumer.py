@@ -13,6 +13,7 @@ FastStream's defaults are replaced on purpose:
 
 from __future__ import annotations
 
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
@@ -35,6 +36,9 @@ def register_consumer(broker: KafkaBroker, service: GroupsService) -> None:
         decoder=keep_raw_bytes,
         # A database outage blocks a batch while it waits; stay in the group meanwhile.
         max_poll_interval_ms=30 * 60 * 1000,
+        # Range: partition N of every inbound topic goes to the same process, so one
+        # customer's bookings, starts and commands meet in one process (no lock waits).
+        partition_assignment_strategy=(RangePartitionAssignor,),
         title="groups-inbound",
         description="Bookings, vaccination starts and group commands (CONTRACT.md).",
     )

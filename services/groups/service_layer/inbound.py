@@ -69,11 +69,19 @@ class _RecordFailed(Exception):
 
 
 def _string(data: Any, *path: str) -> str | None:
+    """A key to preload, or None. Text PostgreSQL cannot take (NUL, a lone surrogate) is
+    left out: such input fails its schema later, and must not fail the whole batch here."""
     for name in path:
         if not isinstance(data, dict):
             return None
         data = data.get(name)
-    return data if isinstance(data, str) and len(data) <= 128 else None
+    if not isinstance(data, str) or len(data) > 128 or "\x00" in data:
+        return None
+    try:
+        data.encode()
+    except UnicodeEncodeError:
+        return None
+    return data
 
 
 def _is_uuid(value: str) -> bool:

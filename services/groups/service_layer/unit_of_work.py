@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from types import TracebackType
 from typing import Self
 
-from sqlalchemy import select, text, tuple_
+from sqlalchemy import text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncTransaction
 
@@ -90,10 +90,14 @@ class UnitOfWork:
         wanted = list(set(keys) - self._processed)
         if not wanted:
             return
+        # A join with two arrays: one statement text for every batch size, one stable plan.
         rows = await self.connection.execute(
-            select(inbox.c.topic, inbox.c.event_id).where(
-                tuple_(inbox.c.topic, inbox.c.event_id).in_(wanted)
-            )
+            text(
+                "SELECT i.topic, i.event_id FROM inbox AS i"
+                " JOIN unnest(CAST(:topics AS text[]), CAST(:ids AS text[])) AS k(topic, event_id)"
+                " ON i.topic = k.topic AND i.event_id = k.event_id"
+            ),
+            {"topics": [t for t, _ in wanted], "ids": [e for _, e in wanted]},
         )
         self._processed.update((row.topic, row.event_id) for row in rows)
 
