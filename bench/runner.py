@@ -1,0 +1,371 @@
+"""The benchmark run: every measurement in order, then one table and the JSON file.
+
+Starts its own Apache Kafka broker and embedded PostgreSQL (temporary directories),
+measures the limits and the services in the same run, prints the machine facts and the
+table, writes `.run/bench/results.json`, and stops everything it started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import math
+import signal
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from bench import limits
+from bench.export import ExportResult, export_backfill
+from bench.groups import (
+    LatencyResult,
+    ThroughputResult,
+    drain,
+    groups_stack,
+    prompt_latency,
+    throughput,
+    warm_up,
+)
+from bench.infra import Databases, asyncpg_dsn, local_infrastructure
+from bench.machine import load_average, machine_facts
+from bench.report import Row, check, millis, rate, render, render_facts, write_json
+from bench.workload import Workload
+from devinfra.provider import Infrastructure
+
+log = logging.getLogger("bench")
+
+E2E_SHARE = 0.5
+P99_TARGET_MS = 50.0
+P99_LOAD = 500
+EXPORT_RATE = 20_000
+EXPORT_RSS_MIB = 300.0
+RSS_GROWTH = 1.15  # peak RSS at the largest size / at the smallest
+SCALING = 1.6
+# A latency load whose prompts do not all arrive, or whose median exceeds this, saturates
+# the service: higher loads would only measure a growing queue, and are skipped.
+SATURATED_P50_MS = 1000.0
+
+
+@dataclass(frozen=True)
+class Config:
+    mode: str
+    customers: int
+    limit_records: int
+    throughput_records: int
+    warm_records: int
+    latency_seconds: float
+    loads: tuple[int, ...]
+    export_rows: tuple[int, ...]
+    partitions: int = 6
+
+    @staticmethod
+    def of(mode: str) -> Config:
+        if mode == "full":
+            return Config(
+                mode="full",
+                customers=100_000,
+                limit_records=100_000,
+                throughput_records=100_000,
+                warm_records=1_000,
+                latency_seconds=20.0,
+                loads=(100, 500, 1000),
+                export_rows=(100_000, 1_000_000),
+            )
+        return Config(
+            mode="quick",
+            customers=10_000,
+            limit_records=20_000,
+            throughput_records=10_000,
+            warm_records=200,
+            latency_seconds=3.0,
+            loads=(100, 500, 1000),
+            export_rows=(50_000,),
+        )
+
+
+def _say(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+class Errors(dict[str, str]):
+    """What failed, by section; a failed section leaves the others running."""
+
+    @contextlib.asynccontextmanager
+    async def guard(self, section: str) -> AsyncIterator[None]:
+        try:
+            yield
+        except Exception as error:
+            self[section] = f"{type(error).__name__}: {error}"[:300]
+            _say(f"  {section} FAILED: {self[section]}")
+            log.debug("section %s failed", section, exc_info=True)
+
+
+async def run(infra: Infrastructure, config: Config, args: argparse.Namespace) -> dict[str, Any]:
+    out: Path = args.out
+    logdir = out.parent / "logs"
+    results: dict[str, Any] = {"mode": config.mode, "config": config.__dict__}
+    databases = Databases(infra)
+    errors = Errors()
+    figures = Figures()
+    try:
+        _say(f"generating the mix over {config.customers:,} customers")
+        workload = Workload(config.customers)
+        warm = workload.mix(config.warm_records)
+        mix = workload.mix(config.throughput_records)
+        results["mix"] = {
+            "records": len(mix.records),
+            "by_type": mix.by_type,
+            "mean_value_bytes": round(mix.mean_bytes, 1),
+            "expected_prompts": mix.prompts,
+            "expected_events": mix.events,
+        }
+        repeat = config.limit_records // len(mix.records) + 1
+        limit_records = (mix.records * repeat)[: config.limit_records]
+
+        async with errors.guard("limit 1"):
+            _say(f"limit 1: raw aiokafka consume->produce pipe, {len(limit_records):,} records")
+            figures.pipe = await limits.kafka_pipe(
+                infra.kafka_bootstrap,
+                limit_records,
+                suffix=uuid.uuid4().hex[:8],
+                partitions=config.partitions,
+                limit_s=300,
+            )
+            _say(f"  {figures.pipe.rate:,.0f} records/s")
+        async with errors.guard("limit 2"):
+            _say(f"limit 2: raw asyncpg inserts, {len(limit_records):,} rows, 500 per transaction")
+            pg_url = await databases.create("bench_limit")
+            figures.inserts = await limits.postgres_inserts(asyncpg_dsn(pg_url), limit_records)
+            _say(
+                f"  executemany {figures.inserts.executemany_rate:,.0f} rows/s, "
+                f"COPY {figures.inserts.copy_rate:,.0f}"
+            )
+
+        limit_s = max(120.0, len(mix.records) / 50)
+        async with errors.guard("groups, 1 process"):
+            _say("groups service, 1 process: seeding, starting, warming up")
+            async with groups_stack(
+                infra, databases, workload, processes=1, partitions=config.partitions,
+                logdir=logdir,
+            ) as stack:  # fmt: skip
+                await warm_up(stack, warm)
+                _say(f"  throughput: {len(mix.records):,} records produced as fast as possible")
+                figures.throughputs[1] = await throughput(stack, mix, limit_s=limit_s)
+                _say(f"  {figures.throughputs[1].rate:,.0f} records/s end to end")
+                saturated: int | None = None
+                for load in config.loads:
+                    if saturated is not None:
+                        figures.skipped_loads[load] = saturated
+                        continue
+                    _say(f"  prompt latency at {load} starts/s (+{load // 2} commands/s)")
+                    result = await prompt_latency(
+                        stack,
+                        workload,
+                        starts_per_s=load,
+                        commands_per_s=load // 2,
+                        seconds=config.latency_seconds,
+                        drain_s=max(15.0, 2 * config.latency_seconds),
+                    )
+                    figures.latencies.append(result)
+                    _say(
+                        f"  p50 {result.p50_ms} ms, p95 {result.p95_ms} ms, "
+                        f"p99 {result.p99_ms} ms ({result.received}/{result.starts} prompts)"
+                    )
+                    if result.received < result.starts or result.p50_ms > SATURATED_P50_MS:
+                        saturated = load
+                        _say("  the service cannot keep up: higher loads are skipped")
+                    await drain(stack, limit_s=120)
+
+        async with errors.guard("groups, 2 processes"):
+            _say("groups service, 2 processes in one consumer group")
+            async with groups_stack(
+                infra, databases, workload, processes=2, partitions=config.partitions,
+                logdir=logdir,
+            ) as stack:  # fmt: skip
+                await warm_up(stack, warm)
+                figures.throughputs[2] = await throughput(stack, mix, limit_s=limit_s)
+                _say(f"  {figures.throughputs[2].rate:,.0f} records/s end to end")
+
+        if args.profile:
+            async with errors.guard("profile"):
+                _say("profile: 1 process under py-spy, SQL counted (not used for the figures)")
+                async with groups_stack(
+                    infra, databases, workload, processes=1, partitions=config.partitions,
+                    logdir=logdir,
+                ) as stack:  # fmt: skip
+                    await warm_up(stack, warm)
+                    profiled = await throughput(
+                        stack, mix, limit_s=limit_s, profile_to=out.parent / "profile-groups.txt"
+                    )
+                    results["profile"] = profiled.as_dict()
+                    _say(f"  {profiled.rate:,.0f} records/s under the profiler")
+
+        for rows in config.export_rows:
+            async with errors.guard(f"export {rows:,}"):
+                _say(f"export backfill of {rows:,} memberships")
+                exported = await export_backfill(
+                    infra, databases, rows, limit_seconds=max(120.0, rows / 2000)
+                )
+                figures.exports.append(exported)
+                _say(
+                    f"  {exported.rows_per_second:,.0f} rows/s, "
+                    f"peak RSS {exported.peak_rss_mib} MiB"
+                )
+
+        results["limits"] = {
+            "kafka_pipe": None
+            if figures.pipe is None
+            else {**figures.pipe.__dict__, "rate": round(figures.pipe.rate, 1)},
+            "postgres_insert": None if figures.inserts is None else figures.inserts.__dict__,
+        }
+        results["throughput"] = {str(k): v.as_dict() for k, v in figures.throughputs.items()}
+        results["latency"] = [r.as_dict() for r in figures.latencies]
+        results["latency_skipped"] = {str(k): v for k, v in figures.skipped_loads.items()}
+        results["export"] = [e.as_dict() for e in figures.exports]
+        results["errors"] = dict(errors)
+        results["rows"] = table(figures, errors)
+        return results
+    finally:
+        await databases.drop_all()
+
+
+@dataclass
+class Figures:
+    pipe: limits.KafkaPipeResult | None = None
+    inserts: limits.PostgresInsertResult | None = None
+    throughputs: dict[int, ThroughputResult] = field(default_factory=dict)
+    latencies: list[LatencyResult] = field(default_factory=list)
+    exports: list[ExportResult] = field(default_factory=list)
+    skipped_loads: dict[int, int] = field(default_factory=dict)  # load -> saturated at
+
+
+def table(figures: Figures, errors: Errors) -> list[Row]:
+    rows = [Row(f"{section} (failed)", error, verdict="ERROR") for section, error in errors.items()]
+    pipe, inserts = figures.pipe, figures.inserts
+    if pipe is not None:
+        rows.append(Row("limit 1: aiokafka consume->produce pipe", rate(pipe.rate)))
+    if inserts is not None:
+        rows.append(
+            Row("limit 2: asyncpg executemany, 500/tx", rate(inserts.executemany_rate, "rows/s"))
+        )
+        rows.append(Row("(asyncpg COPY, 500/tx)", rate(inserts.copy_rate, "rows/s")))
+    limit = min(pipe.rate, inserts.executemany_rate) if pipe and inserts else None
+    one = figures.throughputs.get(1)
+    if one is not None:
+        value = rate(one.rate) + ("" if one.complete else " (incomplete)")
+        if limit is not None:
+            rows.append(
+                check(
+                    "groups end to end, 1 process",
+                    value,
+                    f">= {E2E_SHARE:.0%} of {rate(limit)}",
+                    one.rate / limit,
+                    one.complete and one.rate >= E2E_SHARE * limit,
+                )
+            )
+        else:
+            rows.append(Row("groups end to end, 1 process", value))
+        rows.append(Row("(steady state, middle 80 % committed)", rate(one.steady_rate)))
+    for result in figures.latencies:
+        load = result.offered_starts_per_s
+        label = f"prompt latency @{load} starts/s"
+        if result.received < result.starts:
+            label += f" ({result.received}/{result.starts} received)"
+        rows.append(Row(f"{label} p50 / p95", f"{millis(result.p50_ms)} / {millis(result.p95_ms)}"))
+        target = load == P99_LOAD
+        finite = math.isfinite(result.p99_ms)
+        rows.append(
+            check(
+                f"prompt latency @{load} starts/s p99",
+                millis(result.p99_ms),
+                f"< {P99_TARGET_MS:.0f} ms" if target else "",
+                result.p99_ms / P99_TARGET_MS if target and finite else None,
+                result.p99_ms < P99_TARGET_MS if target else None,
+            )
+        )
+    for load, at in figures.skipped_loads.items():
+        rows.append(
+            check(
+                f"prompt latency @{load} starts/s p99",
+                f"skipped: saturated at {at} starts/s",
+                f"< {P99_TARGET_MS:.0f} ms" if load == P99_LOAD else "",
+                None,
+                False if load == P99_LOAD else None,
+            )
+        )
+    two = figures.throughputs.get(2)
+    if two is not None:
+        ratio = two.rate / one.rate if one is not None and one.rate else None
+        rows.append(
+            check(
+                "groups end to end, 2 processes",
+                rate(two.rate) + ("" if two.complete else " (incomplete)"),
+                f">= {SCALING} x 1 process",
+                ratio,
+                two.complete and ratio is not None and ratio >= SCALING,
+            )
+        )
+    for exported in figures.exports:
+        size = f"{exported.rows:,}"
+        rows.append(
+            check(
+                f"export backfill {size} rows",
+                rate(exported.rows_per_second, "rows/s"),
+                f">= {EXPORT_RATE:,} rows/s",
+                exported.rows_per_second / EXPORT_RATE,
+                exported.complete and exported.rows_per_second >= EXPORT_RATE,
+            )
+        )
+        rows.append(
+            check(
+                f"export backfill {size} rows peak RSS",
+                f"{exported.peak_rss_mib:,.0f} MiB",
+                f"< {EXPORT_RSS_MIB:.0f} MiB",
+                exported.peak_rss_mib / EXPORT_RSS_MIB,
+                exported.peak_rss_mib < EXPORT_RSS_MIB,
+            )
+        )
+    if len(figures.exports) > 1:
+        first, last = figures.exports[0], figures.exports[-1]
+        growth = last.peak_rss_mib / first.peak_rss_mib
+        rows.append(
+            check(
+                f"export peak RSS {last.rows:,} / {first.rows:,} rows",
+                f"x {growth:.2f}",
+                f"<= x {RSS_GROWTH}",
+                growth / RSS_GROWTH,
+                growth <= RSS_GROWTH,
+            )
+        )
+    return rows
+
+
+def _terminate(_signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt  # unwinds through every context manager: nothing is left running
+
+
+def main(args: argparse.Namespace, source: str) -> int:
+    config = Config.of("full" if args.full else "quick")
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    signal.signal(signal.SIGTERM, _terminate)
+    began = time.monotonic()
+    _say(f"{config.mode} run of {source}; starting Apache Kafka and PostgreSQL")
+    with local_infrastructure() as infra:
+        facts = machine_facts(infra.kafka_version, infra.postgres_version)
+        facts["services"] = source
+        results = asyncio.run(run(infra, config, args))
+    facts["load_average_at_end"] = load_average()
+    facts["run_seconds"] = round(time.monotonic() - began, 1)
+    rows: list[Row] = results.pop("rows")
+    print(f"\nMachine and software ({config.mode} run)\n{render_facts(facts)}\n")
+    print(render(rows))
+    write_json(args.out, {"machine": facts, **results}, rows)
+    print(f"\nresults: {args.out}")
+    return 0
