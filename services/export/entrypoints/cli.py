@@ -246,5 +246,12 @@ async def run_snapshot(settings: ExportSettingsBundle, args: argparse.Namespace)
 
 
 def _peak_rss_mib() -> float:
-    # Linux reports ru_maxrss in KiB.
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """This process's own peak: VmHWM starts again at exec, whereas ru_maxrss keeps the
+    high-water mark of the process that forked us."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
