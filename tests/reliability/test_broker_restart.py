@@ -1,0 +1,125 @@
+"""Fault 2: the Kafka broker is stopped and started again mid-stream.
+
+Both services keep running as they are (no restart of their own); afterwards nothing is
+lost: the database equals the model, the events are exactly the expected set, both
+consumer groups caught up, and the export topic's last value per key equals the records
+built from the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import date
+from typing import Any
+
+from devinfra.provider import Infrastructure
+from services.groups.domain.catalog import Catalog
+from tests.reliability.checks import reconcile, zero_problem_figures
+from tests.reliability.conftest import Check, Scale, require_local
+from tests.reliability.exportcheck import compare_export
+from tests.reliability.harness import Stack, busy, caught_up, gate, send_inputs, settle
+from tests.reliability.model import ALLOWED_UNITS, StreamGenerator, StreamSpec, inputs_by_role
+
+DOWN_SECONDS = 4.0
+
+
+async def test_broker_restart_mid_stream(
+    stack: Stack,
+    infra: Infrastructure,
+    scale: Scale,
+    catalog: Catalog,
+    today: date,
+    check: Check,
+) -> None:
+    require_local(infra.kafka, "Kafka")
+    kafka = infra.kafka
+    assert kafka is not None
+    spec = StreamSpec(
+        seed=5002,
+        customers=scale.broker_customers,
+        inputs=scale.broker_inputs,
+        waves=scale.broker_restarts + 2,
+    )
+    stream = StreamGenerator(spec, catalog, today).generate()
+    total = len(stream.model.inbox)
+    groups = await stack.start_groups({"GROUPS_ALLOWED_UNITS": ",".join(ALLOWED_UNITS)})
+    export = await stack.start_export()
+    pids = (groups.pid, export.pid)
+    started = time.monotonic()
+
+    outages: list[dict[str, Any]] = []
+    for number, (wave, expected) in enumerate(
+        zip(stream.waves, stream.inbox_after_wave, strict=True)
+    ):
+        await send_inputs(stack, wave)
+        if 1 <= number <= scale.broker_restarts:
+            await busy(stack)
+            applied = await stack.inbox_count()
+            stop_began = time.monotonic()
+            await kafka.astop()
+            stopped = time.monotonic()
+            cpu = (groups.cpu_seconds(), export.cpu_seconds())
+            await asyncio.sleep(DOWN_SECONDS)
+            cpu_down = (groups.cpu_seconds() - cpu[0], export.cpu_seconds() - cpu[1])
+            await kafka.astart()
+            back = time.monotonic()
+            await gate(stack, expected)
+            await settle(stack, expected)
+            outages.append(
+                {
+                    "applied_when_stopped": applied,
+                    "stop_s": round(stopped - stop_began, 1),
+                    "down_s": round(back - stopped, 1),
+                    "recovered_s": round(time.monotonic() - back, 1),
+                    "cpu_share": [round(c / DOWN_SECONDS, 2) for c in cpu_down],
+                }
+            )
+        else:
+            await gate(stack, expected)
+
+    await settle(stack, total)
+    groups_lag = await caught_up(stack, stack.groups_group, stack.topics.inbound)
+    export_lag = await caught_up(stack, stack.export_group, [stack.topics.events])
+    elapsed = time.monotonic() - started
+    reconciliation = await reconcile(stack, stream.model)
+    exported = await compare_export(stack, stream.personnummer)
+    zero = zero_problem_figures(reconciliation)
+    figures = reconciliation.figures
+    check.record(
+        "broker_restart",
+        "2. Kafka broker stopped and started mid-stream",
+        summary={
+            "inputs": len(stream.inputs),
+            "faults": len(outages),
+            "bad_inputs": 0,
+            "lost": zero["lost"] + len(exported.missing),
+            "duplicated_effects": zero["duplicated_effects"] + len(exported.unexpected),
+            "stuck_partitions": sum(1 for v in [*groups_lag.values(), *export_lag.values()] if v),
+            "personnummer_found": exported.personnummer_found,
+        },
+        inputs_by_topic=inputs_by_role(stream.inputs),
+        broker_outages=[
+            f"stopped at {o['applied_when_stopped']}/{total} applied, "
+            f"down {o['down_s']} s, all applied and published {o['recovered_s']} s after start"
+            for o in outages
+        ],
+        cpu_share_of_one_core_while_down_groups_export=[o["cpu_share"] for o in outages],
+        service_restarts=groups.starts + export.starts - 2,
+        events_resent_copies=figures["events_resent_copies"],
+        export_keys_compared=exported.keys_expected,
+        export_keys_stale=len(exported.different),
+        wall_seconds=round(elapsed, 1),
+    )
+
+    assert reconciliation.problems == [], "\n".join(reconciliation.problems)
+    assert not any(zero.values()), zero
+    assert exported.equivalent, (
+        exported.missing[:5],
+        exported.unexpected[:5],
+        exported.different[:5],
+    )
+    assert exported.personnummer_found == 0
+    assert len(outages) == scale.broker_restarts >= 1
+    assert groups.running() and export.running(), "the services are still up"
+    assert (groups.pid, export.pid) == pids and groups.starts == export.starts == 1
