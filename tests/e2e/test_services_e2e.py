@@ -82,7 +82,8 @@ async def test_popup_flow_through_both_services(stack: Stack, kafka: KafkaTestCl
     await kafka.send_event(t.commands, close, key=PNR)
     await kafka.events(t.events, of_type("customer_group.vaccination_groups_confirmed"))
 
-    exported = await kafka.read_until(t.export, lambda rs: len(rs) >= 2)
+    # Generous: the export process may still be joining its consumer group on a cold start.
+    exported = await kafka.read_until(t.export, lambda rs: len(rs) >= 2, timeout=90)
     values = [json.loads(r.value) for r in exported]
     types = {v["type"] for v in values}
     assert types == {"customer_group.membership_record", "customer_group.vaccination_record"}
