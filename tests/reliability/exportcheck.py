@@ -13,6 +13,7 @@ from services.common.settings import AppSettings, ExportSettings
 from services.export.adapters.groups_db import SourceTable, open_tables
 from services.export.bootstrap import ExportSettingsBundle, record_builder_from
 from services.export.service_layer.pipeline import record_value
+from tests.pii import personnummer_forms
 from tests.reliability.harness import Stack, read_topic
 
 
@@ -50,14 +51,6 @@ async def expected_export(stack: Stack) -> dict[bytes, bytes]:
     return expected
 
 
-def personnummer_forms(personnummer: Iterable[str]) -> list[bytes]:
-    """Every way a personnummer could be written: 12 digits, 10 digits, with a separator."""
-    forms: set[str] = set()
-    for p in personnummer:
-        forms |= {p, p[2:], f"{p[:8]}-{p[8:]}", f"{p[2:8]}-{p[8:]}", f"{p[2:8]}+{p[8:]}"}
-    return sorted(f.encode() for f in forms)
-
-
 async def compare_export(stack: Stack, personnummer: Iterable[str]) -> ExportComparison:
     expected = await expected_export(stack)
     records = await read_topic(stack.bootstrap, stack.topics.export)
@@ -71,7 +64,7 @@ async def compare_export(stack: Stack, personnummer: Iterable[str]) -> ExportCom
     result.different = sorted(
         k.decode() for k in expected.keys() & last.keys() if expected[k] != last[k]
     )
-    forms = personnummer_forms(personnummer)
+    forms = sorted(personnummer_forms(personnummer))
     for record in records:
         blob = (record.key or b"") + b"\x00" + (record.value or b"")
         result.personnummer_found += sum(1 for form in forms if form in blob)

@@ -34,6 +34,7 @@ from services.groups.bootstrap import GroupsSettingsBundle
 from services.groups.domain.personnummer import luhn_check_digit
 from tests.integration.conftest import NurseClient
 from tests.kafka_tools import KafkaTestClient
+from tests.pii import personnummer_forms
 
 PSEUDONYM_KEY = "export-tests-pseudonym-key-0123456789"
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -50,16 +51,6 @@ PNR_B = _pnr("19850302", "123")
 PNR_C = _pnr("19470915", "274")
 PNR_D = _pnr("20010371", "058")
 SCENARIO_PNRS = (PNR_A, PNR_B, PNR_C, PNR_D)
-
-
-def personnummer_forms(numbers: Iterable[str]) -> set[bytes]:
-    """Every way a personnummer could leak: 12 and 10 digits, with and without separator."""
-    forms: set[bytes] = set()
-    for pnr in numbers:
-        short = pnr[2:]
-        for text in (pnr, short, f"{pnr[:8]}-{pnr[8:]}", f"{short[:6]}-{short[6:]}"):
-            forms.add(text.encode())
-    return forms
 
 
 def leaks(blob: bytes, numbers: Iterable[str]) -> list[str]:
