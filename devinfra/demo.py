@@ -66,7 +66,7 @@ async def _wait_for(bootstrap: str, topic: str, type_: str) -> dict[str, Any]:
         await producer.stop()
 
 
-async def _feed(bootstrap: str, topics: TopicSettings) -> None:
+async def _feed(bootstrap: str, topics: TopicSettings, groups_url: str) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
     await producer.start()
     key = TEST_IDENTITY.encode()
@@ -92,6 +92,14 @@ async def _feed(bootstrap: str, topics: TopicSettings) -> None:
                 "requested_group": {"group_code": "INFLUENSA", "subgroup_code": "ALDER_65_PLUS"},
             },
         )
+        # Topics are not ordered with each other; a real start comes long after its
+        # booking, so the demo waits until the booking is stored.
+        query = "booking_id=demo-booking-1&user_id=demo-nurse&unit_id=demo-unit"
+        for _ in range(300):
+            status, _found = await asyncio.to_thread(http_json, f"{groups_url}/booking?{query}")
+            if status == 200:
+                break
+            await asyncio.sleep(0.1)
         vaccination_id = f"demo-vaccination-{uuid.uuid4().hex[:6]}"
         print(f"2. vaccination.started ({vaccination_id}) -> the popup's prompt")
         await send(
@@ -222,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             print(f"export service  {export.url}  (/healthz /metrics, log {export.log_path})")
             print(f"up in {time.monotonic() - started:.1f}s; playing the demo feed\n")
-            asyncio.run(_feed(infra.kafka_bootstrap, topics))
+            asyncio.run(_feed(infra.kafka_bootstrap, topics, groups.url))
             _read_back(groups.url)
             print(
                 "\nDemo done: the booking, the groups and the dose's confirmation are stored "

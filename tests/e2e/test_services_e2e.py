@@ -31,6 +31,13 @@ async def test_popup_flow_through_both_services(stack: Stack, kafka: KafkaTestCl
         },
     )
     await kafka.send_event(t.bookings, booking, key=PNR)
+    # Topics are not ordered with each other: let the booking land before the start.
+    query = "booking_id=e2e-b1&user_id=nurse-1&unit_id=unit-1"
+    for _ in range(300):
+        status, _found = await asyncio.to_thread(http_json, f"{stack.groups.url}/booking?{query}")
+        if status == 200:
+            break
+        await asyncio.sleep(0.1)
     start = cloudevent(
         "vaccination.started",
         {
@@ -97,7 +104,6 @@ async def test_popup_flow_through_both_services(stack: Stack, kafka: KafkaTestCl
     assert status == 200
     assert [m["group_code"] for m in card["active"]] == ["INFLUENSA"]
 
-    query = "booking_id=e2e-b1&user_id=nurse-1&unit_id=unit-1"
     status, found = await asyncio.to_thread(http_json, f"{stack.groups.url}/booking?{query}")
     assert status == 200
     assert found["booking"]["requested_group"]["group_code"] == "INFLUENSA"

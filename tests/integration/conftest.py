@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
 from devinfra.provider import Infrastructure
 from services.common.settings import (
@@ -17,6 +19,7 @@ from services.common.settings import (
     KafkaSettings,
     TopicSettings,
 )
+from services.groups.adapters.orm import bookings
 from services.groups.bootstrap import GroupsService, GroupsSettingsBundle
 from services.groups.entrypoints.consumer import register_consumer
 from tests.kafka_tools import KafkaTestClient, TopicCollector, cloudevent
@@ -69,6 +72,20 @@ async def groups_service(groups_settings: GroupsSettingsBundle) -> AsyncIterator
 async def kafka(infra: Infrastructure) -> AsyncIterator[KafkaTestClient]:
     async with KafkaTestClient(infra.kafka_bootstrap) as client:
         yield client
+
+
+async def wait_until_booked(service: GroupsService, booking_id: str) -> None:
+    """Kafka orders records within a partition, not across topics: a start sent right
+    after its booking may overtake it, so tests that need the booking wait for it."""
+    for _ in range(300):
+        async with service.engine.connect() as connection:
+            found = await connection.scalar(
+                select(bookings.c.booking_id).where(bookings.c.booking_id == booking_id)
+            )
+        if found is not None:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"booking {booking_id} was not stored")
 
 
 class NurseClient:

@@ -7,7 +7,7 @@ import datetime as dt
 from services.groups.bootstrap import GroupsService
 from services.groups.domain.personnummer import Personnummer
 from services.groups.service_layer import views
-from tests.integration.conftest import ACTOR, NurseClient
+from tests.integration.conftest import ACTOR, NurseClient, wait_until_booked
 
 PNR = "191212121212"
 
@@ -21,6 +21,7 @@ async def test_with_popup_start_prompt_add_remove_close(
         vaccine={"code": "J07BN01", "name": "Comirnaty", "dose": 10},
         requested_group={"group_code": "COVID_19", "subgroup_code": "REKOMMENDERAD"},
     )
+    await wait_until_booked(groups_service, "b-popup")
     # 1-3: start the vaccination; the popup opens with the prompt.
     prompt = (
         await nurse.start(
