@@ -17,9 +17,13 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.coordinator.assignors.abstract import AbstractPartitionAssignor
+from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from aiokafka.errors import TopicAlreadyExistsError
+from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.security import parse_security
+from faststream.kafka.subscriber.usecase import BatchSubscriber
 from faststream.security import (
     BaseSecurity,
     SASLPlaintext,
@@ -27,6 +31,7 @@ from faststream.security import (
     SASLScram512,
 )
 
+from services.common.records import keep_raw_bytes
 from services.common.settings import KafkaSettings, TopicSettings
 
 log = logging.getLogger(__name__)
@@ -168,3 +173,42 @@ async def start_producer(
     )
     await producer.start()
     return producer
+
+
+def manual_batch_subscriber(
+    broker: KafkaBroker,
+    *topics: str,
+    group_id: str,
+    max_records: int,
+    title: str,
+    description: str,
+    partition_assignment_strategy: Sequence[type[AbstractPartitionAssignor]] = (
+        RoundRobinPartitionAssignor,
+    ),
+) -> BatchSubscriber:
+    """A batch subscriber with the options both services share, replacing FastStream's
+    defaults on purpose:
+
+    - `AckPolicy.MANUAL`: the default (ack first) would commit before processing; the
+      handler acks only after its batch is durably applied. `ack()` commits every
+      consumed position, which is safe because one batch at a time is in flight.
+    - The raw record bytes reach the handler undecoded, so a poison record can be
+      dead-lettered exactly as it arrived.
+    - A batch that waits out an outage keeps the consumer in its group meanwhile.
+    - FastStream sleeps `batch_timeout_ms` again after an empty poll; 10 ms bounds the
+      extra wait of a record that arrives while idle (100 ms cost ~50 ms p50).
+    """
+    return broker.subscriber(
+        *topics,
+        group_id=group_id,
+        batch=True,
+        max_records=max_records,
+        batch_timeout_ms=10,
+        auto_offset_reset="earliest",
+        ack_policy=AckPolicy.MANUAL,
+        decoder=keep_raw_bytes,
+        max_poll_interval_ms=30 * 60 * 1000,
+        partition_assignment_strategy=partition_assignment_strategy,
+        title=title,
+        description=description,
+    )
