@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 from aiokafka import AIOKafkaProducer
 from faststream.kafka import KafkaBroker
 
-from services.common.kafka import build_broker, ensure_topics, start_producer
+from services.common.kafka import OffsetCommits, build_broker, ensure_topics, start_producer
 from services.common.settings import (
     AppSettings,
     DatabaseSettings,
@@ -80,6 +80,7 @@ class ExportService:
             client_id=SERVICE_NAME,
             middlewares=telemetry_middlewares(s.app, SERVICE_NAME),
         )
+        self.offset_commits = OffsetCommits()
         self.ready = False
 
     async def _new_producer(self) -> AIOKafkaProducer:

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.common.backoff import Backoff
 from services.common.db import create_engine, is_transient_db_error
 from services.common.kafka import (
+    OffsetCommits,
     build_broker,
     dead_letter_request_size,
     ensure_topics,
@@ -127,6 +128,7 @@ class GroupsService:
             client_id=SERVICE_NAME,
             middlewares=telemetry_middlewares(s.app, SERVICE_NAME),
         )
+        self.offset_commits = OffsetCommits()
         self.ready = False
         self._catalog_task: asyncio.Task[None] | None = None
 

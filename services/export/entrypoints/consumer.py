@@ -1,7 +1,8 @@
 """The export's Kafka entrypoint: the groups service's events, in batches.
 
-Offsets are committed only after every record of the batch was acknowledged by the
-broker (see `manual_batch_subscriber` for the FastStream defaults replaced).
+Offsets are committed (in the background, by `OffsetCommits`) only after every record
+of the batch was acknowledged by the broker (see `manual_batch_subscriber` for the
+FastStream defaults replaced).
 """
 
 from __future__ import annotations
@@ -28,4 +29,4 @@ def register_consumer(broker: KafkaBroker, service: ExportService) -> None:
     async def consume_events(msg: KafkaMessage) -> None:
         with service.metrics.batches.time():
             await service.pipeline.process(batch_records(msg.raw_message))
-        await msg.ack()
+        service.offset_commits.applied(msg.consumer, msg.raw_message)

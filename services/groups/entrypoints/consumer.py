@@ -1,9 +1,9 @@
 """The Kafka entrypoint: one batch subscriber over the three inbound topics.
 
-Offsets are committed by `msg.ack()` only after the batch's transaction committed (see
-`manual_batch_subscriber` for the FastStream defaults replaced). There is no NACK: a
-failed batch is retried inside `InboundProcessor.process` with backoff, where FastStream's
-NACK would re-read at once in a hot loop.
+Offsets are committed (in the background, by `OffsetCommits`) only after the batch's
+transaction committed (see `manual_batch_subscriber` for the FastStream defaults
+replaced). There is no NACK: a failed batch is retried inside `InboundProcessor.process`
+with backoff, where FastStream's NACK would re-read at once in a hot loop.
 """
 
 from __future__ import annotations
@@ -35,4 +35,4 @@ def register_consumer(broker: KafkaBroker, service: GroupsService) -> None:
         records = batch_records(msg.raw_message)
         with service.metrics.batches.time():
             await service.processor.process(records)
-        await msg.ack()
+        service.offset_commits.applied(msg.consumer, msg.raw_message)
