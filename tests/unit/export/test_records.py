@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import uuid
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -14,6 +15,7 @@ import pytest
 
 from services.common.envelope import PoisonRecord, decode_cloudevent, new_event
 from services.export.domain.records import (
+    EXPORT_SOURCE,
     MEMBERSHIP_FIELDS,
     MEMBERSHIP_RECORD,
     VACCINATION_RECORD,
@@ -22,6 +24,7 @@ from services.export.domain.records import (
     local_instant,
     membership_from_row,
     membership_record,
+    record_uuid5,
 )
 from services.export.service_layer.pipeline import record_value
 from services.export.service_layer.translate import records_from_event
@@ -242,3 +245,39 @@ def test_an_unknown_type_is_poison() -> None:
     with pytest.raises(PoisonRecord) as raised:
         records_from_event(_through_the_wire("customer_group.other", {}, NOW), BUILDER)
     assert raised.value.error_code == "UNKNOWN_TYPE"
+
+
+# -- the cheaper ways to the same bytes --------------------------------------------
+
+
+def test_record_ids_are_uuid5_of_type_key_version_and_time() -> None:
+    namespace = uuid.UUID("3d5c2b8e-4f61-4a0e-9e7d-2c1b0a9f8e07")  # schemas/README.md
+    record = BUILDER.membership(messages.membership_view(membership(), CATALOG), PNR, NOW)
+    name = f"{MEMBERSHIP_RECORD}|{MID}|1|2026-11-26T13:35:12.080000+01:00"
+    assert record.event_id == str(uuid.uuid5(namespace, name))
+    for text in ("", "åäö|x", "v-1|" * 40):
+        assert record_uuid5(text) == str(uuid.uuid5(namespace, text))
+
+
+@pytest.mark.parametrize(
+    "group_name",
+    ["Influensa", "Äldre 65+ \u2028 \x7f", 'quote " back \\ slash', "\x00\x1f\n\t", None, 7],
+)
+def test_record_value_is_the_cloudevent_envelopes_bytes(group_name: Any) -> None:
+    view = {**messages.membership_view(membership(), CATALOG), "group_name": group_name}
+    for at in (NOW, NOW.replace(microsecond=0), NOW.astimezone(UTC)):
+        record = RecordBuilder(Pseudonymizer(KEY), at.tzinfo or UTC).membership(view, PNR, at)
+        event = new_event(
+            record.type,
+            EXPORT_SOURCE,
+            record.data,
+            event_id=record.event_id,
+            time=datetime.fromisoformat(record.updated_at),
+        )
+        assert record_value(record) == event.to_bytes()
+
+
+def test_an_integer_orjson_refuses_is_still_exported() -> None:
+    view = {**messages.membership_view(membership(), CATALOG), "version": 2**70}
+    record = BUILDER.membership(view, PNR, NOW)
+    assert json.loads(record_value(record))["data"]["version"] == 2**70
