@@ -32,12 +32,12 @@ from services.common.db import create_engine
 from services.common.kafka import ensure_topics, start_producer
 from services.common.logs import configure_logging
 from services.export.adapters.checkpoint import FileCheckpointStore, MemoryCheckpointStore
+from services.export.adapters.export_topic import BatchPublisher
 from services.export.adapters.groups_db import GroupsTables, SourceTable, open_tables
 from services.export.bootstrap import ExportSettingsBundle, record_builder_from
 from services.export.service_layer import backfill as backfill_service
 from services.export.service_layer import snapshot as snapshot_service
 from services.export.service_layer.backfill import CheckpointStore, Progress, ProgressFactory
-from services.export.service_layer.pipeline import RecordSender
 
 log = logging.getLogger("services.export.cli")
 T = TypeVar("T")
@@ -198,7 +198,7 @@ async def run_backfill(settings: ExportSettingsBundle, args: argparse.Namespace)
         try:
             report = await backfill_service.backfill(
                 tables,
-                RecordSender(producer, topic),
+                BatchPublisher(producer, topic),
                 builder,
                 store,
                 topic=topic,

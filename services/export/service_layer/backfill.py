@@ -8,7 +8,10 @@ the compacted topic's last value per key does not change when nothing else did.
 
 Rows are read in primary-key order in chunks; each chunk is acknowledged by the broker
 before the checkpoint names its last key, so an interrupted run (crash, Ctrl+C, `limit`)
-resumes after the last acknowledged chunk and never skips a row.
+resumes after the last acknowledged chunk and never skips a row. While the broker
+acknowledges one chunk the next ones are read, built and sent (at most
+`CHUNKS_IN_FLIGHT` unacknowledged); the checkpoint still moves in chunk order, only past
+chunks whose every record was acknowledged.
 
 Race with live updates, and what is left of it. The main pass reads each table through
 one cursor, i.e. as of the moment its query started. A row changed after that is
@@ -28,9 +31,11 @@ in order, so it ends on the newest state anyway.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
@@ -40,19 +45,24 @@ from typing import Any, Protocol
 from services.export.adapters.groups_db import GroupsTables, Row, SourceTable
 from services.export.domain.checkpoint import Checkpoint, Phase
 from services.export.domain.records import ExportRecord, RecordBuilder
+from services.export.service_layer.pipeline import record_message
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 5000
 DEFAULT_CATCH_UP_MARGIN = timedelta(minutes=5)
+# Chunks sent but not yet acknowledged: enough to read and build the next chunk while the
+# broker writes the last one, few enough that memory stays a few chunks' worth.
+CHUNKS_IN_FLIGHT = 2
 
 
 class RecordSink(Protocol):
-    """Publishes records; `flush` returns once the broker acknowledged all of them."""
+    """Publishes (key, value) messages to the export topic."""
 
-    async def send(self, record: ExportRecord) -> None: ...
-
-    async def flush(self) -> None: ...
+    async def publish(self, messages: Sequence[tuple[bytes, bytes]]) -> asyncio.Future[Any]:
+        """Hands the messages over; the returned future completes once the broker
+        acknowledged every one of them."""
+        ...
 
 
 class CheckpointStore(Protocol):
@@ -183,6 +193,14 @@ async def backfill(
     return report
 
 
+@dataclass(frozen=True)
+class _SentChunk:
+    acknowledged: asyncio.Future[Any]
+    table: SourceTable
+    last_key: str
+    rows: int
+
+
 async def _pass(
     open_tables: TablesOpener,
     sink: RecordSink,
@@ -197,6 +215,16 @@ async def _pass(
 ) -> tuple[Checkpoint, int]:
     """One pass over every table, from where the checkpoint left it."""
     published = 0
+    in_flight: deque[_SentChunk] = deque()
+
+    async def settle(chunk: _SentChunk) -> None:
+        nonlocal checkpoint, published
+        await chunk.acknowledged  # acknowledged before the checkpoint says so
+        checkpoint = checkpoint.after_chunk(chunk.table, chunk.last_key, chunk.rows)
+        store.save(checkpoint)
+        published += chunk.rows
+        bar.update(chunk.rows)
+
     async with open_tables() as tables:
         total = 0
         for table in SourceTable:
@@ -211,19 +239,35 @@ async def _pass(
                 async with contextlib.aclosing(chunks):
                     async for chunk in chunks:
                         rows = budget.take(chunk)
-                        for row in rows:
-                            await sink.send(build_record(builder, table, row))
-                        await sink.flush()  # acknowledged before the checkpoint says so
-                        checkpoint = checkpoint.after_chunk(table, str(rows[-1]["key"]), len(rows))
-                        store.save(checkpoint)
-                        published += len(rows)
+                        messages = [record_message(build_record(builder, table, r)) for r in rows]
+                        acknowledged = await sink.publish(messages)
+                        in_flight.append(
+                            _SentChunk(acknowledged, table, str(rows[-1]["key"]), len(rows))
+                        )
                         budget.spend(len(rows))
-                        bar.update(len(rows))
+                        while in_flight and (
+                            len(in_flight) > CHUNKS_IN_FLIGHT or in_flight[0].acknowledged.done()
+                        ):
+                            await settle(in_flight.popleft())
                         if budget.exhausted:
-                            return checkpoint, published
+                            break
+                if budget.exhausted:
+                    break
+            while in_flight:
+                await settle(in_flight.popleft())
         finally:
+            # Failed or cancelled: what is still in flight is not checkpointed (it may reach
+            # the broker anyway; a rerun sends it again). Stop waiting for it, quietly.
+            for unsettled in in_flight:
+                _stop_waiting(unsettled.acknowledged)
             bar.close()
     return checkpoint, published
+
+
+def _stop_waiting(acknowledged: asyncio.Future[Any]) -> None:
+    if acknowledged.cancel() or acknowledged.cancelled():
+        return
+    acknowledged.exception()  # retrieved, so asyncio does not log it as never retrieved
 
 
 def _ctx(report: BackfillReport) -> dict[str, Any]:

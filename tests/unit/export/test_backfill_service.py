@@ -4,6 +4,7 @@ or repeats, and a catch-up pass over what changed since the start."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from datetime import UTC, date, datetime, timedelta
@@ -11,12 +12,17 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+from aiokafka.errors import KafkaError
 
 from services.export.adapters.checkpoint import MemoryCheckpointStore
 from services.export.adapters.groups_db import Row, SourceTable
 from services.export.domain.checkpoint import Checkpoint, Phase
-from services.export.domain.records import ExportRecord, Pseudonymizer, RecordBuilder
-from services.export.service_layer.backfill import CheckpointMismatch, backfill
+from services.export.domain.records import Pseudonymizer, RecordBuilder
+from services.export.service_layer.backfill import (
+    CHUNKS_IN_FLIGHT,
+    CheckpointMismatch,
+    backfill,
+)
 
 START = datetime(2026, 11, 26, 9, 0, tzinfo=UTC)
 BUILDER = RecordBuilder(Pseudonymizer(b"unit-test-pseudonym-key-0123456789"), ZoneInfo("UTC"))
@@ -83,22 +89,50 @@ class FakeTables:
 
 
 class FakeSink:
-    """Records what was published; `unacked` is what the broker has not confirmed yet."""
+    """Records what was published; the broker acknowledges each chunk a moment later, in
+    order. `acknowledged` counts the published records acknowledged so far."""
 
     def __init__(self) -> None:
         self.published: list[str] = []
-        self.unacked = 0
+        self.acknowledged = 0
 
-    async def send(self, record: ExportRecord) -> None:
-        self.published.append(record.key)
-        self.unacked += 1
+    async def publish(self, messages: Sequence[tuple[bytes, bytes]]) -> asyncio.Future[Any]:
+        self.published.extend(key.decode() for key, _ in messages)
+        loop = asyncio.get_running_loop()
+        ack: asyncio.Future[Any] = loop.create_future()
+        loop.call_soon(self._acknowledge, ack, len(self.published))
+        return ack
 
-    async def flush(self) -> None:
-        self.unacked = 0
+    def _acknowledge(self, ack: asyncio.Future[Any], up_to: int) -> None:
+        self.acknowledged = max(self.acknowledged, up_to)
+        ack.set_result(None)
+
+
+class HeldSink(FakeSink):
+    """A broker that acknowledges nothing until `release`, or refuses chunk `refuse`."""
+
+    def __init__(self, refuse: int | None = None) -> None:
+        super().__init__()
+        self.held: list[asyncio.Future[Any]] = []
+        self.refuse = refuse
+
+    async def publish(self, messages: Sequence[tuple[bytes, bytes]]) -> asyncio.Future[Any]:
+        self.published.extend(key.decode() for key, _ in messages)
+        ack: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if len(self.held) == self.refuse:
+            ack.set_exception(KafkaError("refused"))
+        self.held.append(ack)
+        return ack
+
+    def release(self) -> None:
+        for ack in self.held:
+            if not ack.done():
+                ack.set_result(None)
+        self.acknowledged = len(self.published)
 
 
 class GuardedStore(MemoryCheckpointStore):
-    """Fails the test if a checkpoint is written while records are unacknowledged."""
+    """Fails the test if a checkpoint names a record the broker has not acknowledged."""
 
     def __init__(self, sink: FakeSink) -> None:
         super().__init__()
@@ -106,7 +140,13 @@ class GuardedStore(MemoryCheckpointStore):
         self.saves = 0
 
     def save(self, checkpoint: Checkpoint) -> None:
-        assert self.sink.unacked == 0, "checkpoint written before the broker acknowledged"
+        sent = self.sink.published
+        for key in checkpoint.done.values():
+            after_last_send = len(sent) - sent[::-1].index(key)
+            assert after_last_send <= self.sink.acknowledged, (
+                f"checkpoint names {key} before the broker acknowledged it"
+            )
+        assert checkpoint.published <= self.sink.acknowledged
         self.saves += 1
         super().save(checkpoint)
 
@@ -165,6 +205,38 @@ async def test_runs_stopped_by_a_limit_resume_without_gaps_or_repeats(limit: int
     assert sink.published == main  # nothing changed since the start: an empty catch-up
     assert all(r.published <= limit for r in reports)
     assert [r.complete for r in reports] == [False] * (len(reports) - 1) + [True]
+
+
+async def test_next_chunks_are_sent_while_the_broker_acknowledges_but_not_checkpointed() -> None:
+    sink = HeldSink()
+    store = GuardedStore(sink)
+    running = asyncio.ensure_future(run(world(), sink, store, batch_size=2))
+    for _ in range(100):
+        await asyncio.sleep(0)
+    assert len(sink.held) == CHUNKS_IN_FLIGHT + 1, "sent ahead, but only so far"
+    assert store.saves == 1  # the run's start only
+    sink.release()
+    for _ in range(100):
+        await asyncio.sleep(0)
+        sink.release()
+        if running.done():
+            break
+    report = await running
+    assert report.complete and report.published == 10
+    assert sink.published == [f"m-{n:03d}" for n in range(7)] + [f"v-{n:03d}" for n in range(3)]
+
+
+async def test_a_refused_chunk_stops_the_run_and_is_not_checkpointed() -> None:
+    sink = HeldSink(refuse=1)
+    store = GuardedStore(sink)
+    running = asyncio.ensure_future(run(world(), sink, store, batch_size=3))
+    for _ in range(100):
+        await asyncio.sleep(0)
+    sink.release()  # chunk 0 acknowledged, chunk 1 refused
+    with pytest.raises(KafkaError, match="refused"):
+        await running
+    assert store.checkpoint is not None
+    assert store.checkpoint.done == {"memberships": "m-002"} and store.checkpoint.published == 3
 
 
 async def test_a_complete_checkpoint_publishes_nothing() -> None:
