@@ -8,6 +8,7 @@ to the same last value per key.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
@@ -40,12 +41,13 @@ def record_value(record: ExportRecord) -> bytes:
         time=datetime.fromisoformat(record.updated_at),
         data=record.data,
     )
+    envelope = event.to_dict()
     try:
-        return orjson.dumps(event.to_dict())
+        return orjson.dumps(envelope)
     except orjson.JSONEncodeError:
         # What orjson refuses and the stdlib writes (an integer beyond 64 bits in an event's
         # data): export it as before rather than fail the batch and retry it forever.
-        return event.to_bytes()
+        return json.dumps(envelope, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 def record_message(record: ExportRecord) -> tuple[bytes, bytes]:
