@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+
 SPECVERSION = "1.0"
 MAX_EVENT_BYTES = 256 * 1024
 
@@ -51,7 +53,14 @@ class CloudEvent:
         return event
 
     def to_bytes(self) -> bytes:
-        return json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":")).encode()
+        # Compact UTF-8 JSON: orjson gives the same bytes as json.dumps(ensure_ascii=False,
+        # separators=(",", ":")) at a fraction of the cost (a prompt is ~2 KB), except
+        # for what it refuses (an integer beyond 64 bits), which json still writes.
+        event = self.to_dict()
+        try:
+            return orjson.dumps(event)
+        except TypeError:
+            return json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 def new_event(

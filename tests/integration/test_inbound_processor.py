@@ -1,4 +1,5 @@
-"""The batch processor against the real database: isolation of a failing record."""
+"""The batch processor against the real database: isolation of a failing record, and
+the writes of one batch."""
 
 from __future__ import annotations
 
@@ -11,10 +12,15 @@ from services.common.envelope import CloudEvent
 from services.common.records import SourceRecord
 from services.common.settings import DatabaseSettings
 from services.groups.adapters import migrate
-from services.groups.adapters.orm import dead_letters, inbox, outbox
+from services.groups.adapters.orm import dead_letters, inbox, memberships, outbox
+from services.groups.bootstrap import GroupsService, GroupsSettingsBundle
+from services.groups.service_layer.handlers import membership_id_for
 from services.groups.service_layer.inbound import InboundProcessor, Route
 from services.groups.service_layer.unit_of_work import UnitOfWork
+from tests.integration.conftest import ACTOR
 from tests.kafka_tools import cloudevent
+
+PNR = "191212121212"
 
 
 async def explode_on_boom(event: CloudEvent, _record: SourceRecord, uow: UnitOfWork) -> None:
@@ -55,3 +61,58 @@ async def test_a_failing_record_is_isolated_and_the_rest_applied(database_url: s
     assert letters[0].value == batch[1].value
     await engine.dispose()
     assert sorted(processed) == ["e0", "e2"], "a dead-lettered record stays replayable"
+
+
+async def test_a_group_ended_and_started_again_in_one_batch(
+    groups_settings: GroupsSettingsBundle,
+) -> None:
+    """The batch's writes go out in one statement, except that a membership ended here
+    must be written before its group starts again (one active row per group)."""
+    service = GroupsService(groups_settings)
+    await service.prepare()
+    commands = service.settings.topics.commands
+
+    def command(offset: int, type_: str, **fields: object) -> SourceRecord:
+        event = cloudevent(
+            f"customer_group.{type_}",
+            {"personnummer": PNR, "actor": ACTOR, **fields},
+            event_id=f"command-{offset}",
+        )
+        return SourceRecord(commands, 0, offset, PNR.encode(), json.dumps(event).encode(), ())
+
+    covid = {"group_code": "COVID_19", "subgroup_code": "REKOMMENDERAD"}
+    try:
+        first = await service.processor.process([command(1, "add", **covid)])
+        again = await service.processor.process(
+            [
+                command(2, "remove", membership_id=membership_id_for("command-1")),
+                command(3, "add", **covid),
+            ]
+        )
+        async with service.engine.connect() as connection:
+            rows = (
+                await connection.execute(
+                    select(memberships.c.membership_id, memberships.c.valid_to)
+                    .where(memberships.c.personnummer == PNR)
+                    .order_by(memberships.c.created_at)
+                )
+            ).all()
+            answers = (
+                await connection.execute(
+                    select(outbox.c.value).where(outbox.c.topic == service.settings.topics.events)
+                )
+            ).scalars()
+            types = sorted(json.loads(value)["type"] for value in answers)
+    finally:
+        await service.engine.dispose()
+
+    assert (first.processed, again.processed, again.dead_lettered) == (1, 2, 0)
+    assert [(row.membership_id, row.valid_to is None) for row in rows] == [
+        (membership_id_for("command-1"), False),
+        (membership_id_for("command-3"), True),
+    ]
+    assert types == [
+        "customer_group.added",
+        "customer_group.added",
+        "customer_group.removed",
+    ]

@@ -6,10 +6,10 @@ import base64
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncConnection
+import orjson
 
 from services.common.records import Header, SourceRecord, dead_letter_headers
-from services.groups.adapters.orm import dead_letters, outbox
+from services.groups.adapters.batch_statements import DEAD_LETTERS, OUTBOX
 
 
 def encode_headers(headers: Sequence[Header]) -> list[list[str]]:
@@ -21,11 +21,14 @@ def decode_headers(stored: Sequence[Sequence[str]]) -> list[Header]:
     return [(name, base64.b64decode(value)) for name, value in stored]
 
 
-class Outbox:
-    """Collects rows in memory; `flush()` inserts them in order, one statement per table."""
+def _headers_json(headers: Sequence[Header]) -> str:
+    return orjson.dumps(encode_headers(headers)).decode()
 
-    def __init__(self, connection: AsyncConnection, *, dlq_topic: str, service: str) -> None:
-        self._connection = connection
+
+class Outbox:
+    """Collects rows in memory; the unit of work writes them with its other changes."""
+
+    def __init__(self, *, dlq_topic: str, service: str) -> None:
         self._dlq_topic = dlq_topic
         self._service = service
         self._rows: list[dict[str, Any]] = []
@@ -40,12 +43,12 @@ class Outbox:
         headers: Sequence[Header] = (),
     ) -> None:
         self._rows.append(
-            {"topic": topic, "key": key, "value": value, "headers": encode_headers(headers)}
+            {"topic": topic, "key": key, "value": value, "headers": _headers_json(headers)}
         )
 
     async def dead_letter(self, record: SourceRecord, error_code: str, message: str) -> None:
         """The original key, value and headers, plus headers naming the error and origin."""
-        headers = encode_headers(dead_letter_headers(record, error_code, message, self._service))
+        headers = _headers_json(dead_letter_headers(record, error_code, message, self._service))
         self._dead_letters.append(
             {
                 "source_topic": record.topic,
@@ -65,12 +68,18 @@ class Outbox:
         self._rows.clear()
         self._dead_letters.clear()
 
-    async def flush(self) -> None:
+    def take_writes(self) -> dict[str, list[Any]]:
+        """The pending rows as array parameters of `batch_statements.WRITE`, in order
+        (outbox ids, and so the publishing order, follow it); then forgotten."""
         rows, self._rows = self._rows, []
         letters, self._dead_letters = self._dead_letters, []
-        if letters:
-            await self._connection.execute(dead_letters.insert(), letters)
-        if rows:
-            # Multi-row insert: ids (and so the relay's publishing order) follow list order.
-            await self._connection.execute(outbox.insert(), rows)
         self.written += len(rows)
+        columns = {
+            bind: [row[name] for row in rows]
+            for bind, name in zip(OUTBOX.binds(), OUTBOX.names, strict=True)
+        }
+        columns.update(
+            (bind, [letter[name] for letter in letters])
+            for bind, name in zip(DEAD_LETTERS.binds(), DEAD_LETTERS.names, strict=True)
+        )
+        return columns

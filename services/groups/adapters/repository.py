@@ -1,34 +1,30 @@
 """Reads and writes of the groups service's rows, mapped to and from the domain.
 
 One repository serves one unit of work (one transaction) and works like an identity
-map with deferred writes: what a batch reads is loaded once (in bulk where the batch
-says up front what it will need), every change is kept in memory, and `flush()` writes
-all of it with one multi-row statement per table. A batch of hundreds of records thus
-costs a handful of round trips instead of several per record.
+map with deferred writes: what a batch reads is loaded once, in one statement, where
+the batch says up front what it will need; every change is kept in memory, and
+`take_writes()` hands all of it to the unit of work as the array parameters of one
+write statement (see `batch_statements`). A batch of hundreds of records thus costs a
+handful of round trips instead of several per record.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ARRAY, ColumnElement, Text, any_, bindparam, func, select, update
-from sqlalchemy.dialects.postgresql import UUID
+import orjson
+from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from services.groups.adapters import batch_statements
 from services.groups.adapters.orm import (
-    audit_log,
-    bookings,
     catalog_groups,
     catalog_subgroups,
     customers,
-    memberships,
-    prompts,
-    vaccination_confirmations,
 )
 from services.groups.domain.catalog import Catalog
 from services.groups.domain.errors import DomainError
@@ -90,30 +86,31 @@ class _Changes:
     audit: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _membership(row: Row[Any]) -> Membership:
+# Rows arrive as records of the table's row type (see batch_statements.READ).
+def _membership(record: Mapping[str, Any]) -> Membership:
     return Membership(
-        membership_id=str(row.membership_id),
-        group_code=row.group_code,
-        subgroup_code=row.subgroup_code,
-        reference_code=row.reference_code,
-        valid_from=row.valid_from,
-        valid_to=row.valid_to,
-        version=row.version,
+        membership_id=str(record["membership_id"]),
+        group_code=record["group_code"],
+        subgroup_code=record["subgroup_code"],
+        reference_code=record["reference_code"],
+        valid_from=record["valid_from"],
+        valid_to=record["valid_to"],
+        version=record["version"],
     )
 
 
-def _booking(row: Row[Any]) -> BookingRow:
-    return BookingRow(**{name: getattr(row, name) for name in BookingRow.__dataclass_fields__})
+def _booking(record: Mapping[str, Any]) -> BookingRow:
+    return BookingRow(*(record[name] for name in BookingRow.__dataclass_fields__))
 
 
-def _prompt(row: Row[Any]) -> PromptRow:
-    return PromptRow(**{name: getattr(row, name) for name in PromptRow.__dataclass_fields__})
+def _prompt(record: Mapping[str, Any]) -> PromptRow:
+    values = {name: record[name] for name in PromptRow.__dataclass_fields__}
+    values["prompt_id"] = str(values["prompt_id"])
+    return PromptRow(**values)
 
 
-def _any(values: list[str], item_type: Any = None) -> Any:
-    """`= ANY(:array)`: one statement text whatever the list's length, so PostgreSQL and
-    asyncpg reuse its prepared plan (an IN list is new SQL for every length)."""
-    return any_(bindparam(None, values, type_=ARRAY(item_type if item_type is not None else Text)))
+def _json(value: Any) -> str:
+    return orjson.dumps(value).decode()
 
 
 def _valid(personnummer: str) -> bool:
@@ -137,6 +134,7 @@ class GroupsRepository:
         self._prompts_by_vaccination: dict[str, PromptRow | None] = {}
         self._prompts_by_id: dict[str, PromptRow | None] = {}
         self._confirmation_versions: dict[str, int] = {}
+        self._owners: dict[str, str] = {}  # membership id -> personnummer
         self._changes = _Changes()
 
     # -- bulk loading ----------------------------------------------------------
@@ -148,50 +146,48 @@ class GroupsRepository:
         booking_ids: Iterable[str] = (),
         vaccination_ids: Iterable[str] = (),
         prompt_ids: Iterable[str] = (),
-    ) -> None:
-        """Load what a batch will read, a query per table; anything missed loads lazily."""
+        events: Sequence[tuple[str, str]] = (),
+    ) -> set[tuple[str, str]]:
+        """Load what a batch will read in one statement (anything missed loads lazily);
+        returns which of `events` (topic, event id) the inbox holds, i.e. were applied."""
         pnrs = sorted({p for p in personnummer if p not in self._customers and _valid(p)})
-        if pnrs:
-            rows = (
-                await self._c.execute(
-                    select(memberships)
-                    .where(memberships.c.personnummer == _any(pnrs))
-                    .order_by(memberships.c.valid_from, memberships.c.created_at)
-                )
-            ).all()
-            by_pnr: dict[str, list[Membership]] = {p: [] for p in pnrs}
-            for row in rows:
-                by_pnr[row.personnummer].append(_membership(row))
-            for pnr, items in by_pnr.items():
-                self._customers[pnr] = Customer(Personnummer(pnr), items)
         ids = sorted({b for b in booking_ids if b not in self._bookings})
-        if ids:
-            found = await self._c.execute(
-                select(bookings).where(bookings.c.booking_id == _any(ids))
-            )
-            loaded = {row.booking_id: _booking(row) for row in found}
-            for booking_id in ids:
-                self._bookings[booking_id] = loaded.get(booking_id)
         vids = sorted({v for v in vaccination_ids if v not in self._prompts_by_vaccination})
         pids = sorted({p for p in prompt_ids if p not in self._prompts_by_id})
-        if vids or pids:
-            condition: ColumnElement[bool] = prompts.c.vaccination_id == _any(vids)
-            if pids:
-                condition = condition | (prompts.c.prompt_id == _any(pids, UUID(as_uuid=False)))
-            for row in await self._c.execute(select(prompts).where(condition)):
-                self._remember_prompt(_prompt(row))
-            for vid in vids:
-                self._prompts_by_vaccination.setdefault(vid, None)
-            for pid in pids:
-                self._prompts_by_id.setdefault(pid, None)
-        if vids:
-            found = await self._c.execute(
-                select(
-                    vaccination_confirmations.c.vaccination_id, vaccination_confirmations.c.version
-                ).where(vaccination_confirmations.c.vaccination_id == _any(vids))
+        if not (pnrs or ids or vids or pids or events):
+            return set()
+        row = (
+            await self._c.execute(
+                batch_statements.READ,
+                {
+                    "inbox_topics": [topic for topic, _ in events],
+                    "inbox_ids": [event_id for _, event_id in events],
+                    "personnummer": pnrs,
+                    "booking_ids": ids,
+                    "vaccination_ids": vids,
+                    "prompt_ids": pids,
+                },
             )
-            for row in found:
-                self._confirmation_versions[row.vaccination_id] = row.version
+        ).one()
+        by_pnr: dict[str, list[Membership]] = {p: [] for p in pnrs}
+        for record in row.memberships:
+            by_pnr[record["personnummer"]].append(_membership(record))
+        for pnr, items in by_pnr.items():
+            self._customers[pnr] = Customer(Personnummer(pnr), items)
+            self._owners.update((m.membership_id, pnr) for m in items)
+        loaded = {record["booking_id"]: _booking(record) for record in row.bookings}
+        for booking_id in ids:
+            self._bookings[booking_id] = loaded.get(booking_id)
+        for record in row.prompts:
+            self._remember_prompt(_prompt(record))
+        for vid in vids:
+            self._prompts_by_vaccination.setdefault(vid, None)
+        for pid in pids:
+            self._prompts_by_id.setdefault(pid, None)
+        self._confirmation_versions.update(
+            zip(row.confirmed_ids, row.confirmed_versions, strict=True)
+        )
+        return {events[n - 1] for n in row.processed}
 
     def _remember_prompt(self, prompt: PromptRow) -> None:
         self._prompts_by_vaccination[prompt.vaccination_id] = prompt
@@ -245,6 +241,7 @@ class GroupsRepository:
         self._changes.memberships[membership.membership_id] = _MembershipWrite(
             personnummer.value, membership, user_id, unit_id, created_at=now, updated_at=now
         )
+        self._owners[membership.membership_id] = personnummer.value
 
     async def save_membership(
         self, membership: Membership, *, user_id: str, unit_id: str, now: datetime
@@ -348,121 +345,125 @@ class GroupsRepository:
 
     # -- writing -----------------------------------------------------------------------
 
-    async def flush(self) -> None:
-        """Write every pending change, parents before children, one statement per table."""
+    def take_writes(self) -> tuple[dict[str, list[Any]], bool]:
+        """Every pending change as the array parameters of `batch_statements.WRITE`, and
+        whether the membership updates must run first (see UPDATE_MEMBERSHIPS); the
+        changes are then forgotten."""
         changes, self._changes = self._changes, _Changes()
-        if changes.customers:
-            statement = pg_insert(customers)
-            await self._c.execute(
-                statement.on_conflict_do_update(
-                    index_elements=[customers.c.personnummer],
-                    set_={
-                        "first_name": func.coalesce(
-                            statement.excluded.first_name, customers.c.first_name
-                        ),
-                        "last_name": func.coalesce(
-                            statement.excluded.last_name, customers.c.last_name
-                        ),
-                        "updated_at": statement.excluded.updated_at,
-                    },
-                ),
-                list(changes.customers.values()),
-            )
-        if changes.bookings:
-            statement = pg_insert(bookings)
-            names = [c.name for c in bookings.columns if c.name != "booking_id"]
-            guard: ColumnElement[bool] = (
-                bookings.c.source_event_time.is_(None)
-                | statement.excluded.source_event_time.is_(None)
-                | (bookings.c.source_event_time <= statement.excluded.source_event_time)
-            )
-            await self._c.execute(
-                statement.on_conflict_do_update(
-                    index_elements=[bookings.c.booking_id],
-                    set_={name: statement.excluded[name] for name in names},
-                    where=guard,
-                ),
-                [row.as_values() for row in changes.bookings.values()],
-            )
+        columns: dict[str, list[Any]] = {}
+
+        def put(table: batch_statements.Columns, rows: list[tuple[Any, ...]]) -> None:
+            by_column = list(zip(*rows, strict=True)) or [()] * len(table.names)
+            for bind, values in zip(table.binds(), by_column, strict=True):
+                columns[bind] = list(values)
+
+        put(
+            batch_statements.CUSTOMERS,
+            [
+                (c["personnummer"], c["first_name"], c["last_name"], c["updated_at"])
+                for c in changes.customers.values()
+            ],
+        )
+        put(
+            batch_statements.BOOKINGS,
+            [tuple(row.__dict__.values()) for row in changes.bookings.values()],
+        )
         new = [w for w in changes.memberships.values() if w.created_at is not None]
         changed = [w for w in changes.memberships.values() if w.created_at is None]
-        if changed:
-            # Updates before inserts: a group removed and added again in one batch must
-            # end the old row before the new one exists (one active row per group).
-            # The customers are locked for this transaction, so no one else can have
-            # changed these rows since they were read.
-            await self._c.execute(
-                update(memberships)
-                .where(memberships.c.membership_id == bindparam("b_id"))
-                .values(
-                    subgroup_code=bindparam("b_subgroup"),
-                    reference_code=bindparam("b_reference"),
-                    valid_to=bindparam("b_valid_to"),
-                    version=bindparam("b_version"),
-                    updated_at=bindparam("b_updated_at"),
-                    updated_by_user=bindparam("b_user"),
-                    updated_by_unit=bindparam("b_unit"),
-                ),
-                [
-                    {
-                        "b_id": w.membership.membership_id,
-                        "b_subgroup": w.membership.subgroup_code,
-                        "b_reference": w.membership.reference_code,
-                        "b_valid_to": w.membership.valid_to,
-                        "b_version": w.membership.version,
-                        "b_updated_at": w.updated_at,
-                        "b_user": w.user_id,
-                        "b_unit": w.unit_id,
-                    }
-                    for w in changed
-                ],
-            )
-        if new:
-            await self._c.execute(
-                memberships.insert(),
-                [
-                    {
-                        "membership_id": w.membership.membership_id,
-                        "personnummer": w.personnummer,
-                        "group_code": w.membership.group_code,
-                        "subgroup_code": w.membership.subgroup_code,
-                        "reference_code": w.membership.reference_code,
-                        "valid_from": w.membership.valid_from,
-                        "valid_to": w.membership.valid_to,
-                        "version": w.membership.version,
-                        "created_at": w.created_at,
-                        "updated_at": w.updated_at,
-                        "updated_by_user": w.user_id,
-                        "updated_by_unit": w.unit_id,
-                    }
-                    for w in new
-                ],
-            )
-        if changes.new_prompts:
-            await self._c.execute(
-                prompts.insert(), [dict(p.__dict__) for p in changes.new_prompts.values()]
-            )
-        if changes.closed_prompts:
-            await self._c.execute(
-                update(prompts)
-                .where(prompts.c.prompt_id == bindparam("b_id"))
-                .values(closed_at=bindparam("b_closed_at")),
-                [{"b_id": k, "b_closed_at": v} for k, v in changes.closed_prompts.items()],
-            )
-        if changes.confirmations:
-            statement = pg_insert(vaccination_confirmations)
-            names = [
-                c.name for c in vaccination_confirmations.columns if c.name != "vaccination_id"
-            ]
-            await self._c.execute(
-                statement.on_conflict_do_update(
-                    index_elements=[vaccination_confirmations.c.vaccination_id],
-                    set_={name: statement.excluded[name] for name in names},
-                ),
-                list(changes.confirmations.values()),
-            )
-        if changes.audit:
-            await self._c.execute(audit_log.insert(), changes.audit)
+        put(
+            batch_statements.NEW_MEMBERSHIPS,
+            [
+                (
+                    w.membership.membership_id,
+                    w.personnummer,
+                    w.membership.group_code,
+                    w.membership.subgroup_code,
+                    w.membership.reference_code,
+                    w.membership.valid_from,
+                    w.membership.valid_to,
+                    w.membership.version,
+                    w.created_at,
+                    w.updated_at,
+                    w.user_id,
+                    w.unit_id,
+                )
+                for w in new
+            ],
+        )
+        put(
+            batch_statements.CHANGED_MEMBERSHIPS,
+            [
+                (
+                    w.membership.membership_id,
+                    w.membership.subgroup_code,
+                    w.membership.reference_code,
+                    w.membership.valid_to,
+                    w.membership.version,
+                    w.updated_at,
+                    w.user_id,
+                    w.unit_id,
+                )
+                for w in changed
+            ],
+        )
+        put(
+            batch_statements.NEW_PROMPTS,
+            [
+                (
+                    p.prompt_id,
+                    p.vaccination_id,
+                    p.personnummer,
+                    p.unit_id,
+                    p.user_id,
+                    p.booking_id,
+                    p.vaccine_code,
+                    p.event,
+                    p.created_at,
+                    p.closed_at,
+                )
+                for p in changes.new_prompts.values()
+            ],
+        )
+        put(batch_statements.CLOSED_PROMPTS, list(changes.closed_prompts.items()))
+        put(
+            batch_statements.CONFIRMATIONS,
+            [
+                (
+                    v["vaccination_id"],
+                    v["prompt_id"],
+                    v["personnummer"],
+                    v["unit_id"],
+                    v["user_id"],
+                    v["command_id"],
+                    _json(v["memberships"]),
+                    v["confirmed_at"],
+                    v["version"],
+                )
+                for v in changes.confirmations.values()
+            ],
+        )
+        put(
+            batch_statements.AUDIT,
+            [
+                (
+                    a["action"],
+                    a["user_id"],
+                    a["unit_id"],
+                    a["personnummer"],
+                    a["membership_id"],
+                    _json(a["detail"]),
+                )
+                for a in changes.audit
+            ],
+        )
+        # A group ended here and started again for the same customer in this batch.
+        ended = {
+            (self._owners.get(w.membership.membership_id), w.membership.group_code)
+            for w in changed
+            if w.membership.valid_to is not None
+        }
+        restarted = any((w.personnummer, w.membership.group_code) in ended for w in new)
+        return columns, restarted
 
 
 class CatalogRepository:

@@ -199,8 +199,8 @@ class InboundProcessor:
         async with self._uow_factory() as uow:
             try:
                 await uow.lock_subjects(subjects)
-                await uow.load_processed((r.topic, e.id) for r, e in events)
-                await uow.repo.preload(
+                await uow.preload(
+                    [(r.topic, e.id) for r, e in events],
                     personnummer=[
                         p
                         for _, e in events

@@ -1,8 +1,7 @@
 """One PostgreSQL transaction: repositories, the outbox, the inbox and locks share it.
 
 Writes are deferred: handlers change the repository's in-memory state and queue
-outgoing records; `commit()` flushes everything and commits. `discard()` forgets what
-was queued since the last flush without touching the database.
+outgoing records; `commit()` writes everything in one statement and commits.
 """
 
 from __future__ import annotations
@@ -12,10 +11,15 @@ from types import TracebackType
 from typing import Self
 
 from sqlalchemy import text
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncTransaction
 
-from services.groups.adapters.orm import inbox
+from services.groups.adapters.batch_statements import (
+    CHANGED_MEMBERSHIPS,
+    INBOX,
+    UPDATE_MEMBERSHIPS,
+    WRITE,
+    WRITE_WITHOUT_MEMBERSHIP_UPDATES,
+)
 from services.groups.adapters.outbox import Outbox
 from services.groups.adapters.repository import CatalogRepository, GroupsRepository
 
@@ -28,7 +32,7 @@ class UnitOfWork:
         self._connection: AsyncConnection | None = None
         self._transaction: AsyncTransaction | None = None
         self._processed: set[tuple[str, str]] = set()
-        self._newly_processed: list[dict[str, str]] = []
+        self._newly_processed: list[tuple[str, str]] = []
         self.committed = False
 
     async def __aenter__(self) -> Self:
@@ -36,7 +40,7 @@ class UnitOfWork:
         self._transaction = await self._connection.begin()
         self.repo = GroupsRepository(self._connection)
         self.catalog = CatalogRepository(self._connection)
-        self.outbox = Outbox(self._connection, dlq_topic=self._dlq_topic, service=self._service)
+        self.outbox = Outbox(dlq_topic=self._dlq_topic, service=self._service)
         return self
 
     async def __aexit__(
@@ -58,13 +62,24 @@ class UnitOfWork:
         return self._connection
 
     async def flush(self) -> None:
-        await self.repo.flush()
-        if self._newly_processed:
+        """Write every pending change in one statement (two when a group ended in this
+        batch starts again, see `batch_statements.UPDATE_MEMBERSHIPS`)."""
+        columns, memberships_first = self.repo.take_writes()
+        columns.update(self.outbox.take_writes())
+        inbox_rows, self._newly_processed = self._newly_processed, []
+        columns[INBOX.binds()[0]] = [topic for topic, _ in inbox_rows]
+        columns[INBOX.binds()[1]] = [event_id for _, event_id in inbox_rows]
+        if not any(columns.values()):
+            return
+        statement = WRITE
+        if memberships_first:
             await self.connection.execute(
-                pg_insert(inbox).on_conflict_do_nothing(), self._newly_processed
+                UPDATE_MEMBERSHIPS, {bind: columns[bind] for bind in CHANGED_MEMBERSHIPS.binds()}
             )
-            self._newly_processed = []
-        await self.outbox.flush()
+            for bind in CHANGED_MEMBERSHIPS.binds():
+                del columns[bind]
+            statement = WRITE_WITHOUT_MEMBERSHIP_UPDATES
+        await self.connection.execute(statement, columns)
 
     async def commit(self) -> None:
         assert self._transaction is not None
@@ -85,27 +100,31 @@ class UnitOfWork:
             {"subjects": list(subjects)},
         )
 
-    async def load_processed(self, keys: Iterable[tuple[str, str]]) -> None:
-        """Which of these (topic, event id) pairs were applied before: one query."""
-        wanted = list(set(keys) - self._processed)
-        if not wanted:
-            return
-        # A join with two arrays: one statement text for every batch size, one stable plan.
-        rows = await self.connection.execute(
-            text(
-                "SELECT i.topic, i.event_id FROM inbox AS i"
-                " JOIN unnest(CAST(:topics AS text[]), CAST(:ids AS text[])) AS k(topic, event_id)"
-                " ON i.topic = k.topic AND i.event_id = k.event_id"
-            ),
-            {"topics": [t for t, _ in wanted], "ids": [e for _, e in wanted]},
+    async def preload(
+        self,
+        events: Iterable[tuple[str, str]],
+        *,
+        personnummer: Iterable[str] = (),
+        booking_ids: Iterable[str] = (),
+        vaccination_ids: Iterable[str] = (),
+        prompt_ids: Iterable[str] = (),
+    ) -> None:
+        """In one statement: which (topic, event id) pairs were applied before, and the
+        state the batch will read."""
+        wanted = list(set(events) - self._processed)
+        self._processed |= await self.repo.preload(
+            personnummer=personnummer,
+            booking_ids=booking_ids,
+            vaccination_ids=vaccination_ids,
+            prompt_ids=prompt_ids,
+            events=wanted,
         )
-        self._processed.update((row.topic, row.event_id) for row in rows)
 
     def is_processed(self, topic: str, event_id: str) -> bool:
-        """Applied before (call `load_processed` first) or earlier in this unit of work."""
+        """Applied before (call `preload` first) or earlier in this unit of work."""
         return (topic, event_id) in self._processed
 
     def mark_processed(self, topic: str, event_id: str) -> None:
         """Record the event id with the effects, so a redelivery changes nothing."""
         self._processed.add((topic, event_id))
-        self._newly_processed.append({"topic": topic, "event_id": event_id})
+        self._newly_processed.append((topic, event_id))
