@@ -83,7 +83,7 @@ class ExportRecord:
 
 
 def membership_record(
-    membership: dict[str, Any],
+    membership: Mapping[str, Any],
     personnummer: str,
     updated_at: str,
     pseudonymizer: Pseudonymizer,
@@ -104,7 +104,7 @@ def vaccination_record(
     personnummer: str,
     unit_id: str,
     confirmed_at: str,
-    memberships: list[dict[str, Any]],
+    memberships: Sequence[Mapping[str, Any]],
     version: int,
     pseudonymizer: Pseudonymizer,
     include_personnummer: bool = False,
@@ -175,7 +175,7 @@ class RecordBuilder:
         self, membership: Mapping[str, Any], personnummer: str, updated_at: datetime
     ) -> ExportRecord:
         return membership_record(
-            dict(membership),
+            membership,  # only read: the record's data is a new dict
             personnummer,
             local_instant(updated_at, self.zone),
             self.pseudonymizer,
@@ -197,7 +197,7 @@ class RecordBuilder:
             personnummer=personnummer,
             unit_id=unit_id,
             confirmed_at=local_instant(confirmed_at, self.zone),
-            memberships=[dict(m) for m in memberships],
+            memberships=memberships,
             version=version,
             pseudonymizer=self.pseudonymizer,
             include_personnummer=self.include_personnummer,
