@@ -65,6 +65,8 @@ class GroupsSettings(BaseSettings):
     allowed_units: str = ""
     catalog_file: str | None = None  # default: the catalog shipped with the service
     timezone: str = "Europe/Stockholm"
+    # Inbound batches applied at once (one database connection each); 1 = strictly serial.
+    batches_in_flight: int = Field(default=2, ge=1, le=8)
 
     @property
     def allowed_unit_set(self) -> frozenset[str]:

@@ -44,7 +44,13 @@ from services.groups.service_layer.handlers import (
     Clock,
     GroupsHandlers,
 )
-from services.groups.service_layer.inbound import BatchOutcome, InboundProcessor, Route, Routes
+from services.groups.service_layer.inbound import (
+    BatchOutcome,
+    BatchPipeline,
+    InboundProcessor,
+    Route,
+    Routes,
+)
 from services.groups.service_layer.unit_of_work import UnitOfWork
 
 log = logging.getLogger(__name__)
@@ -52,17 +58,21 @@ SERVICE_NAME = "groups-service"
 CATALOG_RELOAD_SECONDS = 30.0
 
 
-def _personnummer_of(data: Any) -> str | None:
+def _personnummer_of(data: Any) -> tuple[str, ...]:
     if not isinstance(data, dict):
-        return None
+        return ()
     value = data.get("personnummer")
     if value is None and isinstance(data.get("customer"), dict):
         value = data["customer"].get("personnummer")
-    return value[:32] if isinstance(value, str) else None
+    return (value[:32],) if isinstance(value, str) else ()
 
 
-def _no_subject(_data: Any) -> str | None:
-    return None
+def _booking_subjects_of(data: Any) -> tuple[str, ...]:
+    """The customer and the booking: a cancellation names only the booking, and must
+    still come after the booking's creation."""
+    booking_id = data.get("booking_id") if isinstance(data, dict) else None
+    booking = (f"booking:{booking_id[:128]}",) if isinstance(booking_id, str) else ()
+    return _personnummer_of(data) + booking
 
 
 def read_catalog_file(path: Path) -> Catalog:
@@ -123,6 +133,7 @@ class GroupsService:
             after_commit=self._after_commit,
             on_retry=self._on_retry,
         )
+        self.pipeline = BatchPipeline(self.processor, depth=s.groups.batches_in_flight)
         self.broker: KafkaBroker = build_broker(
             s.kafka,
             client_id=SERVICE_NAME,
@@ -139,9 +150,9 @@ class GroupsService:
         h, t = self.handlers, self.settings.topics
         return {
             t.bookings: {
-                "booking.created": Route(h.booking_upsert, _personnummer_of),
-                "booking.updated": Route(h.booking_upsert, _personnummer_of),
-                "booking.cancelled": Route(h.booking_cancelled, _no_subject),
+                "booking.created": Route(h.booking_upsert, _booking_subjects_of),
+                "booking.updated": Route(h.booking_upsert, _booking_subjects_of),
+                "booking.cancelled": Route(h.booking_cancelled, _booking_subjects_of),
             },
             t.started: {"vaccination.started": Route(h.vaccination_started, _personnummer_of)},
             t.commands: {
@@ -161,6 +172,7 @@ class GroupsService:
         )
 
     def _after_commit(self, outcome: BatchOutcome) -> None:
+        self.metrics.batches.observe(outcome.seconds)
         m = self.metrics.records
         m.labels("processed").inc(outcome.processed)
         m.labels("duplicate").inc(outcome.duplicates)

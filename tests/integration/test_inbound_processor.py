@@ -39,7 +39,7 @@ async def test_a_failing_record_is_isolated_and_the_rest_applied(database_url: s
     await migrate.upgrade(engine)
     processor = InboundProcessor(
         lambda: UnitOfWork(engine, dlq_topic="dlq", service="test"),
-        {"in": {"test.event": Route(explode_on_boom, lambda _d: None)}},
+        {"in": {"test.event": Route(explode_on_boom, lambda _d: ())}},
         max_event_bytes=10_000,
     )
     batch = [record(0, {"n": 0}), record(1, {"n": 1, "boom": True}), record(2, {"n": 2})]

@@ -14,7 +14,7 @@ class GroupsMetrics:
         )
         self.batches = Histogram(
             "groups_batch_seconds",
-            "Time from batch received to transaction committed",
+            "Time to apply a batch, from its first transaction to its last commit",
             registry=r,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
         )

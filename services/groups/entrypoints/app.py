@@ -19,7 +19,8 @@ def build_app(service: GroupsService | None = None) -> AsgiFastStream:
         asyncapi_path=asyncapi_docs(),
         on_startup=[service.prepare],
         after_startup=[service.start_background],
-        # Before the broker closes its consumer: the last applied offsets still commit.
-        on_shutdown=[service.offset_commits.drain],
+        # Before the broker closes its consumer: batches in flight finish and their
+        # offsets still commit.
+        on_shutdown=[service.pipeline.drain, service.offset_commits.drain],
         after_shutdown=[service.stop],
     )

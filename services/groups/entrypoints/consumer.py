@@ -32,7 +32,7 @@ def register_consumer(broker: KafkaBroker, service: GroupsService) -> None:
         description="Bookings, vaccination starts and group commands (CONTRACT.md).",
     )
     async def consume_inbound(msg: KafkaMessage) -> None:
-        records = batch_records(msg.raw_message)
-        with service.metrics.batches.time():
-            await service.processor.process(records)
-        service.offset_commits.applied(msg.consumer, msg.raw_message)
+        raw, consumer = msg.raw_message, msg.consumer
+        await service.pipeline.submit(
+            batch_records(raw), lambda: service.offset_commits.applied(consumer, raw)
+        )

@@ -22,11 +22,13 @@ the same batch is retried: nothing is skipped and nothing spins.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from services.common.backoff import Backoff
 from services.common.db import is_transient_db_error
@@ -43,8 +45,9 @@ Handler = Callable[[CloudEvent, SourceRecord, UnitOfWork], Awaitable[None]]
 @dataclass(frozen=True)
 class Route:
     handler: Handler
-    # Personnummer text the record concerns, for the per-customer lock (may be invalid).
-    subject_of: Callable[[Any], str | None]
+    # What the record's data concerns (personnummer text, which may be invalid; a booking
+    # id): records that share a subject are applied one after another, in order.
+    subjects_of: Callable[[Any], tuple[str, ...]]
 
 
 Routes = Mapping[str, Mapping[str, Route]]  # topic -> CloudEvent type -> route
@@ -56,6 +59,7 @@ class BatchOutcome:
     duplicates: int = 0
     dead_lettered: int = 0
     attempts: int = 0
+    seconds: float = 0.0  # from the start of `apply` to the last commit
 
     def add(self, other: BatchOutcome) -> None:
         self.processed += other.processed
@@ -68,18 +72,48 @@ class _RecordFailed(Exception):
     """A record raised an unexpected, non-transient error; the batch must be isolated."""
 
 
+# A record with what decoding made of it: the event and its route, or why it is poison.
+_Decoded = tuple[SourceRecord, CloudEvent | PoisonRecord, Route | None]
+
+
+def _subjects(items: Sequence[_Decoded]) -> frozenset[str]:
+    return frozenset(
+        subject
+        for _, event, route in items
+        if route is not None and isinstance(event, CloudEvent)
+        for subject in route.subjects_of(event.data)
+        if _postgres_text(subject)
+    )
+
+
+@dataclass(frozen=True)
+class DecodedBatch:
+    items: list[_Decoded]
+    subjects: frozenset[str]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+def _postgres_text(value: str) -> bool:
+    """Text PostgreSQL can take (no NUL, no lone surrogate). Other input fails its schema
+    later, and must not fail the whole batch's locks or reads here."""
+    if "\x00" in value:
+        return False
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _string(data: Any, *path: str) -> str | None:
-    """A key to preload, or None. Text PostgreSQL cannot take (NUL, a lone surrogate) is
-    left out: such input fails its schema later, and must not fail the whole batch here."""
+    """A key to preload, or None."""
     for name in path:
         if not isinstance(data, dict):
             return None
         data = data.get(name)
-    if not isinstance(data, str) or len(data) > 128 or "\x00" in data:
-        return None
-    try:
-        data.encode()
-    except UnicodeEncodeError:
+    if not isinstance(data, str) or len(data) > 128 or not _postgres_text(data):
         return None
     return data
 
@@ -109,22 +143,40 @@ class InboundProcessor:
 
     async def process(self, records: Sequence[SourceRecord]) -> BatchOutcome:
         """Apply the batch exactly once; returns only after everything is committed."""
+        return await self.apply(self.decode(records))
+
+    def decode(self, records: Sequence[SourceRecord]) -> DecodedBatch:
+        """Decode every record (no I/O) and name the subjects the batch concerns."""
+        items: list[_Decoded] = []
+        for record in records:
+            try:
+                event, route = self._decode(record)
+            except PoisonRecord as poison:
+                items.append((record, poison, None))
+                continue
+            items.append((record, event, route))
+        return DecodedBatch(items, _subjects(items))
+
+    async def apply(self, batch: DecodedBatch) -> BatchOutcome:
+        """Apply a decoded batch exactly once; returns only after everything is committed."""
+        started = time.perf_counter()
         try:
-            outcome = await self._with_backoff(records)
+            outcome = await self._with_backoff(batch.items)
         except _RecordFailed:
-            log.warning("a record of a batch of %d failed; applying them one by one", len(records))
+            log.warning("a record of a batch of %d failed; applying them one by one", len(batch))
             outcome = BatchOutcome()
-            for record in records:
+            for item in batch.items:
                 try:
-                    single = await self._with_backoff([record])
+                    single = await self._with_backoff([item])
                 except _RecordFailed as failure:
-                    single = await self._with_backoff([record], failed=failure)
+                    single = await self._with_backoff([item], failed=failure)
                 outcome.add(single)
+        outcome.seconds = time.perf_counter() - started
         self._after_commit(outcome)
         return outcome
 
     async def _with_backoff(
-        self, records: Sequence[SourceRecord], failed: _RecordFailed | None = None
+        self, items: Sequence[_Decoded], failed: _RecordFailed | None = None
     ) -> BatchOutcome:
         backoff = Backoff(cap=10.0)
         attempts = 0
@@ -132,9 +184,9 @@ class InboundProcessor:
             attempts += 1
             try:
                 if failed is not None:
-                    outcome = await self._dead_letter_failed(records, failed)
+                    outcome = await self._dead_letter_failed(items, failed)
                 else:
-                    outcome = await self._process_once(records)
+                    outcome = await self._process_once(items)
                 outcome.attempts = attempts
                 return outcome
             except (asyncio.CancelledError, _RecordFailed):
@@ -164,37 +216,21 @@ class InboundProcessor:
         return event, route
 
     async def _dead_letter_failed(
-        self, records: Sequence[SourceRecord], failed: _RecordFailed
+        self, items: Sequence[_Decoded], failed: _RecordFailed
     ) -> BatchOutcome:
         cause = failed.__cause__ or failed
         async with self._uow_factory() as uow:
-            for record in records:
+            for record, _, _ in items:
                 await uow.outbox.dead_letter(
                     record, "PROCESSING_ERROR", f"{type(cause).__name__} while processing"
                 )
             await uow.commit()
-        return BatchOutcome(dead_lettered=len(records))
+        return BatchOutcome(dead_lettered=len(items))
 
-    async def _process_once(self, records: Sequence[SourceRecord]) -> BatchOutcome:
+    async def _process_once(self, decoded: Sequence[_Decoded]) -> BatchOutcome:
         outcome = BatchOutcome()
-        decoded: list[tuple[SourceRecord, CloudEvent | PoisonRecord, Route | None]] = []
-        for record in records:
-            try:
-                event, route = self._decode(record)
-            except PoisonRecord as poison:
-                decoded.append((record, poison, None))
-                continue
-            decoded.append((record, event, route))
         events = [(r, e) for r, e, _ in decoded if isinstance(e, CloudEvent)]
-        subjects = sorted(
-            {
-                s
-                for _, e, route in decoded
-                if route is not None
-                and isinstance(e, CloudEvent)
-                and (s := route.subject_of(e.data))
-            }
-        )
+        subjects = sorted(_subjects(decoded))
 
         async with self._uow_factory() as uow:
             try:
@@ -252,8 +288,93 @@ class InboundProcessor:
                     raise
                 log.exception(
                     "batch of %d failed",
-                    len(records),
-                    extra={"ctx_topic": records[0].topic if records else None},
+                    len(decoded),
+                    extra={"ctx_topic": decoded[0][0].topic if decoded else None},
                 )
                 raise _RecordFailed from error
         return outcome
+
+
+class BatchApplier(Protocol):
+    def decode(self, records: Sequence[SourceRecord]) -> DecodedBatch: ...
+
+    async def apply(self, batch: DecodedBatch) -> BatchOutcome: ...
+
+
+@dataclass
+class _InFlight:
+    task: asyncio.Task[BatchOutcome]
+    on_applied: Callable[[], None]
+
+
+class BatchPipeline:
+    """Applies up to `depth` batches at once, so one batch's database waits (its read,
+    its write, its commit) overlap with the next batch's work, and a record that arrives
+    while a large batch commits does not wait for it.
+
+    Order is kept where it matters: a batch waits, before it takes any lock, until every
+    earlier batch still in flight that shares a subject with it (a customer, a booking)
+    has committed, whatever retries or isolation that batch needed. Batches with disjoint
+    subjects run side by side; across processes the advisory locks order them as before.
+    `on_applied` callbacks (offset commits) run strictly in submission order, so no
+    offset passes a batch that is not yet applied.
+    """
+
+    def __init__(self, processor: BatchApplier, *, depth: int) -> None:
+        self._processor = processor
+        self._depth = max(1, depth)
+        self._in_flight: collections.deque[_InFlight] = collections.deque()
+        self._last_by_subject: dict[str, asyncio.Task[BatchOutcome]] = {}
+        self.failure: BaseException | None = None
+
+    async def submit(self, records: Sequence[SourceRecord], on_applied: Callable[[], None]) -> None:
+        """Start applying the batch; returns once it runs (not once it is applied)."""
+        if self.failure is not None:
+            raise RuntimeError("inbound batches stopped after an unexpected error") from (
+                self.failure
+            )
+        while len(self._in_flight) >= self._depth:
+            await asyncio.wait([self._in_flight[0].task])
+            self._reap()
+        batch = self._processor.decode(records)
+        earlier = {
+            task
+            for subject in batch.subjects
+            if (task := self._last_by_subject.get(subject)) is not None and not task.done()
+        }
+        task = asyncio.create_task(self._apply_after(earlier, batch), name="inbound-batch")
+        for subject in batch.subjects:
+            self._last_by_subject[subject] = task
+        self._in_flight.append(_InFlight(task, on_applied))
+        task.add_done_callback(lambda _t: self._reap())
+
+    async def _apply_after(
+        self, earlier: set[asyncio.Task[BatchOutcome]], batch: DecodedBatch
+    ) -> BatchOutcome:
+        if earlier:
+            await asyncio.wait(earlier)
+        return await self._processor.apply(batch)
+
+    def _reap(self) -> None:
+        while self._in_flight and self._in_flight[0].task.done():
+            done = self._in_flight.popleft()
+            if done.task.cancelled() or done.task.exception() is not None:
+                # `apply` retries every error but cancellation; anything else is a bug.
+                # Nothing after this batch may be committed: stop, and let a restart
+                # re-deliver from the last committed offset.
+                self.failure = (
+                    asyncio.CancelledError() if done.task.cancelled() else done.task.exception()
+                )
+                log.error("an inbound batch ended without being applied; consuming stops")
+                self._in_flight.appendleft(done)
+                return
+            done.on_applied()
+        self._last_by_subject = {
+            subject: task for subject, task in self._last_by_subject.items() if not task.done()
+        }
+
+    async def drain(self) -> None:
+        """Wait for every batch in flight (at shutdown)."""
+        while self._in_flight and self.failure is None:
+            await asyncio.wait([item.task for item in self._in_flight])
+            self._reap()

@@ -1,0 +1,111 @@
+"""BatchPipeline: batches overlap, yet records of one subject stay in order and offsets
+are only handed on in submission order."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import pytest
+
+from services.common.envelope import PoisonRecord
+from services.common.records import SourceRecord
+from services.groups.service_layer.inbound import BatchOutcome, BatchPipeline, DecodedBatch
+
+
+class ControlledProcessor:
+    """Each batch is named by its records' keys (its subjects); the test decides when a
+    batch's apply finishes, and sees when it started."""
+
+    def __init__(self) -> None:
+        self.started: list[str] = []
+        self.release: dict[str, asyncio.Event] = {}
+        self.fail: set[str] = set()
+
+    def decode(self, records: Sequence[SourceRecord]) -> DecodedBatch:
+        subjects = frozenset(r.key.decode() for r in records if r.key is not None)
+        return DecodedBatch([(r, PoisonRecord("UNUSED", ""), None) for r in records], subjects)
+
+    async def apply(self, batch: DecodedBatch) -> BatchOutcome:
+        name = batch.items[0][0].topic
+        self.started.append(name)
+        await self.release.setdefault(name, asyncio.Event()).wait()
+        if name in self.fail:
+            raise RuntimeError("a bug")
+        return BatchOutcome(processed=len(batch))
+
+    def finish(self, name: str) -> None:
+        self.release.setdefault(name, asyncio.Event()).set()
+
+
+def batch(name: str, *subjects: str) -> list[SourceRecord]:
+    return [SourceRecord(name, 0, n, s.encode(), b"{}", ()) for n, s in enumerate(subjects)]
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_batches_without_a_common_subject_run_side_by_side() -> None:
+    processor = ControlledProcessor()
+    pipeline = BatchPipeline(processor, depth=2)
+    applied: list[str] = []
+    await pipeline.submit(batch("a", "anna"), lambda: applied.append("a"))
+    await pipeline.submit(batch("b", "bo"), lambda: applied.append("b"))
+    await settle()
+    assert processor.started == ["a", "b"]
+    processor.finish("b")
+    await settle()
+    assert applied == [], "b's offsets wait until a is applied"
+    processor.finish("a")
+    await pipeline.drain()
+    assert applied == ["a", "b"]
+
+
+async def test_a_batch_sharing_a_subject_waits_for_the_earlier_one() -> None:
+    processor = ControlledProcessor()
+    pipeline = BatchPipeline(processor, depth=2)
+    applied: list[str] = []
+    await pipeline.submit(batch("a", "anna", "bo"), lambda: applied.append("a"))
+    await pipeline.submit(batch("b", "cecilia", "bo"), lambda: applied.append("b"))
+    await settle()
+    assert processor.started == ["a"], "b shares bo with a"
+    processor.finish("a")
+    await settle()
+    assert processor.started == ["a", "b"]
+    processor.finish("b")
+    await pipeline.drain()
+    assert applied == ["a", "b"]
+
+
+async def test_no_more_than_depth_batches_are_in_flight() -> None:
+    processor = ControlledProcessor()
+    pipeline = BatchPipeline(processor, depth=2)
+    await pipeline.submit(batch("a", "anna"), lambda: None)
+    await pipeline.submit(batch("b", "bo"), lambda: None)
+    third = asyncio.create_task(pipeline.submit(batch("c", "cecilia"), lambda: None))
+    await settle()
+    assert not third.done() and processor.started == ["a", "b"]
+    processor.finish("a")
+    await third
+    await settle()
+    assert processor.started == ["a", "b", "c"]
+    processor.finish("b")
+    processor.finish("c")
+    await pipeline.drain()
+
+
+async def test_after_a_batch_fails_unexpectedly_nothing_later_is_handed_on() -> None:
+    processor = ControlledProcessor()
+    processor.fail.add("a")
+    pipeline = BatchPipeline(processor, depth=2)
+    applied: list[str] = []
+    await pipeline.submit(batch("a", "anna"), lambda: applied.append("a"))
+    await pipeline.submit(batch("b", "bo"), lambda: applied.append("b"))
+    processor.finish("b")
+    processor.finish("a")
+    await pipeline.drain()
+    assert applied == []
+    with pytest.raises(RuntimeError, match="stopped"):
+        await pipeline.submit(batch("c", "cecilia"), lambda: applied.append("c"))
