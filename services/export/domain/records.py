@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from datetime import date, datetime, tzinfo
 from typing import Any
 
+from services.common.ids import Uuid5Namespace
+
 MEMBERSHIP_RECORD = "customer_group.membership_record"
 VACCINATION_RECORD = "customer_group.vaccination_record"
 EXPORT_SOURCE = "/customer-groups/export-service"
@@ -35,20 +37,8 @@ MEMBERSHIP_FIELDS = (
 )
 
 _RECORD_NS = uuid.UUID("3d5c2b8e-4f61-4a0e-9e7d-2c1b0a9f8e07")
-# uuid5 is SHA-1 of namespace + name; hashing from a copy of the namespace's state skips
-# `uuid.uuid5`'s UUID objects, which cost more than the hash on the backfill's hot path.
-_RECORD_NS_SHA1 = hashlib.sha1(_RECORD_NS.bytes, usedforsecurity=False)
-
-
-def record_uuid5(name: str) -> str:
-    """`str(uuid.uuid5(_RECORD_NS, name))`, the same text, computed without UUID objects."""
-    digest = _RECORD_NS_SHA1.copy()
-    digest.update(name.encode())
-    raw = bytearray(digest.digest()[:16])
-    raw[6] = (raw[6] & 0x0F) | 0x50  # version 5
-    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
-    text = raw.hex()
-    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+# `str(uuid.uuid5(_RECORD_NS, name))`, computed without UUID objects.
+record_uuid5 = Uuid5Namespace(_RECORD_NS)
 
 
 class Pseudonymizer:

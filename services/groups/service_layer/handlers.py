@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo
 from pydantic import BaseModel, ValidationError
 
 from services.common.envelope import CloudEvent, PoisonRecord, new_event
+from services.common.ids import Uuid5Namespace
 from services.common.records import SourceRecord
 from services.common.settings import TopicSettings
 from services.groups.domain.catalog import REQUESTED_AT_BOOKING, Catalog, Suggestion
@@ -29,23 +30,23 @@ from services.groups.service_layer import messages
 from services.groups.service_layer.unit_of_work import UnitOfWork
 
 # Deterministic ids: reprocessing the same input yields the same ids, never a second one.
-_PROMPT_NS = uuid.UUID("6f1d7a52-1c1e-4b7e-9a57-5d0c6f0b7f01")
-_EVENT_NS = uuid.UUID("0b8f3c6e-2a44-4f3f-8f2b-9b6a7c1d2e03")
-_MEMBERSHIP_NS = uuid.UUID("9c2e5b1a-7d3f-4e6a-b1c8-3f5d7e9a0b05")
+_PROMPT_IDS = Uuid5Namespace(uuid.UUID("6f1d7a52-1c1e-4b7e-9a57-5d0c6f0b7f01"))
+_EVENT_IDS = Uuid5Namespace(uuid.UUID("0b8f3c6e-2a44-4f3f-8f2b-9b6a7c1d2e03"))
+_MEMBERSHIP_IDS = Uuid5Namespace(uuid.UUID("9c2e5b1a-7d3f-4e6a-b1c8-3f5d7e9a0b05"))
 
 P = TypeVar("P", bound=BaseModel)
 
 
 def prompt_id_for(vaccination_id: str) -> str:
-    return str(uuid.uuid5(_PROMPT_NS, vaccination_id))
+    return _PROMPT_IDS(vaccination_id)
 
 
 def membership_id_for(command_id: str) -> str:
-    return str(uuid.uuid5(_MEMBERSHIP_NS, command_id))
+    return _MEMBERSHIP_IDS(command_id)
 
 
 def _event_id(*parts: str) -> str:
-    return str(uuid.uuid5(_EVENT_NS, "\x1f".join(parts)))
+    return _EVENT_IDS("\x1f".join(parts))
 
 
 def schema_summary(error: ValidationError) -> str:
