@@ -42,7 +42,9 @@ class OutputCollector:
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap,
             enable_auto_commit=False,
-            fetch_max_wait_ms=100,
+            # As the services' consumers (see manual_batch_subscriber): a long fetch wait
+            # delays records of partitions outside the fetch in flight.
+            fetch_max_wait_ms=20,
             max_partition_fetch_bytes=4 * 1024 * 1024,
         )
         await self._consumer.start()

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import ssl
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -158,6 +160,50 @@ def dead_letter_request_size(settings: KafkaSettings) -> int:
     return max(settings.max_message_bytes, BROKER_DEFAULT_MAX_MESSAGE_BYTES) + DEAD_LETTER_HEADROOM
 
 
+_SEED = 0x9747B28C
+_M = 0x5BD1E995
+_MASK = 0xFFFFFFFF
+
+
+def murmur2(data: bytes) -> int:
+    """Kafka's murmur2 (`org.apache.kafka.common.utils.Utils.murmur2`), the value of
+    `aiokafka.partitioner.murmur2`, about four times faster: whole words unpacked at once."""
+    length = len(data)
+    h = _SEED ^ length
+    for word in struct.unpack_from(f"<{length >> 2}I", data):
+        k = (word * _M) & _MASK
+        k ^= k >> 24
+        h = ((h * _M) & _MASK) ^ ((k * _M) & _MASK)
+    tail, rest = length & 3, length & ~3
+    if tail == 3:
+        h ^= data[rest + 2] << 16
+    if tail >= 2:
+        h ^= data[rest + 1] << 8
+    if tail:
+        h = ((h ^ data[rest]) * _M) & _MASK
+    h ^= h >> 13
+    h = (h * _M) & _MASK
+    return h ^ (h >> 15)
+
+
+def default_partition(key: bytes, partitions: Sequence[int]) -> int:
+    """The partition aiokafka's `DefaultPartitioner` gives a keyed record; `partitions` are
+    all of the topic's partitions, sorted."""
+    return partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)]
+
+
+class FastDefaultPartitioner:
+    """aiokafka's `DefaultPartitioner` (same partition for every key), with the murmur2
+    above: the pure-Python original was ~2-10 % of a producing service's CPU."""
+
+    def __call__(
+        self, key: bytes | None, all_partitions: Sequence[int], available: Sequence[int]
+    ) -> int:
+        if key is None:
+            return random.choice(available or all_partitions)  # noqa: S311 (not security)
+        return default_partition(key, all_partitions)
+
+
 async def start_producer(
     settings: KafkaSettings, *, client_id: str, max_request_size: int | None = None
 ) -> AIOKafkaProducer:
@@ -167,9 +213,12 @@ async def start_producer(
         client_id=client_id,
         enable_idempotence=True,
         acks="all",
-        # Room for many ~2 KB prompts per request; a few ms of linger fills it under load.
-        linger_ms=5,
+        # No linger: a prompt leaves at once (5 ms of linger was 5 ms of every prompt's
+        # latency); under load, records sent while a request is in flight still fill the
+        # next one, up to many ~2 KB prompts per request.
+        linger_ms=0,
         max_batch_size=512 * 1024,
+        partitioner=FastDefaultPartitioner(),
         max_request_size=max_request_size or settings.max_message_bytes,
     )
     await producer.start()
@@ -197,6 +246,10 @@ def manual_batch_subscriber(
     - A batch that waits out an outage keeps the consumer in its group meanwhile.
     - FastStream sleeps `batch_timeout_ms` again after an empty poll; 10 ms bounds the
       extra wait of a record that arrives while idle (100 ms cost ~50 ms p50).
+    - aiokafka sends a partition's next fetch only after the fetch in flight returns,
+      which waits up to `fetch_max_wait_ms` for data on *its* partitions: at the default
+      500 ms a record on another partition waited for it (raw aiokafka, 18 partitions,
+      750 records/s: age at the consumer p99 47 ms at 500 ms, 18 ms at 20 ms).
     """
     return broker.subscriber(
         *topics,
@@ -204,6 +257,7 @@ def manual_batch_subscriber(
         batch=True,
         max_records=max_records,
         batch_timeout_ms=10,
+        fetch_max_wait_ms=20,
         auto_offset_reset="earliest",
         ack_policy=AckPolicy.MANUAL,
         decoder=keep_raw_bytes,
