@@ -173,7 +173,7 @@ class GroupsRepository:
         for record in row.memberships:
             by_pnr[record["personnummer"]].append(_membership(record))
         for pnr, items in by_pnr.items():
-            self._customers[pnr] = Customer(Personnummer(pnr), items)
+            self._customers[pnr] = Customer(Personnummer.parse(pnr), items)
             self._owners.update((m.membership_id, pnr) for m in items)
         loaded = {record["booking_id"]: _booking(record) for record in row.bookings}
         for booking_id in ids:

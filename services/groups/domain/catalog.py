@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import date
 from typing import Any, Final, TypeVar
 
@@ -182,6 +182,11 @@ class Catalog:
     version: str
     groups: tuple[Group, ...]
     notes: str | None = None
+    # selectable_on's answers: every vaccination start asks for today's, and building
+    # them (validated Group copies) cost ~20 % of a start. The catalog never changes.
+    _selectable: dict[date, tuple[Group, ...]] = field(
+        default_factory=dict, init=False, repr=False, compare=False, hash=False
+    )
 
     def __post_init__(self) -> None:
         if not isinstance(self.version, str) or not self.version.strip():
@@ -226,11 +231,17 @@ class Catalog:
 
     def selectable_on(self, day: date) -> tuple[Group, ...]:
         """Groups selectable on `day`, each trimmed to its subgroups selectable that day."""
-        return tuple(
-            replace(g, subgroups=tuple(s for s in g.subgroups if s.is_selectable_on(day)))
-            for g in self.groups
-            if g.is_selectable_on(day)
-        )
+        selectable = self._selectable.get(day)
+        if selectable is None:
+            selectable = tuple(
+                replace(g, subgroups=tuple(s for s in g.subgroups if s.is_selectable_on(day)))
+                for g in self.groups
+                if g.is_selectable_on(day)
+            )
+            if len(self._selectable) > 366:
+                self._selectable.clear()
+            self._selectable[day] = selectable
+        return selectable
 
     def suggestions(self, age: int | None, vaccine_code: str | None, on: date) -> list[Suggestion]:
         """Selectable subgroups whose rule matches, in catalog order (deterministic)."""
