@@ -76,14 +76,15 @@ class _RecordFailed(Exception):
 _Decoded = tuple[SourceRecord, CloudEvent | PoisonRecord, Route | None]
 
 
+def _item_subjects(item: _Decoded) -> tuple[str, ...]:
+    _, event, route = item
+    if route is None or not isinstance(event, CloudEvent):
+        return ()
+    return tuple(s for s in route.subjects_of(event.data) if _postgres_text(s))
+
+
 def _subjects(items: Sequence[_Decoded]) -> frozenset[str]:
-    return frozenset(
-        subject
-        for _, event, route in items
-        if route is not None and isinstance(event, CloudEvent)
-        for subject in route.subjects_of(event.data)
-        if _postgres_text(subject)
-    )
+    return frozenset(subject for item in items for subject in _item_subjects(item))
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,36 @@ class DecodedBatch:
 
     def __len__(self) -> int:
         return len(self.items)
+
+    def split(self, lanes: int) -> list[DecodedBatch]:
+        """Up to `lanes` parts whose subjects are disjoint, records in their batch order;
+        records that share a subject (directly or through others) stay in one part."""
+        parent: dict[str, str] = {}
+
+        def root(subject: str) -> str:
+            while parent.setdefault(subject, subject) != subject:
+                parent[subject] = parent[parent[subject]]
+                subject = parent[subject]
+            return subject
+
+        per_item = [_item_subjects(item) for item in self.items]
+        for subjects in per_item:
+            for other in subjects[1:]:
+                parent[root(other)] = root(subjects[0])
+        sizes: collections.Counter[str] = collections.Counter(
+            root(subjects[0]) for subjects in per_item if subjects
+        )
+        load = [0] * lanes
+        lane_of: dict[str, int] = {}
+        for component, size in sizes.most_common():  # largest first, onto the lightest lane
+            lane = load.index(min(load))
+            lane_of[component] = lane
+            load[lane] += size
+        parts: list[list[_Decoded]] = [[] for _ in range(lanes)]
+        for index, (item, subjects) in enumerate(zip(self.items, per_item, strict=True)):
+            lane = lane_of[root(subjects[0])] if subjects else index % lanes
+            parts[lane].append(item)
+        return [DecodedBatch(part, _subjects(part)) for part in parts if part]
 
 
 def _postgres_text(value: str) -> bool:
@@ -303,26 +334,43 @@ class BatchApplier(Protocol):
 
 @dataclass
 class _InFlight:
-    task: asyncio.Task[BatchOutcome]
+    tasks: list[asyncio.Task[BatchOutcome]]  # the batch's parts
     on_applied: Callable[[], None]
+
+    def done(self) -> bool:
+        return all(task.done() for task in self.tasks)
+
+    def failure(self) -> BaseException | None:
+        for task in self.tasks:
+            if task.cancelled():
+                return asyncio.CancelledError()
+            if task.exception() is not None:
+                return task.exception()
+        return None
 
 
 class BatchPipeline:
-    """Applies up to `depth` batches at once, so one batch's database waits (its read,
-    its write, its commit) overlap with the next batch's work, and a record that arrives
-    while a large batch commits does not wait for it.
+    """Applies up to `depth` batches at once, and a large batch in up to `lanes` parts
+    at once (each its own transaction), so database waits (reads, writes, commits)
+    overlap with other work, PostgreSQL works on several transactions in parallel, and a
+    record that arrives while a large batch commits does not wait for it.
 
-    Order is kept where it matters: a batch waits, before it takes any lock, until every
-    earlier batch still in flight that shares a subject with it (a customer, a booking)
-    has committed, whatever retries or isolation that batch needed. Batches with disjoint
-    subjects run side by side; across processes the advisory locks order them as before.
-    `on_applied` callbacks (offset commits) run strictly in submission order, so no
-    offset passes a batch that is not yet applied.
+    Order is kept where it matters: a part waits, before it takes any lock, until every
+    earlier part still in flight that shares a subject with it (a customer, a booking)
+    has committed, whatever retries or isolation that part needed; the parts of one
+    batch share no subject. Work with disjoint subjects runs side by side; across
+    processes the advisory locks order it as before. `on_applied` callbacks (offset
+    commits) run strictly in submission order, each once its whole batch is applied, so
+    no offset passes a record that is not yet applied.
     """
 
-    def __init__(self, processor: BatchApplier, *, depth: int) -> None:
+    # A part costs five round trips of its own; smaller batches are not split.
+    MIN_RECORDS_PER_LANE = 50
+
+    def __init__(self, processor: BatchApplier, *, depth: int, lanes: int = 2) -> None:
         self._processor = processor
         self._depth = max(1, depth)
+        self._lanes = max(1, lanes)
         self._in_flight: collections.deque[_InFlight] = collections.deque()
         self._last_by_subject: dict[str, asyncio.Task[BatchOutcome]] = {}
         self.failure: BaseException | None = None
@@ -334,19 +382,24 @@ class BatchPipeline:
                 self.failure
             )
         while len(self._in_flight) >= self._depth:
-            await asyncio.wait([self._in_flight[0].task])
+            await asyncio.wait(self._in_flight[0].tasks)
             self._reap()
         batch = self._processor.decode(records)
-        earlier = {
-            task
-            for subject in batch.subjects
-            if (task := self._last_by_subject.get(subject)) is not None and not task.done()
-        }
-        task = asyncio.create_task(self._apply_after(earlier, batch), name="inbound-batch")
-        for subject in batch.subjects:
-            self._last_by_subject[subject] = task
-        self._in_flight.append(_InFlight(task, on_applied))
-        task.add_done_callback(lambda _t: self._reap())
+        lanes = min(self._lanes, len(batch) // self.MIN_RECORDS_PER_LANE)
+        parts = batch.split(lanes) if lanes > 1 else [batch]
+        tasks = []
+        for part in parts:
+            earlier = {
+                task
+                for subject in part.subjects
+                if (task := self._last_by_subject.get(subject)) is not None and not task.done()
+            }
+            task = asyncio.create_task(self._apply_after(earlier, part), name="inbound-batch")
+            for subject in part.subjects:
+                self._last_by_subject[subject] = task
+            task.add_done_callback(lambda _t: self._reap())
+            tasks.append(task)
+        self._in_flight.append(_InFlight(tasks, on_applied))
 
     async def _apply_after(
         self, earlier: set[asyncio.Task[BatchOutcome]], batch: DecodedBatch
@@ -356,19 +409,16 @@ class BatchPipeline:
         return await self._processor.apply(batch)
 
     def _reap(self) -> None:
-        while self._in_flight and self._in_flight[0].task.done():
-            done = self._in_flight.popleft()
-            if done.task.cancelled() or done.task.exception() is not None:
+        while self._in_flight and self._in_flight[0].done():
+            failure = self._in_flight[0].failure()
+            if failure is not None:
                 # `apply` retries every error but cancellation; anything else is a bug.
                 # Nothing after this batch may be committed: stop, and let a restart
                 # re-deliver from the last committed offset.
-                self.failure = (
-                    asyncio.CancelledError() if done.task.cancelled() else done.task.exception()
-                )
+                self.failure = failure
                 log.error("an inbound batch ended without being applied; consuming stops")
-                self._in_flight.appendleft(done)
                 return
-            done.on_applied()
+            self._in_flight.popleft().on_applied()
         self._last_by_subject = {
             subject: task for subject, task in self._last_by_subject.items() if not task.done()
         }
@@ -376,5 +426,5 @@ class BatchPipeline:
     async def drain(self) -> None:
         """Wait for every batch in flight (at shutdown)."""
         while self._in_flight and self.failure is None:
-            await asyncio.wait([item.task for item in self._in_flight])
+            await asyncio.wait([task for item in self._in_flight for task in item.tasks])
             self._reap()

@@ -8,9 +8,14 @@ from collections.abc import Sequence
 
 import pytest
 
-from services.common.envelope import PoisonRecord
+from services.common.envelope import CloudEvent, PoisonRecord
 from services.common.records import SourceRecord
-from services.groups.service_layer.inbound import BatchOutcome, BatchPipeline, DecodedBatch
+from services.groups.service_layer.inbound import (
+    BatchOutcome,
+    BatchPipeline,
+    DecodedBatch,
+    Route,
+)
 
 
 class ControlledProcessor:
@@ -109,3 +114,50 @@ async def test_after_a_batch_fails_unexpectedly_nothing_later_is_handed_on() -> 
     assert applied == []
     with pytest.raises(RuntimeError, match="stopped"):
         await pipeline.submit(batch("c", "cecilia"), lambda: applied.append("c"))
+
+
+def decoded(*subject_lists: tuple[str, ...]) -> DecodedBatch:
+    """Records (numbered in order) whose data names their subjects."""
+
+    async def nothing(_e: CloudEvent, _r: SourceRecord, _u: object) -> None:
+        return None
+
+    route = Route(nothing, lambda data: tuple(data["s"]))
+    items: list[tuple[SourceRecord, CloudEvent | PoisonRecord, Route | None]] = [
+        (
+            SourceRecord("t", 0, n, None, b"{}", ()),
+            CloudEvent(str(n), "test", "test.event", None, {"s": list(subjects)}),
+            route,
+        )
+        for n, subjects in enumerate(subject_lists)
+    ]
+    return DecodedBatch(items, frozenset(s for subjects in subject_lists for s in subjects))
+
+
+def offsets(part: DecodedBatch) -> list[int]:
+    return [record.offset for record, _, _ in part.items]
+
+
+def test_a_split_keeps_linked_subjects_together_and_in_order() -> None:
+    batch = decoded(
+        ("anna",),  # 0
+        ("bo", "booking:1"),  # 1
+        ("cecilia",),  # 2
+        ("booking:1",),  # 3: a cancellation, linked to bo through the booking
+        ("anna",),  # 4
+        ("dan",),  # 5
+    )
+    parts = batch.split(2)
+    assert len(parts) == 2
+    assert sorted(o for part in parts for o in offsets(part)) == list(range(6))
+    by_offset = {o: i for i, part in enumerate(parts) for o in offsets(part)}
+    assert by_offset[0] == by_offset[4] and by_offset[1] == by_offset[3]
+    for part in parts:
+        assert offsets(part) == sorted(offsets(part))
+        assert part.subjects == frozenset(s for _, e, _ in part.items for s in e.data["s"])
+    assert not parts[0].subjects & parts[1].subjects
+    assert sorted(len(part) for part in parts) == [3, 3], "balanced by records"
+
+
+def test_a_batch_of_one_subject_is_not_split() -> None:
+    assert [offsets(p) for p in decoded(("anna",), ("anna",), ("anna",)).split(2)] == [[0, 1, 2]]
