@@ -5,6 +5,7 @@ from __future__ import annotations
 from faststream.asgi import AsgiFastStream
 
 from services.common.asgi import asyncapi_docs
+from services.common.gc_tuning import settle_after_start
 from services.export.bootstrap import ExportService
 from services.export.entrypoints.consumer import register_consumer
 from services.export.entrypoints.http import build_routes
@@ -18,7 +19,7 @@ def build_app(service: ExportService | None = None) -> AsgiFastStream:
         asgi_routes=build_routes(service),
         asyncapi_path=asyncapi_docs(),
         on_startup=[service.prepare],
-        after_startup=[service.mark_ready],
+        after_startup=[service.mark_ready, settle_after_start],
         # Before the broker closes its consumer: the last applied offsets still commit.
         on_shutdown=[service.offset_commits.drain],
         after_shutdown=[service.stop],

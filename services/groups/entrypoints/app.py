@@ -5,6 +5,7 @@ from __future__ import annotations
 from faststream.asgi import AsgiFastStream
 
 from services.common.asgi import asyncapi_docs
+from services.common.gc_tuning import settle_after_start
 from services.groups.bootstrap import GroupsService
 from services.groups.entrypoints.consumer import register_consumer
 from services.groups.entrypoints.http import build_routes
@@ -18,7 +19,7 @@ def build_app(service: GroupsService | None = None) -> AsgiFastStream:
         asgi_routes=build_routes(service),
         asyncapi_path=asyncapi_docs(),
         on_startup=[service.prepare],
-        after_startup=[service.start_background],
+        after_startup=[service.start_background, settle_after_start],
         # Before the broker closes its consumer: batches in flight finish and their
         # offsets still commit.
         on_shutdown=[service.pipeline.drain, service.offset_commits.drain],
