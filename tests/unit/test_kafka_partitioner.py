@@ -1,5 +1,6 @@
-"""The backfill's batches land where the live export's `producer.send` puts the same key:
-`default_partition` is aiokafka's default partitioner, value for value."""
+"""Our partitioner is aiokafka's default one, value for value: the export backfill's
+batches land where the live export's `producer.send` puts the same key, and the
+producers keep placing keys where they always did."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import uuid
 import pytest
 from aiokafka.partitioner import DefaultPartitioner, murmur2
 
-from services.export.adapters import export_topic
+from services.common import kafka
 
 RANDOM = random.Random(20261126)
 KEYS = [
@@ -21,12 +22,21 @@ KEYS = [
 
 
 def test_murmur2_is_kafkas() -> None:
-    assert [export_topic.murmur2(k) for k in KEYS] == [murmur2(k) for k in KEYS]
+    assert [kafka.murmur2(k) for k in KEYS] == [murmur2(k) for k in KEYS]
 
 
 @pytest.mark.parametrize("partitions", [[0], [0, 1, 2], list(range(6)), list(range(50))])
 def test_default_partition_is_the_producers(partitions: list[int]) -> None:
     partitioner = DefaultPartitioner()
-    assert [export_topic.default_partition(k, partitions) for k in KEYS] == [
+    assert [kafka.default_partition(k, partitions) for k in KEYS] == [
         partitioner(k, partitions, partitions) for k in KEYS
     ]
+
+
+def test_the_producers_partitioner_is_aiokafkas() -> None:
+    ours, theirs = kafka.FastDefaultPartitioner(), DefaultPartitioner()
+    partitions = list(range(6))
+    assert [ours(k, partitions, partitions[:2]) for k in KEYS] == [
+        theirs(k, partitions, partitions[:2]) for k in KEYS
+    ]
+    assert {ours(None, partitions, [4]) for _ in range(20)} == {4}, "unkeyed: an available one"

@@ -7,49 +7,19 @@ batch of its partition, and the broker's acknowledgement is awaited per batch.
 
 A record must land on the partition the live export's `producer.send` picks for its key
 (aiokafka's default partitioner: Kafka's murmur2 of the key over all partitions), or the
-compacted topic would keep one last value per key and partition. `default_partition` is
-that partitioner, tested against aiokafka's own.
+compacted topic would keep one last value per key and partition: `default_partition`
+(services.common.kafka) is that partitioner, tested against aiokafka's own.
 """
 
 from __future__ import annotations
 
 import asyncio
-import struct
 from collections.abc import Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
-_SEED = 0x9747B28C
-_M = 0x5BD1E995
-_MASK = 0xFFFFFFFF
-
-
-def murmur2(data: bytes) -> int:
-    """Kafka's murmur2 (`org.apache.kafka.common.utils.Utils.murmur2`), the value of
-    `aiokafka.partitioner.murmur2`, about four times faster: whole words unpacked at once."""
-    length = len(data)
-    h = _SEED ^ length
-    for word in struct.unpack_from(f"<{length >> 2}I", data):
-        k = (word * _M) & _MASK
-        k ^= k >> 24
-        h = ((h * _M) & _MASK) ^ ((k * _M) & _MASK)
-    tail, rest = length & 3, length & ~3
-    if tail == 3:
-        h ^= data[rest + 2] << 16
-    if tail >= 2:
-        h ^= data[rest + 1] << 8
-    if tail:
-        h = ((h ^ data[rest]) * _M) & _MASK
-    h ^= h >> 13
-    h = (h * _M) & _MASK
-    return h ^ (h >> 15)
-
-
-def default_partition(key: bytes, partitions: Sequence[int]) -> int:
-    """The partition aiokafka's `DefaultPartitioner` gives a keyed record; `partitions` are
-    all of the topic's partitions, sorted."""
-    return partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)]
+from services.common.kafka import default_partition
 
 
 class BatchPublisher:
