@@ -87,6 +87,11 @@ def build_broker(
         acks="all",
         max_request_size=settings.max_message_bytes,
         middlewares=tuple(middlewares),
+        # FastStream's own logger writes coloured text past the JSON formatter and its
+        # redaction, and a "Received"/"Processed" pair per batch at INFO (~200 lines/s
+        # under load): ours instead, with the per-message lines at DEBUG.
+        logger=logging.getLogger("services.faststream.broker"),
+        log_level=logging.DEBUG,
     )
 
 
@@ -190,6 +195,53 @@ def default_partition(key: bytes, partitions: Sequence[int]) -> int:
     """The partition aiokafka's `DefaultPartitioner` gives a keyed record; `partitions` are
     all of the topic's partitions, sorted."""
     return partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)]
+
+
+OutgoingRecord = tuple[str, bytes | None, bytes | None, Sequence[tuple[str, bytes]]]
+"""topic, key, value, headers"""
+
+
+async def publish_in_batches(
+    producer: AIOKafkaProducer, records: Sequence[OutgoingRecord]
+) -> asyncio.Future[list[Any]]:
+    """Hands `records` to the producer as whole per-partition batches; the returned
+    future completes once the broker acknowledged every one (and raises if it refused
+    any). Records keep their order within each partition, and a keyed record goes to
+    the partition `producer.send` would pick.
+
+    `producer.send` costs a coroutine, a partitioner call and a future per record, which
+    was most of a publishing loop's CPU; here a record is only appended to its batch.
+    """
+    partitions: dict[str, list[int]] = {}
+    by_partition: dict[tuple[str, int], list[OutgoingRecord]] = {}
+    for record in records:
+        topic, key = record[0], record[1]
+        if topic not in partitions:
+            partitions[topic] = sorted(await producer.partitions_for(topic))
+        choices = partitions[topic]
+        partition = (
+            default_partition(key, choices) if key is not None else random.choice(choices)  # noqa: S311 (spreading unkeyed records)
+        )
+        by_partition.setdefault((topic, partition), []).append(record)
+    acks = []
+    for (topic, partition), batch_records in by_partition.items():
+        batch = producer.create_batch()
+        for _, key, value, record_headers in batch_records:
+            headers = list(record_headers)  # aiokafka's batch builder takes a list only
+            if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
+                acks.append(await _send_batch(producer, batch, topic, partition))  # full
+                batch = producer.create_batch()
+                batch.append(key=key, value=value, timestamp=None, headers=headers)
+        acks.append(await _send_batch(producer, batch, topic, partition))
+    return asyncio.gather(*acks)
+
+
+async def _send_batch(
+    producer: AIOKafkaProducer, batch: Any, topic: str, partition: int
+) -> asyncio.Future[Any]:
+    batch.close()  # complete: no linger waiting for records that will not come
+    ack: asyncio.Future[Any] = await producer.send_batch(batch, topic, partition=partition)
+    return ack
 
 
 class FastDefaultPartitioner:

@@ -15,10 +15,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from sqlalchemy import delete, select, text
+from sqlalchemy import any_, delete, func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.common.backoff import Backoff
+from services.common.kafka import publish_in_batches
 from services.groups.adapters.orm import outbox
 from services.groups.adapters.outbox import decode_headers
 
@@ -122,11 +123,14 @@ class OutboxRelay:
         """Take the oldest rows, publish them, and commit their deletion only after the
         broker acknowledged every one: a failure rolls back and they are sent again."""
         oldest = select(outbox.c.id).order_by(outbox.c.id).limit(self._batch_size)
+        import time as _t
+
+        _T = [_t.perf_counter()]
         async with connection.begin():
             rows = (
                 await connection.execute(
                     delete(outbox)
-                    .where(outbox.c.id.in_(oldest.scalar_subquery()))
+                    .where(outbox.c.id == any_(func.array(oldest.scalar_subquery())))
                     .returning(
                         outbox.c.id, outbox.c.topic, outbox.c.key, outbox.c.value, outbox.c.headers
                     )
@@ -134,12 +138,13 @@ class OutboxRelay:
             ).all()
             if not rows:
                 return 0
-            futures = [
-                await producer.send(
-                    row.topic, value=row.value, key=row.key, headers=decode_headers(row.headers)
-                )
-                for row in sorted(rows, key=lambda r: r.id)
-            ]
-            await asyncio.gather(*futures)
+            acks = await publish_in_batches(
+                producer,
+                [
+                    (row.topic, row.key, row.value, decode_headers(row.headers))
+                    for row in sorted(rows, key=lambda r: r.id)
+                ],
+            )
+            await acks
         self._on_published(len(rows))
         return len(rows)
