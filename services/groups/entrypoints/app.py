@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from faststream.asgi import AsgiFastStream
 
 from services.common.asgi import asyncapi_docs
@@ -18,6 +20,7 @@ def build_app(service: GroupsService | None = None) -> AsgiFastStream:
         service.broker,
         asgi_routes=build_routes(service),
         asyncapi_path=asyncapi_docs(),
+        logger=logging.getLogger("services.faststream.app"),
         on_startup=[service.prepare],
         after_startup=[service.start_background, settle_after_start],
         # Before the broker closes its consumer: batches in flight finish and their
