@@ -95,9 +95,13 @@ class DecodedBatch:
     def __len__(self) -> int:
         return len(self.items)
 
-    def split(self, lanes: int) -> list[DecodedBatch]:
-        """Up to `lanes` parts whose subjects are disjoint, records in their batch order;
-        records that share a subject (directly or through others) stay in one part."""
+    def split(
+        self, lanes: int, held: Callable[[str], bool] = lambda _subject: False
+    ) -> list[DecodedBatch]:
+        """Parts whose subjects are disjoint, records in their batch order; records that
+        share a subject (directly or through others) stay in one part. The records linked
+        to a `held` subject form one part of their own; the others are spread over up to
+        `lanes` parts."""
         parent: dict[str, str] = {}
 
         def root(subject: str) -> str:
@@ -113,13 +117,15 @@ class DecodedBatch:
         sizes: collections.Counter[str] = collections.Counter(
             root(subjects[0]) for subjects in per_item if subjects
         )
+        held_lane = lanes  # one more part, after the lanes
+        lane_of = {component: held_lane for component in {root(s) for s in parent if held(s)}}
         load = [0] * lanes
-        lane_of: dict[str, int] = {}
         for component, size in sizes.most_common():  # largest first, onto the lightest lane
-            lane = load.index(min(load))
-            lane_of[component] = lane
-            load[lane] += size
-        parts: list[list[_Decoded]] = [[] for _ in range(lanes)]
+            if component not in lane_of:
+                lane = load.index(min(load))
+                lane_of[component] = lane
+                load[lane] += size
+        parts: list[list[_Decoded]] = [[] for _ in range(lanes + 1)]
         for index, (item, subjects) in enumerate(zip(self.items, per_item, strict=True)):
             lane = lane_of[root(subjects[0])] if subjects else index % lanes
             parts[lane].append(item)
@@ -385,14 +391,15 @@ class BatchPipeline:
             await asyncio.wait(self._in_flight[0].tasks)
             self._reap()
         batch = self._processor.decode(records)
-        lanes = min(self._lanes, len(batch) // self.MIN_RECORDS_PER_LANE)
-        parts = batch.split(lanes) if lanes > 1 else [batch]
+        lanes = max(1, min(self._lanes, len(batch) // self.MIN_RECORDS_PER_LANE))
+        # What no earlier part in flight touches starts at once; the rest waits.
+        parts = batch.split(lanes, held=self._in_flight_subject)
         tasks = []
         for part in parts:
             earlier = {
-                task
+                self._last_by_subject[subject]
                 for subject in part.subjects
-                if (task := self._last_by_subject.get(subject)) is not None and not task.done()
+                if self._in_flight_subject(subject)
             }
             task = asyncio.create_task(self._apply_after(earlier, part), name="inbound-batch")
             for subject in part.subjects:
@@ -400,6 +407,10 @@ class BatchPipeline:
             task.add_done_callback(lambda _t: self._reap())
             tasks.append(task)
         self._in_flight.append(_InFlight(tasks, on_applied))
+
+    def _in_flight_subject(self, subject: str) -> bool:
+        task = self._last_by_subject.get(subject)
+        return task is not None and not task.done()
 
     async def _apply_after(
         self, earlier: set[asyncio.Task[BatchOutcome]], batch: DecodedBatch

@@ -17,10 +17,25 @@ from services.groups.service_layer.inbound import (
     Route,
 )
 
+Decoded = tuple[SourceRecord, CloudEvent | PoisonRecord, Route | None]
+
+
+async def _nothing(_e: CloudEvent, _r: SourceRecord, _u: object) -> None:
+    return None
+
+
+ROUTE = Route(_nothing, lambda data: tuple(data["s"]))
+
+
+def item(record: SourceRecord, subjects: Sequence[str]) -> Decoded:
+    event = CloudEvent(str(record.offset), "test", "test.event", None, {"s": list(subjects)})
+    return (record, event, ROUTE)
+
 
 class ControlledProcessor:
-    """Each batch is named by its records' keys (its subjects); the test decides when a
-    batch's apply finishes, and sees when it started."""
+    """A record's key is its subject. A part is named by its batch (the records' topic)
+    and subjects, e.g. "b:bo+cecilia"; the test decides when a part's apply finishes,
+    and sees when it started."""
 
     def __init__(self) -> None:
         self.started: list[str] = []
@@ -28,11 +43,11 @@ class ControlledProcessor:
         self.fail: set[str] = set()
 
     def decode(self, records: Sequence[SourceRecord]) -> DecodedBatch:
-        subjects = frozenset(r.key.decode() for r in records if r.key is not None)
-        return DecodedBatch([(r, PoisonRecord("UNUSED", ""), None) for r in records], subjects)
+        items = [item(r, [r.key.decode()] if r.key else []) for r in records]
+        return DecodedBatch(items, frozenset(r.key.decode() for r in records if r.key))
 
     async def apply(self, batch: DecodedBatch) -> BatchOutcome:
-        name = batch.items[0][0].topic
+        name = f"{batch.items[0][0].topic}:{'+'.join(sorted(batch.subjects))}"
         self.started.append(name)
         await self.release.setdefault(name, asyncio.Event()).wait()
         if name in self.fail:
@@ -59,27 +74,29 @@ async def test_batches_without_a_common_subject_run_side_by_side() -> None:
     await pipeline.submit(batch("a", "anna"), lambda: applied.append("a"))
     await pipeline.submit(batch("b", "bo"), lambda: applied.append("b"))
     await settle()
-    assert processor.started == ["a", "b"]
-    processor.finish("b")
+    assert processor.started == ["a:anna", "b:bo"]
+    processor.finish("b:bo")
     await settle()
     assert applied == [], "b's offsets wait until a is applied"
-    processor.finish("a")
+    processor.finish("a:anna")
     await pipeline.drain()
     assert applied == ["a", "b"]
 
 
-async def test_a_batch_sharing_a_subject_waits_for_the_earlier_one() -> None:
+async def test_records_of_a_subject_in_flight_wait_and_the_others_do_not() -> None:
     processor = ControlledProcessor()
     pipeline = BatchPipeline(processor, depth=2)
     applied: list[str] = []
     await pipeline.submit(batch("a", "anna", "bo"), lambda: applied.append("a"))
     await pipeline.submit(batch("b", "cecilia", "bo"), lambda: applied.append("b"))
     await settle()
-    assert processor.started == ["a"], "b shares bo with a"
-    processor.finish("a")
+    assert processor.started == ["a:anna+bo", "b:cecilia"], "b's bo waits for a"
+    processor.finish("b:cecilia")
+    processor.finish("a:anna+bo")
     await settle()
-    assert processor.started == ["a", "b"]
-    processor.finish("b")
+    assert processor.started == ["a:anna+bo", "b:cecilia", "b:bo"]
+    assert applied == ["a"], "b is applied only once all its parts are"
+    processor.finish("b:bo")
     await pipeline.drain()
     assert applied == ["a", "b"]
 
@@ -91,25 +108,25 @@ async def test_no_more_than_depth_batches_are_in_flight() -> None:
     await pipeline.submit(batch("b", "bo"), lambda: None)
     third = asyncio.create_task(pipeline.submit(batch("c", "cecilia"), lambda: None))
     await settle()
-    assert not third.done() and processor.started == ["a", "b"]
-    processor.finish("a")
+    assert not third.done() and processor.started == ["a:anna", "b:bo"]
+    processor.finish("a:anna")
     await third
     await settle()
-    assert processor.started == ["a", "b", "c"]
-    processor.finish("b")
-    processor.finish("c")
+    assert processor.started == ["a:anna", "b:bo", "c:cecilia"]
+    processor.finish("b:bo")
+    processor.finish("c:cecilia")
     await pipeline.drain()
 
 
 async def test_after_a_batch_fails_unexpectedly_nothing_later_is_handed_on() -> None:
     processor = ControlledProcessor()
-    processor.fail.add("a")
+    processor.fail.add("a:anna")
     pipeline = BatchPipeline(processor, depth=2)
     applied: list[str] = []
     await pipeline.submit(batch("a", "anna"), lambda: applied.append("a"))
     await pipeline.submit(batch("b", "bo"), lambda: applied.append("b"))
-    processor.finish("b")
-    processor.finish("a")
+    processor.finish("b:bo")
+    processor.finish("a:anna")
     await pipeline.drain()
     assert applied == []
     with pytest.raises(RuntimeError, match="stopped"):
@@ -118,17 +135,8 @@ async def test_after_a_batch_fails_unexpectedly_nothing_later_is_handed_on() -> 
 
 def decoded(*subject_lists: tuple[str, ...]) -> DecodedBatch:
     """Records (numbered in order) whose data names their subjects."""
-
-    async def nothing(_e: CloudEvent, _r: SourceRecord, _u: object) -> None:
-        return None
-
-    route = Route(nothing, lambda data: tuple(data["s"]))
-    items: list[tuple[SourceRecord, CloudEvent | PoisonRecord, Route | None]] = [
-        (
-            SourceRecord("t", 0, n, None, b"{}", ()),
-            CloudEvent(str(n), "test", "test.event", None, {"s": list(subjects)}),
-            route,
-        )
+    items = [
+        item(SourceRecord("t", 0, n, None, b"{}", ()), subjects)
         for n, subjects in enumerate(subject_lists)
     ]
     return DecodedBatch(items, frozenset(s for subjects in subject_lists for s in subjects))
@@ -161,3 +169,9 @@ def test_a_split_keeps_linked_subjects_together_and_in_order() -> None:
 
 def test_a_batch_of_one_subject_is_not_split() -> None:
     assert [offsets(p) for p in decoded(("anna",), ("anna",), ("anna",)).split(2)] == [[0, 1, 2]]
+
+
+def test_records_linked_to_a_held_subject_form_their_own_part() -> None:
+    batch = decoded(("anna",), ("bo", "booking:1"), ("cecilia",), ("booking:1",))
+    parts = batch.split(1, held=lambda subject: subject == "booking:1")
+    assert [offsets(p) for p in parts] == [[0, 2], [1, 3]]
