@@ -22,14 +22,16 @@ from dataclasses import dataclass
 from sqlalchemy import TextClause, text
 
 # What a batch will read: which of its events were applied before (their positions in
-# the given arrays), the memberships of its customers, its bookings, prompts and
-# confirmation versions.
+# the given arrays), which of its customers exist and their memberships, its bookings,
+# prompts and confirmation versions.
 READ = text(
     """
 SELECT
   ARRAY(SELECT k.n FROM unnest(CAST(:inbox_topics AS text[]), CAST(:inbox_ids AS text[]))
           WITH ORDINALITY AS k(topic, event_id, n)
         JOIN inbox AS i ON i.topic = k.topic AND i.event_id = k.event_id) AS processed,
+  ARRAY(SELECT c.personnummer FROM customers AS c
+        WHERE c.personnummer = ANY(CAST(:personnummer AS text[]))) AS customers,
   ARRAY(SELECT m FROM memberships AS m
         WHERE m.personnummer = ANY(CAST(:personnummer AS text[]))
         ORDER BY m.valid_from, m.created_at) AS memberships,

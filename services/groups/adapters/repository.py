@@ -135,6 +135,7 @@ class GroupsRepository:
         self._prompts_by_id: dict[str, PromptRow | None] = {}
         self._confirmation_versions: dict[str, int] = {}
         self._owners: dict[str, str] = {}  # membership id -> personnummer
+        self._stored_customers: set[str] = set()  # personnummer with a customers row
         self._changes = _Changes()
 
     # -- bulk loading ----------------------------------------------------------
@@ -169,6 +170,7 @@ class GroupsRepository:
                 },
             )
         ).one()
+        self._stored_customers.update(row.customers)
         by_pnr: dict[str, list[Membership]] = {p: [] for p in pnrs}
         for record in row.memberships:
             by_pnr[record["personnummer"]].append(_membership(record))
@@ -203,6 +205,15 @@ class GroupsRepository:
         last_name: str | None = None,
         now: datetime,
     ) -> None:
+        """The customer row exists afterwards. A stored customer is only written when
+        names come with the call (a booking): a start or a command would otherwise
+        rewrite the row for nothing, on ~half of all records."""
+        if (
+            first_name is None
+            and last_name is None
+            and personnummer.value in self._stored_customers
+        ):
+            return
         pending = self._changes.customers.setdefault(
             personnummer.value,
             {"personnummer": personnummer.value, "first_name": None, "last_name": None},
