@@ -68,11 +68,18 @@ def _personnummer_of(data: Any) -> tuple[str, ...]:
 
 
 def _booking_subjects_of(data: Any) -> tuple[str, ...]:
-    """The customer and the booking: a cancellation names only the booking, and must
-    still come after the booking's creation."""
-    booking_id = data.get("booking_id") if isinstance(data, dict) else None
-    booking = (f"booking:{booking_id[:128]}",) if isinstance(booking_id, str) else ()
-    return _personnummer_of(data) + booking
+    """The booking's customer (the handler writes `customer.personnummer`) and the
+    booking itself: a cancellation names only the booking, and must still come after
+    the booking's creation."""
+    if not isinstance(data, dict):
+        return ()
+    customer = data.get("customer")
+    pnr = customer.get("personnummer") if isinstance(customer, dict) else None
+    booking_id = data.get("booking_id")
+    return (
+        *((pnr[:32],) if isinstance(pnr, str) else ()),
+        *((f"booking:{booking_id[:128]}",) if isinstance(booking_id, str) else ()),
+    )
 
 
 def read_catalog_file(path: Path) -> Catalog:
@@ -133,7 +140,9 @@ class GroupsService:
             after_commit=self._after_commit,
             on_retry=self._on_retry,
         )
-        self.pipeline = BatchPipeline(self.processor, depth=s.groups.batches_in_flight)
+        self.pipeline = BatchPipeline(
+            self.processor, depth=s.groups.batches_in_flight, on_failure=self._stop_serving
+        )
         self.broker: KafkaBroker = build_broker(
             s.kafka,
             client_id=SERVICE_NAME,
@@ -178,6 +187,10 @@ class GroupsService:
         m.labels("duplicate").inc(outcome.duplicates)
         m.labels("dead_lettered").inc(outcome.dead_lettered)
         self.relay.wake()
+
+    def _stop_serving(self, _error: BaseException) -> None:
+        # /readyz and /healthz answer 503 from now on, so the process gets restarted.
+        self.ready = False
 
     def _on_retry(self, error: BaseException, _delay: float) -> None:
         self.metrics.batch_retries.labels(type(error).__name__).inc()

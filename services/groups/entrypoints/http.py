@@ -33,6 +33,8 @@ def build_routes(service: GroupsService) -> list[tuple[str, ASGIApp]]:
         except Exception as error:
             checks["database"] = f"down: {type(error).__name__}"
         checks["broker"] = "ok" if await service.broker.ping(timeout=2.0) else "down"
+        failure = service.pipeline.failure
+        checks["inbound"] = "ok" if failure is None else f"stopped: {type(failure).__name__}"
         healthy = all(v == "ok" for v in checks.values())
         return Response.json(
             200 if healthy else 503, {"status": "ok" if healthy else "degraded", "checks": checks}

@@ -77,10 +77,16 @@ _Decoded = tuple[SourceRecord, CloudEvent | PoisonRecord, Route | None]
 
 
 def _item_subjects(item: _Decoded) -> tuple[str, ...]:
-    _, event, route = item
+    record, event, route = item
     if route is None or not isinstance(event, CloudEvent):
         return ()
-    return tuple(s for s in route.subjects_of(event.data) if _postgres_text(s))
+    subjects = tuple(s for s in route.subjects_of(event.data) if _postgres_text(s))
+    if subjects:
+        return subjects
+    # Nobody's record (e.g. a command without a personnummer): still never applied twice
+    # at once, in two parts that would both find it missing from the inbox.
+    event_subject = f"event:{record.topic}:{event.id}"
+    return (event_subject,) if _postgres_text(event_subject) else ()
 
 
 def _subjects(items: Sequence[_Decoded]) -> frozenset[str]:
@@ -190,6 +196,10 @@ class InboundProcessor:
                 event, route = self._decode(record)
             except PoisonRecord as poison:
                 items.append((record, poison, None))
+                continue
+            except Exception as error:  # a decoder bug for this input: never skip the batch
+                log.exception("decoding a record failed")
+                items.append((record, PoisonRecord("PROCESSING_ERROR", type(error).__name__), None))
                 continue
             items.append((record, event, route))
         return DecodedBatch(items, _subjects(items))
@@ -373,23 +383,56 @@ class BatchPipeline:
     # A part costs five round trips of its own; smaller batches are not split.
     MIN_RECORDS_PER_LANE = 50
 
-    def __init__(self, processor: BatchApplier, *, depth: int, lanes: int = 2) -> None:
+    def __init__(
+        self,
+        processor: BatchApplier,
+        *,
+        depth: int,
+        lanes: int = 2,
+        on_failure: Callable[[BaseException], None] = lambda _error: None,
+    ) -> None:
         self._processor = processor
         self._depth = max(1, depth)
-        self._lanes = max(1, lanes)
+        # One batch at a time means one transaction at a time.
+        self._lanes = max(1, lanes) if self._depth > 1 else 1
+        self._on_failure = on_failure
         self._in_flight: collections.deque[_InFlight] = collections.deque()
         self._last_by_subject: dict[str, asyncio.Task[BatchOutcome]] = {}
         self.failure: BaseException | None = None
 
-    async def submit(self, records: Sequence[SourceRecord], on_applied: Callable[[], None]) -> None:
-        """Start applying the batch; returns once it runs (not once it is applied)."""
+    def _check(self) -> None:
         if self.failure is not None:
             raise RuntimeError("inbound batches stopped after an unexpected error") from (
                 self.failure
             )
+
+    def _fail(self, error: BaseException) -> None:
+        if self.failure is None:
+            self.failure = error
+            log.error(
+                "an inbound batch ended without being applied; consuming stops",
+                exc_info=error if not isinstance(error, asyncio.CancelledError) else None,
+            )
+            self._on_failure(error)
+
+    async def submit(self, records: Sequence[SourceRecord], on_applied: Callable[[], None]) -> None:
+        """Start applying the batch; returns once it runs (not once it is applied).
+
+        Raises once a batch ended without being applied: from then on nothing is applied
+        or committed (the process is reported unhealthy, and a restart re-delivers from
+        the last committed offset)."""
+        self._check()
         while len(self._in_flight) >= self._depth:
             await asyncio.wait(self._in_flight[0].tasks)
             self._reap()
+            self._check()
+        try:
+            self._start(records, on_applied)
+        except Exception as error:
+            self._fail(error)  # never go on past a batch that was not started
+            raise
+
+    def _start(self, records: Sequence[SourceRecord], on_applied: Callable[[], None]) -> None:
         batch = self._processor.decode(records)
         lanes = max(1, min(self._lanes, len(batch) // self.MIN_RECORDS_PER_LANE))
         # What no earlier part in flight touches starts at once; the rest waits.
@@ -404,9 +447,14 @@ class BatchPipeline:
             task = asyncio.create_task(self._apply_after(earlier, part), name="inbound-batch")
             for subject in part.subjects:
                 self._last_by_subject[subject] = task
-            task.add_done_callback(lambda _t: self._reap())
+            task.add_done_callback(self._part_done)
             tasks.append(task)
         self._in_flight.append(_InFlight(tasks, on_applied))
+
+    def _part_done(self, task: asyncio.Task[BatchOutcome]) -> None:
+        if not task.cancelled():
+            task.exception()  # retrieved here; `_reap` decides what a failure means
+        self._reap()
 
     def _in_flight_subject(self, subject: str) -> bool:
         task = self._last_by_subject.get(subject)
@@ -417,25 +465,34 @@ class BatchPipeline:
     ) -> BatchOutcome:
         if earlier:
             await asyncio.wait(earlier)
+            if any(task.cancelled() or task.exception() is not None for task in earlier):
+                # Applying now would put these records before earlier ones of theirs.
+                raise RuntimeError("an earlier part sharing a subject was not applied")
         return await self._processor.apply(batch)
 
     def _reap(self) -> None:
-        while self._in_flight and self._in_flight[0].done():
+        while self._in_flight and self._in_flight[0].done() and self.failure is None:
             failure = self._in_flight[0].failure()
             if failure is not None:
                 # `apply` retries every error but cancellation; anything else is a bug.
                 # Nothing after this batch may be committed: stop, and let a restart
                 # re-deliver from the last committed offset.
-                self.failure = failure
-                log.error("an inbound batch ended without being applied; consuming stops")
+                self._fail(failure)
                 return
             self._in_flight.popleft().on_applied()
         self._last_by_subject = {
             subject: task for subject, task in self._last_by_subject.items() if not task.done()
         }
 
-    async def drain(self) -> None:
-        """Wait for every batch in flight (at shutdown)."""
+    async def drain(self, limit_seconds: float = 15.0) -> None:
+        """Wait for the batches in flight (at shutdown), at most `limit_seconds`: what is
+        not applied by then is delivered again after the restart."""
+        deadline = time.monotonic() + limit_seconds
         while self._in_flight and self.failure is None:
-            await asyncio.wait([task for item in self._in_flight for task in item.tasks])
+            left = deadline - time.monotonic()
+            if left <= 0:
+                log.warning("%d inbound batches still in flight at shutdown", len(self._in_flight))
+                return
+            tasks = [task for item in self._in_flight for task in item.tasks]
+            await asyncio.wait(tasks, timeout=left)
             self._reap()

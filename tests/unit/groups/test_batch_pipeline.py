@@ -120,17 +120,37 @@ async def test_no_more_than_depth_batches_are_in_flight() -> None:
 
 async def test_after_a_batch_fails_unexpectedly_nothing_later_is_handed_on() -> None:
     processor = ControlledProcessor()
-    processor.fail.add("a:anna")
-    pipeline = BatchPipeline(processor, depth=2)
+    processor.fail.add("a:anna+bo")
+    failures: list[BaseException] = []
+    pipeline = BatchPipeline(processor, depth=2, on_failure=failures.append)
     applied: list[str] = []
-    await pipeline.submit(batch("a", "anna"), lambda: applied.append("a"))
-    await pipeline.submit(batch("b", "bo"), lambda: applied.append("b"))
-    processor.finish("b:bo")
-    processor.finish("a:anna")
+    await pipeline.submit(batch("a", "anna", "bo"), lambda: applied.append("a"))
+    await pipeline.submit(batch("b", "bo", "cecilia"), lambda: applied.append("b"))
+    waiting = asyncio.create_task(pipeline.submit(batch("c", "dan"), lambda: None))
+    await settle()
+    assert not waiting.done(), "depth 2: c waits for a slot"
+    processor.finish("b:cecilia")
+    processor.finish("a:anna+bo")
+    with pytest.raises(RuntimeError, match="stopped"):
+        await asyncio.wait_for(waiting, 1.0)  # raises at once, no spinning
     await pipeline.drain()
     assert applied == []
+    assert "b:bo" not in processor.started, "bo's later record never overtakes the failed one"
+    assert [type(f) for f in failures] == [RuntimeError]
     with pytest.raises(RuntimeError, match="stopped"):
-        await pipeline.submit(batch("c", "cecilia"), lambda: applied.append("c"))
+        await pipeline.submit(batch("d", "erik"), lambda: applied.append("d"))
+
+
+async def test_a_batch_that_cannot_be_started_stops_the_pipeline() -> None:
+    class Exploding(ControlledProcessor):
+        def decode(self, records: Sequence[SourceRecord]) -> DecodedBatch:
+            raise ValueError("a decoder bug")
+
+    pipeline = BatchPipeline(Exploding(), depth=2)
+    with pytest.raises(ValueError):
+        await pipeline.submit(batch("a", "anna"), lambda: None)
+    with pytest.raises(RuntimeError, match="stopped"):
+        await pipeline.submit(batch("b", "bo"), lambda: None)
 
 
 def decoded(*subject_lists: tuple[str, ...]) -> DecodedBatch:
