@@ -116,7 +116,16 @@ def topic_specs(topics: TopicSettings, kafka: KafkaSettings) -> list[TopicSpec]:
             inbound,
             {"cleanup.policy": "compact", "min.compaction.lag.ms": "0"},
         ),
-        TopicSpec(topics.dlq, 3, {"retention.ms": str(30 * 24 * 3600 * 1000)}),
+        # A dead letter is the original record plus error headers: the topic takes it
+        # even when the original was at the broker's limit.
+        TopicSpec(
+            topics.dlq,
+            3,
+            {
+                "retention.ms": str(30 * 24 * 3600 * 1000),
+                "max.message.bytes": str(dead_letter_request_size(kafka)),
+            },
+        ),
     ]
 
 
@@ -351,14 +360,24 @@ class OffsetCommits:
     async def _commit_pending(self) -> None:
         while self._pending and self._consumer is not None:
             offsets, self._pending = self._pending, {}
+            # A partition that moved to another member is that member's to commit (one
+            # unassigned partition would make aiokafka refuse the whole commit).
+            assigned = self._consumer.assignment()
+            offsets = {tp: offset for tp, offset in offsets.items() if tp in assigned}
+            if not offsets:
+                continue
             try:
                 await self._consumer.commit(offsets)
             except (KafkaError, IllegalStateError) as error:
-                # A partition moved to another member (or the group is rebalancing): its
-                # new owner starts after the last successful commit.
-                log.info("offset commit skipped: %s", type(error).__name__)
+                # The group is rebalancing or its coordinator is away: keep the offsets
+                # for the next applied batch to retry with (no retry loop of its own).
+                for tp, offset in offsets.items():
+                    self._pending[tp] = max(self._pending.get(tp, 0), offset)
+                log.info("offset commit postponed: %s", type(error).__name__)
+                return
 
-    async def drain(self) -> None:
-        """Wait until everything marked so far is committed (or given up)."""
-        while self._task is not None and not self._task.done():
-            await asyncio.shield(self._task)
+    async def drain(self, limit_seconds: float = 10.0) -> None:
+        """Wait until everything marked so far is committed, tried, or `limit_seconds`
+        have passed (at shutdown: what is not committed is delivered again)."""
+        if self._task is not None and not self._task.done():
+            await asyncio.wait([self._task], timeout=limit_seconds)
