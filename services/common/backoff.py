@@ -19,7 +19,8 @@ class Backoff:
 
     def next_delay(self) -> float:
         delay: float = min(self.cap, self.base * (2.0**self.attempt))
-        self.attempt += 1
+        # Bounded: 2.0 ** 1024 overflows, i.e. after hours of one outage.
+        self.attempt = min(self.attempt + 1, 64)
         return delay * random.uniform(0.8, 1.2)  # noqa: S311 - jitter, not crypto
 
     def reset(self) -> None:

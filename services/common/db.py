@@ -12,7 +12,9 @@ from services.common.settings import DatabaseSettings
 
 # SQLSTATEs that mean "try the same transaction again": serialization failure,
 # deadlock, and the connection / shutdown classes (08, 57P0x).
-_TRANSIENT_SQLSTATE_PREFIXES = ("40001", "40P01", "08", "57P", "53")
+# Serialization failure, deadlock, connection, shutdown, resources, statement timeout
+# (57014) and lock timeout (55P03): wait and retry, never a dead letter.
+_TRANSIENT_SQLSTATE_PREFIXES = ("40001", "40P01", "08", "57P", "53", "57014", "55P03")
 
 
 def create_engine(settings: DatabaseSettings) -> AsyncEngine:

@@ -95,7 +95,7 @@ def decode_cloudevent(raw: bytes | None, *, max_bytes: int = MAX_EVENT_BYTES) ->
     try:
         text = raw.decode("utf-8")
         obj = json.loads(text)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except ValueError as exc:  # not UTF-8, not JSON, or beyond json's limits (huge numbers)
         raise PoisonRecord(
             "INVALID_JSON", f"value is not UTF-8 JSON: {type(exc).__name__}"
         ) from None

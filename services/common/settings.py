@@ -50,7 +50,8 @@ class DatabaseSettings(BaseSettings):
 
     # postgresql+asyncpg://user:password@host:port/db ; add ?ssl=require for TLS
     database_url: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/customer_groups"
-    database_pool_size: int = 5
+    # Per process: inbound parts in flight (up to 3 per batch), the relay, HTTP reads.
+    database_pool_size: int = 8
 
 
 class GroupsSettings(BaseSettings):

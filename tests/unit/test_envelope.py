@@ -70,3 +70,10 @@ def test_poison_codes(raw: bytes | None, code: str) -> None:
     with pytest.raises(PoisonRecord) as caught:
         decode_cloudevent(raw)
     assert caught.value.error_code == code
+
+
+def test_a_number_beyond_the_json_parsers_limits_is_invalid_json() -> None:
+    raw = b'{"specversion":"1.0","id":"x","source":"s","type":"t","data":' + b"9" * 5000 + b"}"
+    with pytest.raises(PoisonRecord) as caught:
+        decode_cloudevent(raw, max_bytes=10_000)
+    assert caught.value.error_code == "INVALID_JSON"

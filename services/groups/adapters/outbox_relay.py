@@ -123,9 +123,6 @@ class OutboxRelay:
         """Take the oldest rows, publish them, and commit their deletion only after the
         broker acknowledged every one: a failure rolls back and they are sent again."""
         oldest = select(outbox.c.id).order_by(outbox.c.id).limit(self._batch_size)
-        import time as _t
-
-        _T = [_t.perf_counter()]
         async with connection.begin():
             rows = (
                 await connection.execute(
