@@ -16,7 +16,7 @@ from services.groups.adapters.orm import (
     vaccination_confirmations,
 )
 from services.groups.bootstrap import GroupsService
-from tests.integration.conftest import ACTOR, NurseClient
+from tests.integration.conftest import ACTOR, NurseClient, wait_until_booked
 from tests.kafka_tools import TopicCollector, cloudevent
 
 PNR = "191212121212"
@@ -190,6 +190,22 @@ async def test_bad_records_are_dead_lettered_and_processing_goes_on(
     for _topic, value, code in bad:
         assert codes[value] == code, (value, codes[value])
     assert await count(groups_service, bookings) == 1
+
+
+async def test_a_dead_letter_keeps_header_names_jsonb_cannot_hold(
+    nurse: NurseClient, groups_service: GroupsService
+) -> None:
+    headers = [("trace\x00id", b"\x00\x01"), ("plain", b"ok")]
+    bookings_topic = nurse.topics.bookings
+    await nurse.kafka.send_raw(bookings_topic, b"not json", key=PNR.encode(), headers=headers)
+    await nurse.book("b-after-odd-header", PNR)  # and processing goes on
+
+    async with TopicCollector(nurse.kafka.bootstrap, nurse.topics.dlq) as dlq:
+        (record,) = await dlq.wait_records(1)
+    assert record.value == b"not json"
+    assert list(record.headers)[:2] == headers
+    assert dict(record.headers)["dlq-error-code"] == b"INVALID_JSON"
+    await wait_until_booked(groups_service, "b-after-odd-header")
 
 
 async def test_changes_and_reads_are_in_the_pdl_audit_log(
