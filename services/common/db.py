@@ -26,8 +26,16 @@ def create_engine(settings: DatabaseSettings) -> AsyncEngine:
         # which callers retry with backoff, and the pool then drops it.
         pool_pre_ping=False,
         pool_recycle=1800,
-        # Fail fast on a dead server so the caller's backoff, not a hung connect, decides.
-        connect_args={"timeout": 5, "command_timeout": 60},
+        connect_args={
+            # Fail fast on a dead server so the caller's backoff, not a hung connect, decides.
+            "timeout": 5,
+            "command_timeout": 60,
+            # The hot statements are prepared once per connection. PostgreSQL's generic
+            # plan for them, chosen while the tables were small (or right after a burst,
+            # before autovacuum's ANALYZE), made prompt p50 at 100 starts/s 65 ms after
+            # 100 000 records, against 12 ms planned per execution (or after ANALYZE).
+            "server_settings": {"plan_cache_mode": "force_custom_plan"},
+        },
     )
 
 
