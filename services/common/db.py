@@ -39,6 +39,18 @@ def create_engine(settings: DatabaseSettings) -> AsyncEngine:
     )
 
 
+def postgres_can_store(text: str) -> bool:
+    """PostgreSQL text and JSONB take no NUL and no lone surrogate; input that has them
+    must be handled before it reaches a statement, or the statement fails every retry."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _sqlstate(error: BaseException) -> str | None:
     code = getattr(error, "sqlstate", None) or getattr(error, "pgcode", None)
     return code if isinstance(code, str) else None

@@ -8,6 +8,7 @@ from typing import Any
 
 import orjson
 
+from services.common.db import postgres_can_store
 from services.common.records import Header, SourceRecord, dead_letter_headers
 from services.groups.adapters.batch_statements import DEAD_LETTERS, OUTBOX
 
@@ -16,23 +17,13 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
-def _jsonb_safe(text: str) -> bool:
-    if "\x00" in text:
-        return False
-    try:
-        text.encode()
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 def encode_headers(headers: Sequence[Header]) -> list[list[str]]:
     """Kafka header values are bytes; JSONB holds them as base64. A name JSONB cannot
     hold (a NUL, a lone surrogate: a hostile record's header, to be dead-lettered as it
     came) goes as base64 too, in a third element."""
     return [
         [name, _b64(value)]
-        if _jsonb_safe(name)
+        if postgres_can_store(name)
         else ["", _b64(value), _b64(name.encode("utf-8", "surrogatepass"))]
         for name, value in headers
     ]

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from services.common.backoff import Backoff
-from services.common.db import is_transient_db_error
+from services.common.db import is_transient_db_error, postgres_can_store
 from services.common.envelope import CloudEvent, PoisonRecord, decode_cloudevent
 from services.common.records import SourceRecord
 from services.groups.domain.errors import DomainError
@@ -80,13 +80,13 @@ def _item_subjects(item: _Decoded) -> tuple[str, ...]:
     record, event, route = item
     if route is None or not isinstance(event, CloudEvent):
         return ()
-    subjects = tuple(s for s in route.subjects_of(event.data) if _postgres_text(s))
+    subjects = tuple(s for s in route.subjects_of(event.data) if postgres_can_store(s))
     if subjects:
         return subjects
     # Nobody's record (e.g. a command without a personnummer): still never applied twice
     # at once, in two parts that would both find it missing from the inbox.
     event_subject = f"event:{record.topic}:{event.id}"
-    return (event_subject,) if _postgres_text(event_subject) else ()
+    return (event_subject,) if postgres_can_store(event_subject) else ()
 
 
 def _subjects(items: Sequence[_Decoded]) -> frozenset[str]:
@@ -138,25 +138,14 @@ class DecodedBatch:
         return [DecodedBatch(part, _subjects(part)) for part in parts if part]
 
 
-def _postgres_text(value: str) -> bool:
-    """Text PostgreSQL can take (no NUL, no lone surrogate). Other input fails its schema
-    later, and must not fail the whole batch's locks or reads here."""
-    if "\x00" in value:
-        return False
-    try:
-        value.encode()
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 def _string(data: Any, *path: str) -> str | None:
-    """A key to preload, or None."""
+    """A key to preload, or None. Text PostgreSQL cannot take fails its schema later,
+    and must not fail the whole batch's locks or reads here."""
     for name in path:
         if not isinstance(data, dict):
             return None
         data = data.get(name)
-    if not isinstance(data, str) or len(data) > 128 or not _postgres_text(data):
+    if not isinstance(data, str) or len(data) > 128 or not postgres_can_store(data):
         return None
     return data
 
