@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 import time
 import uuid
@@ -89,17 +90,27 @@ def _item_subjects(item: _Decoded) -> tuple[str, ...]:
     return (event_subject,) if postgres_can_store(event_subject) else ()
 
 
-def _subjects(items: Sequence[_Decoded]) -> frozenset[str]:
-    return frozenset(subject for item in items for subject in _item_subjects(item))
-
-
 @dataclass(frozen=True)
 class DecodedBatch:
     items: list[_Decoded]
-    subjects: frozenset[str]
+    item_subjects: list[tuple[str, ...]]  # each item's, named once per record
+
+    @classmethod
+    def of(cls, items: list[_Decoded]) -> DecodedBatch:
+        return cls(items, [_item_subjects(item) for item in items])
+
+    @functools.cached_property
+    def subjects(self) -> frozenset[str]:
+        return frozenset(subject for subjects in self.item_subjects for subject in subjects)
 
     def __len__(self) -> int:
         return len(self.items)
+
+    def one_by_one(self) -> list[DecodedBatch]:
+        return [
+            DecodedBatch([item], [subjects])
+            for item, subjects in zip(self.items, self.item_subjects, strict=True)
+        ]
 
     def split(
         self, lanes: int, held: Callable[[str], bool] = lambda _subject: False
@@ -116,7 +127,7 @@ class DecodedBatch:
                 subject = parent[subject]
             return subject
 
-        per_item = [_item_subjects(item) for item in self.items]
+        per_item = self.item_subjects
         for subjects in per_item:
             for other in subjects[1:]:
                 parent[root(other)] = root(subjects[0])
@@ -131,11 +142,12 @@ class DecodedBatch:
                 lane = load.index(min(load))
                 lane_of[component] = lane
                 load[lane] += size
-        parts: list[list[_Decoded]] = [[] for _ in range(lanes + 1)]
+        parts = [DecodedBatch([], []) for _ in range(lanes + 1)]
         for index, (item, subjects) in enumerate(zip(self.items, per_item, strict=True)):
-            lane = lane_of[root(subjects[0])] if subjects else index % lanes
-            parts[lane].append(item)
-        return [DecodedBatch(part, _subjects(part)) for part in parts if part]
+            part = parts[lane_of[root(subjects[0])] if subjects else index % lanes]
+            part.items.append(item)
+            part.item_subjects.append(subjects)
+        return [part for part in parts if part.items]
 
 
 def _string(data: Any, *path: str) -> str | None:
@@ -191,28 +203,28 @@ class InboundProcessor:
                 items.append((record, PoisonRecord("PROCESSING_ERROR", type(error).__name__), None))
                 continue
             items.append((record, event, route))
-        return DecodedBatch(items, _subjects(items))
+        return DecodedBatch.of(items)
 
     async def apply(self, batch: DecodedBatch) -> BatchOutcome:
         """Apply a decoded batch exactly once; returns only after everything is committed."""
         started = time.perf_counter()
         try:
-            outcome = await self._with_backoff(batch.items)
+            outcome = await self._with_backoff(batch)
         except _RecordFailed:
             log.warning("a record of a batch of %d failed; applying them one by one", len(batch))
             outcome = BatchOutcome()
-            for item in batch.items:
+            for one in batch.one_by_one():
                 try:
-                    single = await self._with_backoff([item])
+                    single = await self._with_backoff(one)
                 except _RecordFailed as failure:
-                    single = await self._with_backoff([item], failed=failure)
+                    single = await self._with_backoff(one, failed=failure)
                 outcome.add(single)
         outcome.seconds = time.perf_counter() - started
         self._after_commit(outcome)
         return outcome
 
     async def _with_backoff(
-        self, items: Sequence[_Decoded], failed: _RecordFailed | None = None
+        self, batch: DecodedBatch, failed: _RecordFailed | None = None
     ) -> BatchOutcome:
         backoff = Backoff(cap=10.0)
         attempts = 0
@@ -220,9 +232,9 @@ class InboundProcessor:
             attempts += 1
             try:
                 if failed is not None:
-                    outcome = await self._dead_letter_failed(items, failed)
+                    outcome = await self._dead_letter_failed(batch, failed)
                 else:
-                    outcome = await self._process_once(items)
+                    outcome = await self._process_once(batch)
                 outcome.attempts = attempts
                 return outcome
             except (asyncio.CancelledError, _RecordFailed):
@@ -251,22 +263,21 @@ class InboundProcessor:
             )
         return event, route
 
-    async def _dead_letter_failed(
-        self, items: Sequence[_Decoded], failed: _RecordFailed
-    ) -> BatchOutcome:
+    async def _dead_letter_failed(self, batch: DecodedBatch, failed: _RecordFailed) -> BatchOutcome:
         cause = failed.__cause__ or failed
         async with self._uow_factory() as uow:
-            for record, _, _ in items:
+            for record, _, _ in batch.items:
                 await uow.outbox.dead_letter(
                     record, "PROCESSING_ERROR", f"{type(cause).__name__} while processing"
                 )
             await uow.commit()
-        return BatchOutcome(dead_lettered=len(items))
+        return BatchOutcome(dead_lettered=len(batch))
 
-    async def _process_once(self, decoded: Sequence[_Decoded]) -> BatchOutcome:
+    async def _process_once(self, batch: DecodedBatch) -> BatchOutcome:
         outcome = BatchOutcome()
+        decoded = batch.items
         events = [(r, e) for r, e, _ in decoded if isinstance(e, CloudEvent)]
-        subjects = sorted(_subjects(decoded))
+        subjects = sorted(batch.subjects)
 
         async with self._uow_factory() as uow:
             try:

@@ -43,8 +43,7 @@ class ControlledProcessor:
         self.fail: set[str] = set()
 
     def decode(self, records: Sequence[SourceRecord]) -> DecodedBatch:
-        items = [item(r, [r.key.decode()] if r.key else []) for r in records]
-        return DecodedBatch(items, frozenset(r.key.decode() for r in records if r.key))
+        return DecodedBatch.of([item(r, [r.key.decode()] if r.key else []) for r in records])
 
     async def apply(self, batch: DecodedBatch) -> BatchOutcome:
         name = f"{batch.items[0][0].topic}:{'+'.join(sorted(batch.subjects))}"
@@ -159,7 +158,7 @@ def decoded(*subject_lists: tuple[str, ...]) -> DecodedBatch:
         item(SourceRecord("t", 0, n, None, b"{}", ()), subjects)
         for n, subjects in enumerate(subject_lists)
     ]
-    return DecodedBatch(items, frozenset(s for subjects in subject_lists for s in subjects))
+    return DecodedBatch.of(items)
 
 
 def offsets(part: DecodedBatch) -> list[int]:
