@@ -23,13 +23,18 @@ from sqlalchemy import TextClause, text
 
 # What a batch will read: which of its events were applied before (their positions in
 # the given arrays), which of its customers exist and their memberships, its bookings,
-# prompts and confirmation versions.
+# prompts and confirmation versions. The inbox is probed once per event by primary key:
+# LIMIT keeps the planner from making the lookup a hash join over the whole inbox, which
+# it chose while the inbox's statistics were stale (25 of a batch's 34 ms at 44 000
+# applied events, and growing with every event applied).
 READ = text(
     """
 SELECT
   ARRAY(SELECT k.n FROM unnest(CAST(:inbox_topics AS text[]), CAST(:inbox_ids AS text[]))
           WITH ORDINALITY AS k(topic, event_id, n)
-        JOIN inbox AS i ON i.topic = k.topic AND i.event_id = k.event_id) AS processed,
+        CROSS JOIN LATERAL (SELECT FROM inbox AS i
+                            WHERE i.topic = k.topic AND i.event_id = k.event_id
+                            LIMIT 1) AS applied) AS processed,
   ARRAY(SELECT c.personnummer FROM customers AS c
         WHERE c.personnummer = ANY(CAST(:personnummer AS text[]))) AS customers,
   ARRAY(SELECT m FROM memberships AS m
