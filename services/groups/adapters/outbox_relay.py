@@ -15,12 +15,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from sqlalchemy import any_, delete, func, select, text
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.common.backoff import Backoff
 from services.common.kafka import publish_in_batches
-from services.groups.adapters.orm import outbox
 from services.groups.adapters.outbox import decode_headers
 
 log = logging.getLogger(__name__)
@@ -107,41 +106,103 @@ class OutboxRelay:
             await asyncio.sleep(1.0)  # another process is relaying; stand by
         self.is_leader = True
         log.info("outbox relay is publishing")
+        # One statement per round, outside a transaction (only the leader reads or deletes).
+        connection = await lock_connection.execution_options(isolation_level="AUTOCOMMIT")
+        sent = _Sent()
         while True:
-            # Cleared before reading, so a wake-up during the publish is never lost.
+            # Cleared before reading, so a wake-up during the round is never lost.
             self._wakeup.clear()
-            published = await self._publish_batch(lock_connection, producer)
+            sent.raise_failure()
+            while sent.unacknowledged() >= 2 * self._batch_size:
+                await sent.wait_for_ack()  # bounded: at most two rounds unacknowledged
+                sent.raise_failure()
+            acknowledged = sent.take_acknowledged()
+            rows = (
+                await connection.execute(
+                    _NEXT_ROUND,
+                    {"done": acknowledged, "known": sent.known(), "limit": self._batch_size},
+                )
+            ).all()
+            sent.deleted(acknowledged)
+            if acknowledged:
+                self._on_published(len(acknowledged))
             backoff.reset()
             self.last_error = None
-            if published < self._batch_size:
+            if rows:
+                ids = [row.id for row in rows]
+                acks = await publish_in_batches(
+                    producer,
+                    [(row.topic, row.key, row.value, decode_headers(row.headers)) for row in rows],
+                )
+                sent.add(ids, acks, self._wakeup)
+            if len(rows) < self._batch_size:
                 try:
                     await asyncio.wait_for(self._wakeup.wait(), timeout=self._idle_poll)
                 except TimeoutError:
                     pass
 
-    async def _publish_batch(self, connection: Any, producer: AIOKafkaProducer) -> int:
-        """Take the oldest rows, publish them, and commit their deletion only after the
-        broker acknowledged every one: a failure rolls back and they are sent again."""
-        oldest = select(outbox.c.id).order_by(outbox.c.id).limit(self._batch_size)
-        async with connection.begin():
-            rows = (
-                await connection.execute(
-                    delete(outbox)
-                    .where(outbox.c.id == any_(func.array(oldest.scalar_subquery())))
-                    .returning(
-                        outbox.c.id, outbox.c.topic, outbox.c.key, outbox.c.value, outbox.c.headers
-                    )
-                )
-            ).all()
-            if not rows:
-                return 0
-            acks = await publish_in_batches(
-                producer,
-                [
-                    (row.topic, row.key, row.value, decode_headers(row.headers))
-                    for row in sorted(rows, key=lambda r: r.id)
-                ],
-            )
-            await acks
-        self._on_published(len(rows))
-        return len(rows)
+
+# Deletes the rows the broker acknowledged and reads the next ones in id order, in one
+# round trip. The read's snapshot predates the delete, hence `known`: every id sent and
+# not yet deleted, which it skips. Reading oldest-first (not "after the last id") also
+# finds a row whose transaction took its id earlier but committed later.
+_NEXT_ROUND = text(
+    """
+WITH gone AS (DELETE FROM outbox WHERE id = ANY(CAST(:done AS bigint[])))
+SELECT id, topic, key, value, headers FROM outbox
+WHERE id <> ALL(CAST(:known AS bigint[]))
+ORDER BY id LIMIT :limit
+"""
+)
+
+
+class _Sent:
+    """The ids handed to the producer in this term of leadership, until deleted.
+
+    A round is published without waiting for the previous one's acknowledgement, which
+    used to hold a transaction open for a broker round trip while newer rows waited;
+    the producer keeps each partition's batches in order. A refused round fails the
+    term: everything not yet deleted is read and sent again by the next term."""
+
+    def __init__(self) -> None:
+        self._unacknowledged: dict[int, None] = {}
+        self._acknowledged: list[int] = []
+        self._failure: BaseException | None = None
+        self._acked = asyncio.Event()
+
+    def add(self, ids: list[int], acks: asyncio.Future[Any], wakeup: asyncio.Event) -> None:
+        self._unacknowledged.update(dict.fromkeys(ids))
+
+        def done(future: asyncio.Future[Any]) -> None:
+            if future.cancelled():  # the producer stopped under it
+                self._failure = self._failure or RuntimeError("acknowledgement cancelled")
+            elif (error := future.exception()) is not None:
+                self._failure = self._failure or error
+            else:
+                for row_id in ids:
+                    del self._unacknowledged[row_id]
+                self._acknowledged += ids
+            self._acked.set()
+            wakeup.set()  # delete what was acknowledged with the next round
+
+        acks.add_done_callback(done)
+
+    def unacknowledged(self) -> int:
+        return len(self._unacknowledged)
+
+    async def wait_for_ack(self) -> None:
+        self._acked.clear()
+        await self._acked.wait()
+
+    def raise_failure(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+
+    def take_acknowledged(self) -> list[int]:
+        return list(self._acknowledged)
+
+    def deleted(self, ids: list[int]) -> None:
+        del self._acknowledged[: len(ids)]
+
+    def known(self) -> list[int]:
+        return [*self._unacknowledged, *self._acknowledged]
