@@ -65,3 +65,14 @@ async def test_a_refused_commit_goes_with_the_next_batch() -> None:
     commits.applied(consumer_, [Record("a", 1, 0)])
     await commits.drain()
     assert consumer.commits == [{A0: 6, A1: 1}]
+
+
+async def test_commits_are_spaced_and_the_latest_offsets_win() -> None:
+    consumer, commits = FakeConsumer({A0}), OffsetCommits(min_interval_seconds=0.2)
+    consumer_: Any = consumer
+    for offset in range(20):  # 20 small batches within ~0.1 s
+        commits.applied(consumer_, [Record("a", 0, offset)])
+        await asyncio.sleep(0.005)
+    assert consumer.commits == [{A0: 1}], "the first goes at once, the rest wait"
+    await commits.drain()  # at shutdown nothing waits for the interval
+    assert consumer.commits == [{A0: 1}, {A0: 20}]
