@@ -213,16 +213,21 @@ def _insert(table: str, columns: Columns, tail: str = "") -> str:
     return f"INSERT INTO {table} ({names}) SELECT * FROM {_unnest(columns)}{tail}"
 
 
+def _update(table: str, columns: Columns, key: str) -> str:
+    """Sets each row's other columns from the arrays, matched by `key`."""
+    values = ", ".join(f"{n} = k.{n}" for n in columns.names if n != key)
+    return (
+        f"UPDATE {table} AS t SET {values}"
+        f" FROM {_unnest(columns)} AS k({', '.join(columns.names)})"
+        f" WHERE t.{key} = k.{key}"
+    )
+
+
 def _excluded(names: tuple[str, ...], key: str) -> str:
     return ", ".join(f"{n} = EXCLUDED.{n}" for n in names if n != key)
 
 
-_UPDATE_MEMBERSHIPS = (
-    "UPDATE memberships AS t SET "
-    + ", ".join(f"{n} = k.{n}" for n in CHANGED_MEMBERSHIPS.names if n != "membership_id")
-    + f" FROM {_unnest(CHANGED_MEMBERSHIPS)} AS k({', '.join(CHANGED_MEMBERSHIPS.names)})"
-    " WHERE t.membership_id = k.membership_id"
-)
+_UPDATE_MEMBERSHIPS = _update("memberships", CHANGED_MEMBERSHIPS, "membership_id")
 
 # Changed memberships go first on their own when a group ended in this batch is started
 # again for the same customer: the new active row must not meet the old one in the
@@ -250,9 +255,7 @@ def _write(*, with_membership_updates: bool) -> TextClause:
         ),
         _insert("memberships", NEW_MEMBERSHIPS),
         _insert("prompts", NEW_PROMPTS),
-        "UPDATE prompts AS t SET closed_at = k.closed_at"
-        f" FROM {_unnest(CLOSED_PROMPTS)} AS k(prompt_id, closed_at)"
-        " WHERE t.prompt_id = k.prompt_id",
+        _update("prompts", CLOSED_PROMPTS, "prompt_id"),
         _insert(
             "vaccination_confirmations",
             CONFIRMATIONS,

@@ -108,13 +108,15 @@ class OutboxRelay:
         log.info("outbox relay is publishing")
         # One statement per round, outside a transaction (only the leader reads or deletes).
         connection = await lock_connection.execution_options(isolation_level="AUTOCOMMIT")
-        sent = _Sent()
+        sent = _Sent(self._wakeup)
         while True:
             # Cleared before reading, so a wake-up during the round is never lost.
             self._wakeup.clear()
             sent.raise_failure()
             while sent.unacknowledged() >= 2 * self._batch_size:
-                await sent.wait_for_ack()  # bounded: at most two rounds unacknowledged
+                # At most two rounds unacknowledged; an acknowledgement wakes this.
+                self._wakeup.clear()
+                await self._wakeup.wait()
                 sent.raise_failure()
             acknowledged = sent.take_acknowledged()
             rows = (
@@ -134,7 +136,7 @@ class OutboxRelay:
                     producer,
                     [(row.topic, row.key, row.value, decode_headers(row.headers)) for row in rows],
                 )
-                sent.add(ids, acks, self._wakeup)
+                sent.add(ids, acks)
             if len(rows) < self._batch_size:
                 try:
                     await asyncio.wait_for(self._wakeup.wait(), timeout=self._idle_poll)
@@ -164,13 +166,13 @@ class _Sent:
     the producer keeps each partition's batches in order. A refused round fails the
     term: everything not yet deleted is read and sent again by the next term."""
 
-    def __init__(self) -> None:
+    def __init__(self, wakeup: asyncio.Event) -> None:
         self._unacknowledged: dict[int, None] = {}
         self._acknowledged: list[int] = []
         self._failure: BaseException | None = None
-        self._acked = asyncio.Event()
+        self._wakeup = wakeup
 
-    def add(self, ids: list[int], acks: asyncio.Future[Any], wakeup: asyncio.Event) -> None:
+    def add(self, ids: list[int], acks: asyncio.Future[Any]) -> None:
         self._unacknowledged.update(dict.fromkeys(ids))
 
         def done(future: asyncio.Future[Any]) -> None:
@@ -182,17 +184,12 @@ class _Sent:
                 for row_id in ids:
                     del self._unacknowledged[row_id]
                 self._acknowledged += ids
-            self._acked.set()
-            wakeup.set()  # delete what was acknowledged with the next round
+            self._wakeup.set()  # delete what was acknowledged with the next round
 
         acks.add_done_callback(done)
 
     def unacknowledged(self) -> int:
         return len(self._unacknowledged)
-
-    async def wait_for_ack(self) -> None:
-        self._acked.clear()
-        await self._acked.wait()
 
     def raise_failure(self) -> None:
         if self._failure is not None:
