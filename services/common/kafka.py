@@ -293,6 +293,7 @@ def manual_batch_subscriber(
     *topics: str,
     group_id: str,
     max_records: int,
+    fetch_min_bytes: int,
     title: str,
     description: str,
     partition_assignment_strategy: Sequence[type[AbstractPartitionAssignor]] = (
@@ -313,6 +314,14 @@ def manual_batch_subscriber(
       which waits up to `fetch_max_wait_ms` for data on *its* partitions: at the default
       500 ms a record on another partition waited for it (raw aiokafka, 18 partitions,
       750 records/s: age at the consumer p99 47 ms at 500 ms, 18 ms at 20 ms).
+    - `fetch_min_bytes` (`KAFKA_FETCH_MIN_BYTES`) instead of 1 byte: at 1 byte the broker
+      answers a fetch with the first record, so under load each batch held a handful of
+      records and paid the same round trips (PostgreSQL, relay, broker) as a large one.
+      At 500 starts/s plus 250 commands/s, 3 KiB made batches 8 records instead of 5.5,
+      the service 0.51 cores instead of 0.62 and PostgreSQL 0.32 instead of 0.40, and
+      prompt p50 / p99 25 / 56 ms instead of 38 / 79 (medians of 5 and 7 runs). The cost
+      is at low load, where a fetch waits the 20 ms out: at 100 starts/s p50 25 instead
+      of 12 ms, p99 39 instead of 35, at half the service's CPU.
     """
     return broker.subscriber(
         *topics,
@@ -321,6 +330,7 @@ def manual_batch_subscriber(
         max_records=max_records,
         batch_timeout_ms=10,
         fetch_max_wait_ms=20,
+        fetch_min_bytes=fetch_min_bytes,
         auto_offset_reset="earliest",
         ack_policy=AckPolicy.MANUAL,
         decoder=keep_raw_bytes,

@@ -23,6 +23,7 @@ def register_consumer(broker: KafkaBroker, service: ExportService) -> None:
         settings.topics.events,
         group_id=settings.export.consumer_group,
         max_records=1000,
+        fetch_min_bytes=settings.kafka.fetch_min_bytes,
         title="export-events",
         description="customer-groups.events.v1 -> customer-groups.export.v1",
     )

@@ -25,6 +25,7 @@ def register_consumer(broker: KafkaBroker, service: GroupsService) -> None:
         *settings.topics.inbound,
         group_id=settings.groups.consumer_group,
         max_records=500,
+        fetch_min_bytes=settings.kafka.fetch_min_bytes,
         # Range: partition N of every inbound topic goes to the same process, so one
         # customer's bookings, starts and commands meet in one process (no lock waits).
         partition_assignment_strategy=(RangePartitionAssignor,),

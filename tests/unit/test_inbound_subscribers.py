@@ -1,0 +1,44 @@
+"""Both services' inbound subscribers get the consumer options `manual_batch_subscriber`
+documents, with `KAFKA_FETCH_MIN_BYTES` from the settings (nothing connects here)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from services.common.settings import KafkaSettings
+from services.export.bootstrap import ExportService, ExportSettingsBundle
+from services.export.entrypoints.consumer import register_consumer as register_export
+from services.groups.bootstrap import GroupsService, GroupsSettingsBundle
+from services.groups.entrypoints.consumer import register_consumer as register_groups
+
+
+def _consumer_options(service: Any) -> dict[str, Any]:
+    [subscriber] = service.broker.subscribers
+    # FastStream keeps the aiokafka consumer's kwargs here until it builds the consumer.
+    return dict(subscriber._connection_args)
+
+
+@pytest.mark.parametrize("service_name", ["groups", "export"])
+def test_inbound_consumer_takes_fetch_min_bytes_from_settings(service_name: str) -> None:
+    kafka = KafkaSettings(fetch_min_bytes=5000)
+    if service_name == "groups":
+        service: Any = GroupsService(GroupsSettingsBundle(kafka=kafka))
+        register_groups(service.broker, service)
+    else:
+        service = ExportService(ExportSettingsBundle(kafka=kafka))
+        register_export(service.broker, service)
+
+    options = _consumer_options(service)
+
+    assert options["fetch_min_bytes"] == 5000
+    assert options["fetch_max_wait_ms"] == 20  # bounds what a lone record waits
+    assert options["enable_auto_commit"] is False
+
+
+def test_fetch_min_bytes_defaults_to_a_few_records_and_must_be_positive() -> None:
+    assert KafkaSettings().fetch_min_bytes == 3072
+    with pytest.raises(ValidationError):
+        KafkaSettings(fetch_min_bytes=0)
