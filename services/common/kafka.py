@@ -319,9 +319,9 @@ def manual_batch_subscriber(
       records and paid the same round trips (PostgreSQL, relay, broker) as a large one.
       At 500 starts/s plus 250 commands/s, 3 KiB made batches 8 records instead of 5.5,
       the service 0.51 cores instead of 0.62 and PostgreSQL 0.32 instead of 0.40, and
-      prompt p50 / p99 25 / 60 ms instead of 39 / 79 (medians of 8 and 11 runs). The cost
+      prompt p50 / p99 25 / 58 ms instead of 39 / 79 (medians of 7 and 12 runs). The cost
       is at low load, where a fetch waits the 20 ms out: at 100 starts/s p50 25 instead
-      of 12 ms, p99 ~40 either way, at 0.26-0.30 of a core instead of 0.45-0.52.
+      of 12 ms, p99 ~40 either way, at 0.25-0.30 of a core instead of 0.45-0.52.
     """
     return broker.subscriber(
         *topics,
