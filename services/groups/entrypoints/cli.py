@@ -17,8 +17,15 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from services.common.db import create_engine
+from services.common.kafka import ensure_topics
 from services.common.logs import configure_logging
-from services.common.settings import AppSettings, DatabaseSettings, GroupsSettings, TopicSettings
+from services.common.settings import (
+    AppSettings,
+    DatabaseSettings,
+    GroupsSettings,
+    KafkaSettings,
+    TopicSettings,
+)
 from services.groups.adapters import migrate
 from services.groups.bootstrap import SERVICE_NAME, read_catalog_file
 from services.groups.catalog import default_catalog_path
@@ -62,6 +69,23 @@ def serve() -> int:
         log_config=None,
         access_log=False,
     )
+    return 0
+
+
+def migrate_command() -> int:
+    """The deployment's privileged step: create the topics and migrate the schema, so the
+    running services need neither CREATE on the broker nor DDL rights in the database."""
+
+    async def run() -> None:
+        await ensure_topics(TopicSettings(), KafkaSettings())
+        engine = create_engine(DatabaseSettings())
+        try:
+            await migrate.upgrade(engine)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(run())
+    print("topics and schema are in place")
     return 0
 
 
@@ -112,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m services.groups")
     commands = parser.add_subparsers(dest="command")
     commands.add_parser("serve", help="run the groups service (the default)")
+    commands.add_parser("migrate", help="create the topics and migrate the schema")
     catalog = commands.add_parser("import-catalog", help="load a catalog file into the database")
     catalog.add_argument("file", type=Path, nargs="?", default=default_catalog_path())
     extract = commands.add_parser(
@@ -132,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(AppSettings().log_level)
     if args.command in (None, "serve"):
         return serve()
+    if args.command == "migrate":
+        return migrate_command()
     if args.command == "import-catalog":
         return import_catalog(args.file)
     if args.command == "audit-extract":
