@@ -184,7 +184,7 @@ audit_log = Table(
     Column("action", String(64), nullable=False),
     Column("user_id", String(128), nullable=False),
     Column("unit_id", String(128), nullable=False),
-    Column("personnummer", String(12), nullable=False),
+    Column("personnummer", String(12)),  # null: the row names no patient
     Column("membership_id", UUID(as_uuid=False)),
     Column("detail", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
     Index("ix_audit_log_personnummer_at", "personnummer", "at"),

@@ -339,7 +339,7 @@ class GroupsRepository:
         action: str,
         user_id: str,
         unit_id: str,
-        personnummer: Personnummer,
+        personnummer: Personnummer | None,
         membership_id: str | None = None,
         detail: dict[str, Any] | None = None,
     ) -> None:
@@ -348,7 +348,7 @@ class GroupsRepository:
                 "action": action,
                 "user_id": user_id,
                 "unit_id": unit_id,
-                "personnummer": personnummer.value,
+                "personnummer": personnummer.value if personnummer else None,
                 "membership_id": membership_id,
                 "detail": detail or {},
             }
