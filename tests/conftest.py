@@ -19,6 +19,9 @@ import pytest
 from devinfra.provider import Infrastructure, provide_infrastructure
 
 log = logging.getLogger("tests")
+# Settings default to production (refusing to start without its settings); the tests,
+# and every service process they start, run in test mode unless a test says otherwise.
+os.environ.setdefault("APP_ENV", "test")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 

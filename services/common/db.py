@@ -26,6 +26,8 @@ def create_engine(settings: DatabaseSettings) -> AsyncEngine:
         # which callers retry with backoff, and the pool then drops it.
         pool_pre_ping=False,
         pool_recycle=1800,
+        # Bound parameters hold patient data; they never reach an error message or a log.
+        hide_parameters=True,
         connect_args={
             # Fail fast on a dead server so the caller's backoff, not a hung connect, decides.
             "timeout": 5,

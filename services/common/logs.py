@@ -1,8 +1,10 @@
-"""Structured JSON logs with a last-line defence against personnummer.
+"""Structured JSON logs with a last-line defence against personal data.
 
 Code never logs a personnummer on purpose (log ids such as vaccination_id or
-command_id instead); the filter below masks any 10- or 12-digit run that passes the
-Luhn check, in case a library or an exception message carries one.
+command_id instead). Exception messages are never written (a driver's message may quote
+a row's values: names, reference codes), only their types and stacks; and the filter
+below masks any 10- or 12-digit run that passes the Luhn check, in case a library's
+own message carries one.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import json
 import logging
 import re
 import sys
+import traceback
 from datetime import UTC, datetime
 from typing import Any
 
@@ -37,7 +40,35 @@ def redact_personnummer(text: str) -> str:
     return _DIGIT_RUN.sub(mask, text)
 
 
+def scrubbed_traceback(error: BaseException) -> str:
+    """The chain of exceptions with their stacks and types (and SQLSTATE, where there is
+    one), but without their messages."""
+    chain: list[BaseException] = []
+    current: BaseException | None = error
+    while current is not None and all(current is not seen for seen in chain):
+        chain.append(current)
+        current = current.__cause__ or (
+            None if current.__suppress_context__ else current.__context__
+        )
+    lines: list[str] = []
+    for item in reversed(chain):
+        if lines:
+            lines.append("\nwhich led to:\n")
+        lines.append("Traceback (most recent call last):\n")
+        lines.extend(traceback.StackSummary.extract(traceback.walk_tb(item.__traceback__)).format())
+        kind = type(item)
+        sqlstate = getattr(item, "sqlstate", None) or getattr(
+            getattr(item, "orig", None), "sqlstate", None
+        )
+        state = f" (SQLSTATE {sqlstate})" if isinstance(sqlstate, str) else ""
+        lines.append(f"{kind.__module__}.{kind.__qualname__}{state}: <message withheld>\n")
+    return "".join(lines).rstrip("\n")
+
+
 class JsonFormatter(logging.Formatter):
+    def formatException(self, ei: Any) -> str:
+        return scrubbed_traceback(ei[1]) if ei and ei[1] is not None else ""
+
     def format(self, record: logging.LogRecord) -> str:
         payload: dict[str, Any] = {
             "ts": datetime.fromtimestamp(record.created, UTC).isoformat(),

@@ -5,6 +5,8 @@ Every variable is documented in the README; `docker-compose.yml` wires the same 
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -87,6 +89,9 @@ class ExportSettings(BaseSettings):
     http_host: str = "127.0.0.1"
     http_port: int = 8081
     pseudonym_key: SecretStr | None = None
+    # Names the key in every record (`key_id`), so a rotation is visible downstream;
+    # default: derived from the key itself, never revealing it.
+    pseudonym_key_id: str | None = Field(default=None, min_length=1, max_length=64)
     include_personnummer: bool = False
 
 
@@ -95,10 +100,24 @@ class AppSettings(BaseSettings):
 
     model_config = SettingsConfigDict(extra="ignore")
 
-    app_env: str = "dev"  # dev | test | prod
+    # Production unless told otherwise: dev conveniences must be asked for.
+    app_env: Literal["dev", "test", "prod"] = "prod"
     log_level: str = "INFO"
     otel_exporter_otlp_endpoint: str | None = None
 
     @property
     def dev_mode(self) -> bool:
         return self.app_env in ("dev", "test")
+
+
+class UnsafeSettings(RuntimeError):
+    """Settings a production process must not run with; names every one of them."""
+
+    def __init__(self, service: str, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__(f"{service} refuses to start: " + "; ".join(problems))
+
+
+def refuse_unsafe(service: str, problems: list[str]) -> None:
+    if problems:
+        raise UnsafeSettings(service, problems)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import secrets
 from dataclasses import dataclass, field
 from zoneinfo import ZoneInfo
 
@@ -17,6 +18,7 @@ from services.common.settings import (
     GroupsSettings,
     KafkaSettings,
     TopicSettings,
+    refuse_unsafe,
 )
 from services.common.telemetry import telemetry_middlewares
 from services.export.adapters.metrics import ExportMetrics
@@ -24,9 +26,6 @@ from services.export.domain.records import Pseudonymizer, RecordBuilder
 from services.export.service_layer.pipeline import SERVICE_NAME, ExportPipeline
 
 log = logging.getLogger(__name__)
-
-# Used only in dev/test mode, so subject ids stay stable across restarts there.
-DEV_PSEUDONYM_KEY = b"dev-only-pseudonym-key-not-for-production"
 
 
 @dataclass
@@ -42,14 +41,23 @@ class ExportSettingsBundle:
     timezone: str = field(default_factory=lambda: GroupsSettings().timezone)
 
 
-def pseudonymizer_from(settings: ExportSettingsBundle) -> Pseudonymizer:
+def unsafe_settings(settings: ExportSettingsBundle) -> list[str]:
+    """What a production process may not run with (dev conveniences need APP_ENV=dev)."""
     key = settings.export.pseudonym_key
+    if settings.app.dev_mode or (key is not None and key.get_secret_value()):
+        return []
+    return ["EXPORT_PSEUDONYM_KEY is not set: the export needs its own secret pseudonym key"]
+
+
+def pseudonymizer_from(settings: ExportSettingsBundle) -> Pseudonymizer:
+    refuse_unsafe(SERVICE_NAME, unsafe_settings(settings))
+    key = settings.export.pseudonym_key
+    key_id = settings.export.pseudonym_key_id
     if key is None or not key.get_secret_value():
-        if not settings.app.dev_mode:
-            raise RuntimeError("EXPORT_PSEUDONYM_KEY is required outside dev mode")
-        log.warning("EXPORT_PSEUDONYM_KEY not set: using the dev key (dev mode only)")
-        return Pseudonymizer(DEV_PSEUDONYM_KEY)
-    return Pseudonymizer(key.get_secret_value().encode())
+        # No key in the source: a dev process pseudonymises with a key of its own.
+        log.warning("EXPORT_PSEUDONYM_KEY not set: a random key for this process (dev mode)")
+        return Pseudonymizer(secrets.token_bytes(32), key_id=key_id)
+    return Pseudonymizer(key.get_secret_value().encode(), key_id=key_id)
 
 
 def record_builder_from(settings: ExportSettingsBundle) -> RecordBuilder:

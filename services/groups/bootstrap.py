@@ -30,6 +30,7 @@ from services.common.settings import (
     GroupsSettings,
     KafkaSettings,
     TopicSettings,
+    refuse_unsafe,
 )
 from services.common.telemetry import telemetry_middlewares
 from services.groups.adapters import migrate
@@ -95,16 +96,22 @@ class GroupsSettingsBundle:
     groups: GroupsSettings = field(default_factory=GroupsSettings)
 
 
+def unsafe_settings(settings: GroupsSettingsBundle) -> list[str]:
+    """What a production process may not run with (dev conveniences need APP_ENV=dev)."""
+    if settings.app.dev_mode:
+        return []
+    problems = []
+    if not settings.groups.allowed_unit_set:
+        problems.append(
+            "GROUPS_ALLOWED_UNITS is empty: list the units allowed to act ('*' opens it on purpose)"
+        )
+    return problems
+
+
 def authorization_from(settings: GroupsSettingsBundle) -> Authorization:
     units = settings.groups.allowed_unit_set
-    if units == frozenset({"*"}):
-        return Authorization(None)
-    if not units:
-        if not settings.app.dev_mode:
-            raise RuntimeError(
-                "GROUPS_ALLOWED_UNITS is empty; outside dev mode set it (or '*' for open)"
-            )
-        return Authorization(None)
+    if not units or units == frozenset({"*"}):
+        return Authorization(None)  # open: on purpose, or dev mode (see unsafe_settings)
     return Authorization(units)
 
 
@@ -116,6 +123,7 @@ class GroupsService:
     ) -> None:
         self.settings = settings or GroupsSettingsBundle()
         s = self.settings
+        refuse_unsafe(SERVICE_NAME, unsafe_settings(s))
         self.metrics = GroupsMetrics()
         self.engine: AsyncEngine = create_engine(s.database)
         self.clock = clock or Clock(s.groups.timezone)

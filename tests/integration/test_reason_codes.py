@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import uuid
 
 from devinfra.provider import Infrastructure
 from services.common.settings import GroupsSettings
 from services.groups.bootstrap import GroupsSettingsBundle
+from services.groups.service_layer.handlers import UNAUTHORIZED_MESSAGE
 from tests.integration.conftest import NurseClient, running_groups_service
-from tests.kafka_tools import KafkaTestClient, TopicCollector
+from tests.kafka_tools import KafkaTestClient, TopicCollector, cloudevent
 
 PNR = "191212121212"
 
@@ -38,6 +40,12 @@ async def test_business_rule_reason_codes(nurse: NurseClient) -> None:
         await nurse.command("add", PNR, group_code="COVID_19", reference_code="x" * 65),
         "INVALID_COMMAND",
     )
+    for identity in ("intyg 19121212-1212", "121212+1212", "ref200001012384"):
+        data = rejected(
+            await nurse.command("add", PNR, group_code="COVID_19", reference_code=identity),
+            "INVALID_COMMAND",
+        )
+        assert "personnummer" in str(data["message"]) and identity not in str(data["message"])
     data = rejected(await nurse.command("add", PNR, group_code="NO_SUCH_GROUP"), "UNKNOWN_GROUP")
     assert data["personnummer"] == PNR
     rejected(
@@ -139,3 +147,61 @@ async def test_unit_not_on_the_allowlist_is_unauthorized(
                 rejected(await nurse.command(type_, PNR, outsider, **fields), "UNAUTHORIZED")
             allowed = await nurse.command("add", PNR, group_code="COVID_19")
             assert allowed["type"] == "customer_group.added"
+
+            # A start from a unit off the list: refused before anything else, no prompt.
+            start = cloudevent(
+                "vaccination.started",
+                {"vaccination_id": "v-outsider", "user_id": "someone", "unit_id": "unit-2",
+                 "personnummer": PNR},
+            )  # fmt: skip
+            await kafka.send_event(topics.started, start, key="start-key")
+            [refusal] = await events.wait_for(lambda e: e["data"].get("command_id") == start["id"])
+            rejected(refusal, "UNAUTHORIZED")
+            # A popup is closed only by its own unit, even an allowed one.
+            prompt = (await nurse.start("v-unit-1", PNR))["data"]
+            close = await nurse.command(
+                "prompt_close",
+                PNR,
+                {"user_id": "nurse-9", "unit_id": "unit-9"},
+                prompt_id=prompt["prompt_id"],
+                vaccination_id="v-unit-1",
+            )
+            rejected(close, "UNAUTHORIZED")
+
+            refusals = {
+                e["data"]["command_id"]: r
+                for r, e in zip(events.records, events.events, strict=True)
+                if e["data"].get("reason_code") == "UNAUTHORIZED"
+            }
+            assert len(refusals) == 6
+            for record in refusals.values():
+                data = json.loads(record.value)["data"]
+                assert data["personnummer"] is None, "no patient data back"
+                assert data["message"] == UNAUTHORIZED_MESSAGE
+            assert refusals[start["id"]].key == b"start-key", "keyed as the refused record"
+            assert not [p for p in prompts.events if p["data"]["vaccination_id"] == "v-outsider"]
+
+
+async def test_a_reused_vaccination_id_re_sends_nothing(nurse: NurseClient) -> None:
+    other = "200001012384"
+    first = await nurse.start("v-reused", PNR)
+    for personnummer, unit in ((other, "unit-1"), (PNR, "unit-2")):
+        start = cloudevent(
+            "vaccination.started",
+            {"vaccination_id": "v-reused", "user_id": "u", "unit_id": unit,
+             "personnummer": personnummer},
+        )  # fmt: skip
+        await nurse.kafka.send_event(nurse.topics.started, start, key=personnummer)
+        [answer] = await nurse.events.wait_for(
+            lambda e, start=start: e["data"].get("command_id") == start["id"]
+        )
+        data = rejected(answer, "INVALID_COMMAND")
+        assert data["personnummer"] == personnummer, "the start's own personnummer only"
+    # The same start again (same patient and unit) still gets its prompt back.
+    await nurse.start("v-reused", PNR)
+    prompts = await nurse.prompts.wait_for(
+        lambda p: p["data"]["vaccination_id"] == "v-reused", count=2
+    )
+    assert {p["id"] for p in prompts} == {first["id"]}
+    assert {p["data"]["personnummer"] for p in prompts} == {PNR}
+    assert len(prompts) == 2, "the first prompt and the redelivery, never one for the reuse"

@@ -225,7 +225,7 @@ async def test_commands_from_units_off_the_allowlist_are_all_rejected(
         for i in foreign_ids
         if answers.get(i, {}).get("data", {}).get("reason_code") == "UNAUTHORIZED"
     ]
-    # Empty unit ids are a schema error (INVALID_COMMAND), also a rejection.
+    # The unit is checked before anything else, so an empty unit id is UNAUTHORIZED too.
     refused = [
         i
         for i in foreign_ids
@@ -248,13 +248,16 @@ async def test_commands_from_units_off_the_allowlist_are_all_rejected(
         },
         commands_from_other_units=len(foreign_ids),
         rejected=f"{len(refused)} ({len(refused) / len(foreign_ids):.0%}); "
-        f"UNAUTHORIZED {len(rejected)}, INVALID_COMMAND (empty unit) "
-        f"{len(refused) - len(rejected)}",
+        f"UNAUTHORIZED {len(rejected)}",
+        refusals_carrying_a_personnummer=sum(
+            1 for i in refused if answers[i]["data"]["personnummer"] is not None
+        ),
         commands_from_an_allowed_unit_accepted=f"{len(allowed_ok)} of {len(people)}",
         unit_spellings_tried=len(foreign),
     )
     assert len(refused) == len(foreign_ids), "every command from another unit is rejected"
-    assert len(rejected) == len(foreign_ids) - len(people), "all but the empty unit: UNAUTHORIZED"
+    assert len(rejected) == len(foreign_ids), "checked first: every one UNAUTHORIZED"
+    assert all(answers[i]["data"]["personnummer"] is None for i in refused), "no patient data"
     assert len(allowed_ok) == len(people)
     assert [u for u, _ in memberships] == ["unit-1"]
 

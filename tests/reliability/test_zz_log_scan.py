@@ -1,4 +1,5 @@
-"""Every log line the suite's service processes wrote, scanned for personnummer.
+"""Every log line the suite's service processes wrote, scanned for personal data: the
+personnummer, and the names and reference codes the stream sent.
 
 Runs last (by name), so it sees the logs of every fault test of the session; it first
 runs a small stream of its own (with personnummer in keys, in payloads, in invalid and
@@ -52,11 +53,43 @@ def personnummer_in(text: str) -> list[str]:
     ]
 
 
+# Shorter names and codes ("Li", "X") would match ordinary words in log lines.
+_MIN_FREE_TEXT = 4
+
+
+def personal_strings(values: list[bytes | None]) -> set[str]:
+    """The names and reference codes in the inputs' payloads: free text about a patient."""
+    found: set[str] = set()
+    for value in values:
+        try:
+            data = json.loads(value or b"null").get("data")
+        except (ValueError, AttributeError):
+            continue
+        if not isinstance(data, dict):
+            continue
+        customer = data.get("customer") if isinstance(data.get("customer"), dict) else {}
+        for text in (
+            customer.get("first_name"),
+            customer.get("last_name"),
+            data.get("reference_code"),
+        ):
+            if isinstance(text, str) and len(text) >= _MIN_FREE_TEXT:
+                found.add(text)
+    return found
+
+
+def free_text_in(text: str, strings: set[str]) -> list[str]:
+    return [s for s in strings if re.search(rf"(?<!\w){re.escape(s)}(?!\w)", text)]
+
+
 def test_the_scanner_finds_what_it_must() -> None:
     for form in ("191212121212", "19121212-1212", "121212-1212", "1212121212", "121212+1212"):
         assert personnummer_in(f'{{"msg": "key={form}"}}') == [form], form
     assert personnummer_in("191212121213 and 1912121212120 and <personnummer>") == []
     assert personnummer_in("consumer 123e4567-e89b-12d3-a456-426614174000") == []
+    strings = {"Björn", "REF-123456"}
+    assert set(free_text_in('{"msg": "name Björn, code REF-123456"}', strings)) == strings
+    assert free_text_in('{"msg": "Björnsson REF-1234567"}', strings) == []
 
 
 async def test_no_personnummer_in_any_service_log(
@@ -82,14 +115,19 @@ async def test_no_personnummer_in_any_service_log(
         for hit in personnummer_in((r.key or b"").decode() + " " + (r.value or b"").decode())
     ]
 
+    free_text = personal_strings([i.value for i in [*stream.inputs, *(b.input for b in noise)]])
+    assert {"Andersson", "Björn"} <= free_text and any(t.startswith("REF-") for t in free_text)
     files = sorted(LOG_DIR.rglob("*.log"))
     lines = 0
     found: list[tuple[str, str]] = []
+    free_text_found: list[tuple[str, str]] = []
     for path in files:
         for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
             lines += 1
             for hit in personnummer_in(line):
                 found.append((str(path.relative_to(LOG_DIR)), hit))
+            for hit in free_text_in(line, free_text):
+                free_text_found.append((str(path.relative_to(LOG_DIR)), hit))
     masked = sum(
         path.read_text(encoding="utf-8", errors="replace").count("<personnummer>") for path in files
     )
@@ -100,14 +138,18 @@ async def test_no_personnummer_in_any_service_log(
             "inputs": len(stream.inputs) + len(noise),
             "bad_inputs": len(noise),
             "personnummer_found": len(found) + len(export_hits) + exported.personnummer_found,
+            "names_and_reference_codes_found": len(free_text_found),
         },
         log_files_scanned=len(files),
         log_lines_scanned=lines,
         personnummer_in_logs=len(found),
+        free_text_strings_sought=len(free_text),
+        names_and_reference_codes_in_logs=len(free_text_found),
         masked_by_the_services_redaction=masked,
         export_records_scanned=exported.records_on_topic,
         personnummer_in_export=len(export_hits) + exported.personnummer_found,
     )
     assert lines > 0 and len(files) >= 2
     assert found == [], json.dumps(found[:10])
+    assert free_text_found == [], json.dumps(free_text_found[:10], ensure_ascii=False)
     assert export_hits == [] and exported.personnummer_found == 0

@@ -130,6 +130,11 @@ def test_there_is_a_schema_for_every_contract_type_and_no_other() -> None:
     assert set(message_types()) == ALL_CONTRACT_TYPES
 
 
+# Contract revision 2 types whose work is still open (the dose record and the catalog
+# feed); listed so the check below stays exact and shrinks as they land.
+NOT_YET_IMPLEMENTED = {"vaccination.registered", "customer_group.catalog_group"}
+
+
 def test_the_contract_file_lists_the_same_types() -> None:
     if not CONTRACT_FILE.exists():
         pytest.skip(f"{CONTRACT_FILE} not present")
@@ -138,7 +143,8 @@ def test_the_contract_file_lists_the_same_types() -> None:
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if len(cells) == 3 and cells[0].startswith("`") and cells[1].startswith(("in", "out")):
             listed |= set(re.findall(r"`([a-z_.]+)`", cells[2]))
-    assert listed == ALL_CONTRACT_TYPES
+    assert listed == ALL_CONTRACT_TYPES | NOT_YET_IMPLEMENTED
+    assert not NOT_YET_IMPLEMENTED & ALL_CONTRACT_TYPES
 
 
 def test_there_is_an_example_for_every_schema_and_a_schema_for_every_example() -> None:
@@ -279,7 +285,7 @@ def test_membership_fields_are_the_exported_ones() -> None:
     assert list(membership["properties"]) == list(MEMBERSHIP_FIELDS)
     assert set(membership["required"]) == set(MEMBERSHIP_FIELDS)
     record = load_schemas()[MEMBERSHIP_RECORD]
-    assert set(record["required"]) == {*MEMBERSHIP_FIELDS, "subject_id", "updated_at"}
+    assert set(record["required"]) == {*MEMBERSHIP_FIELDS, "subject_id", "key_id", "updated_at"}
 
 
 def test_outgoing_type_names_are_the_codes() -> None:

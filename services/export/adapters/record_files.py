@@ -54,6 +54,7 @@ def membership_columns(zone: str, *, include_personnummer: bool) -> list[Column]
     columns = [Column(n, *types.get(n, (pa.string(), _same))) for n in MEMBERSHIP_FIELDS]
     columns += [
         Column("subject_id", pa.string(), _same),
+        Column("key_id", pa.string(), _same),
         Column("updated_at", pa.timestamp("us", tz=zone), _instant),
     ]
     if include_personnummer:
@@ -65,6 +66,7 @@ def vaccination_columns(zone: str, *, include_personnummer: bool) -> list[Column
     columns = [
         Column("vaccination_id", pa.string(), _same),
         Column("subject_id", pa.string(), _same),
+        Column("key_id", pa.string(), _same),
         Column("unit_id", pa.string(), _same),
         Column("confirmed_at", pa.timestamp("us", tz=zone), _instant),
         Column("groups", pa.list_(GROUP_STRUCT), _same),
@@ -75,11 +77,17 @@ def vaccination_columns(zone: str, *, include_personnummer: bool) -> list[Column
     return columns
 
 
+# A spreadsheet runs a cell that starts with one of these as a formula (CSV injection).
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
 def _csv_text(value: Any) -> Any:
     if value is None:
         return ""
     if isinstance(value, (list, dict)):
         return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
+        return "'" + value  # shown as text; the Parquet file keeps the value as it is
     return value
 
 

@@ -44,11 +44,14 @@ record_uuid5 = Uuid5Namespace(_RECORD_NS)
 class Pseudonymizer:
     """subject_id = HMAC-SHA256(key, personnummer): stable per key, not reversible without it."""
 
-    def __init__(self, key: bytes) -> None:
+    def __init__(self, key: bytes, *, key_id: str | None = None) -> None:
         if len(key) < 16:
             raise ValueError("the pseudonym key must be at least 16 bytes")
         # Keyed once: a copy of the keyed state is cheaper than hmac.new per record.
         self._keyed = hmac.new(key, digestmod=hashlib.sha256)
+        # Derived under a label no personnummer can equal, so it reveals nothing.
+        derived = hmac.new(key, b"customer-groups pseudonym key id", hashlib.sha256)
+        self.key_id = key_id or f"k-{derived.hexdigest()[:16]}"
 
     def subject_id(self, personnummer: str) -> str:
         mac = self._keyed.copy()
@@ -67,9 +70,11 @@ class ExportRecord:
 
     @property
     def event_id(self) -> str:
-        # Same state -> same id, so a re-sent record is recognisably the same record.
+        # Same state -> same id, so a re-sent record is recognisably the same record; the
+        # key id is covered, so a record re-keyed after a rotation is not a duplicate.
         version = str(self.data.get("version", ""))
-        return record_uuid5(f"{self.type}|{self.key}|{version}|{self.updated_at}")
+        key_id = str(self.data.get("key_id", ""))
+        return record_uuid5(f"{self.type}|{self.key}|{version}|{self.updated_at}|{key_id}")
 
 
 def membership_record(
@@ -82,6 +87,7 @@ def membership_record(
 ) -> ExportRecord:
     data: dict[str, Any] = {name: membership.get(name) for name in MEMBERSHIP_FIELDS}
     data["subject_id"] = pseudonymizer.subject_id(personnummer)
+    data["key_id"] = pseudonymizer.key_id
     data["updated_at"] = updated_at
     if include_personnummer:
         data["personnummer"] = personnummer
@@ -102,6 +108,7 @@ def vaccination_record(
     data: dict[str, Any] = {
         "vaccination_id": vaccination_id,
         "subject_id": pseudonymizer.subject_id(personnummer),
+        "key_id": pseudonymizer.key_id,
         "unit_id": unit_id,
         "confirmed_at": confirmed_at,
         "groups": [

@@ -31,6 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.common.db import create_engine
 from services.common.kafka import ensure_topics, start_producer
 from services.common.logs import configure_logging
+from services.common.settings import UnsafeSettings
 from services.export.adapters.checkpoint import FileCheckpointStore, MemoryCheckpointStore
 from services.export.adapters.export_topic import BatchPublisher
 from services.export.adapters.groups_db import GroupsTables, SourceTable, open_tables
@@ -107,13 +108,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = ExportSettingsBundle()
     configure_logging(settings.app.log_level)
-    if args.command in (None, "serve"):
-        serve(settings)
-        return 0
-    if args.command == "backfill":
-        summary = _run(run_backfill(settings, args))
-    else:
-        summary = _run(run_snapshot(settings, args))
+    try:
+        if args.command in (None, "serve"):
+            serve(settings)
+            return 0
+        if args.command == "backfill":
+            summary = _run(run_backfill(settings, args))
+        else:
+            summary = _run(run_snapshot(settings, args))
+    except UnsafeSettings as error:
+        print(error, file=sys.stderr)
+        return 2
     if summary is None:
         return EXIT_INTERRUPTED
     summary["peak_rss_mib"] = round(_peak_rss_mib(), 1)

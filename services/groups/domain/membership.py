@@ -27,7 +27,7 @@ from services.groups.domain.errors import (
     MembershipNotFound,
     show,
 )
-from services.groups.domain.personnummer import Personnummer
+from services.groups.domain.personnummer import Personnummer, contains_personnummer
 
 REFERENCE_CODE_MAX: Final = 64
 
@@ -113,6 +113,11 @@ def _reference_code(value: object) -> str | None:
         )
     if not value.isprintable():
         raise InvalidCommand("reference_code contains control characters")
+    if contains_personnummer(value):
+        raise InvalidCommand(
+            "reference_code must not contain a personnummer: the export is pseudonymised, "
+            "so free text may not carry an identity"
+        )
     return value
 
 

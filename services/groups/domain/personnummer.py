@@ -7,11 +7,12 @@ The number is sensitive, so the value object never shows it in `repr`/`str`
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass
 from datetime import date
 from typing import Final
 
-from services.groups.domain.errors import InvalidPersonnummer
+from services.groups.domain.errors import DomainError, InvalidPersonnummer
 
 LENGTH: Final = 12
 MIN_YEAR: Final = 1850
@@ -133,3 +134,21 @@ class Personnummer:
 @functools.lru_cache(maxsize=8_192)
 def _parsed(text: str) -> Personnummer:
     return Personnummer(text)
+
+
+# 12 digits (YYYYMMDDNNNC) or 10 (YYMMDDNNNC), with or without the usual separator.
+_EMBEDDED = re.compile(r"(?<!\d)(\d{8}|\d{6})[-+ ]?(\d{4})(?!\d)")
+
+
+def contains_personnummer(text: str) -> bool:
+    """True when `text` holds a valid personnummer or samordningsnummer anywhere, in the
+    12- or 10-digit form, so free text cannot carry an identity past pseudonymisation."""
+    for match in _EMBEDDED.finditer(text):
+        digits = match.group(1) + match.group(2)
+        for candidate in (digits,) if len(digits) == LENGTH else ("19" + digits, "20" + digits):
+            try:
+                Personnummer.parse(candidate)
+            except DomainError:
+                continue
+            return True
+    return False

@@ -25,6 +25,7 @@ from services.common.settings import (
     GroupsSettings,
     KafkaSettings,
     TopicSettings,
+    UnsafeSettings,
 )
 from services.groups.adapters import migrate
 from services.groups.bootstrap import SERVICE_NAME, read_catalog_file
@@ -156,7 +157,11 @@ def main(argv: list[str] | None = None) -> int:
 
     configure_logging(AppSettings().log_level)
     if args.command in (None, "serve"):
-        return serve()
+        try:
+            return serve()
+        except UnsafeSettings as error:
+            print(error, file=sys.stderr)
+            return 2
     if args.command == "migrate":
         return migrate_command()
     if args.command == "import-catalog":

@@ -95,15 +95,31 @@ class CatalogHolder:
         self.current = catalog
 
 
+# Fixed, so a refusal tells an unknown sender nothing about any patient.
+UNAUTHORIZED_MESSAGE = "The unit is not allowed to act on customer groups"
+
+
 @dataclass(frozen=True)
 class Authorization:
-    """Units allowed to send commands; None means open (dev only)."""
+    """Units allowed to send commands, starts and registrations; None means open (set
+    on purpose with `*`, or dev mode)."""
 
     allowed_units: frozenset[str] | None
 
+    def allows(self, unit_id: str) -> bool:
+        return self.allowed_units is None or unit_id in self.allowed_units
+
     def check(self, unit_id: str) -> None:
-        if self.allowed_units is not None and unit_id not in self.allowed_units:
-            raise Unauthorized("The unit is not allowed to change customer groups")
+        if not self.allows(unit_id):
+            raise Unauthorized(UNAUTHORIZED_MESSAGE)
+
+
+def _claimed_unit(data: Any, *path: str) -> str | None:
+    """The unit a raw payload names at `path`, read before any other check (contract,
+    "Units"); None when it names none, so the schema check reports that instead."""
+    for name in path:
+        data = data.get(name) if isinstance(data, dict) else None
+    return data if isinstance(data, str) else None
 
 
 class GroupsHandlers:
@@ -164,12 +180,23 @@ class GroupsHandlers:
     # -- vaccination started -> prompt ------------------------------------------
 
     async def vaccination_started(
-        self, event: CloudEvent, _r: SourceRecord, uow: UnitOfWork
+        self, event: CloudEvent, record: SourceRecord, uow: UnitOfWork
     ) -> None:
+        unit = _claimed_unit(event.data, "unit_id")
+        if unit is not None and not self._auth.allows(unit):
+            await self._refuse(uow, event.id, record)
+            return
         started = _parse(payloads.VaccinationStarted, event.data)
         personnummer = Personnummer.parse(started.personnummer)
         existing = await uow.repo.get_prompt_by_vaccination(started.vaccination_id)
         if existing is not None:
+            if existing.personnummer != personnummer.value or existing.unit_id != unit:
+                # Re-sending would hand one patient's groups to whoever reuses the id.
+                error = InvalidCommand(
+                    "vaccination_id is already known for another customer or unit"
+                )
+                await self._reject(uow, event.id, personnummer, error)
+                return
             # Same vaccination again: re-send the very same prompt (same ids, same bytes).
             await uow.outbox.add(
                 self._topics.prompts, existing.personnummer.encode(), existing.event
@@ -271,12 +298,17 @@ class GroupsHandlers:
     async def _command(
         self,
         event: CloudEvent,
+        record: SourceRecord,
         uow: UnitOfWork,
         model: type[P],
         apply: Callable[[P, Personnummer], Awaitable[None]],
     ) -> None:
+        unit = _claimed_unit(event.data, "actor", "unit_id")
+        if unit is not None and not self._auth.allows(unit):
+            await self._refuse(uow, event.id, record)
+            return
         # Best effort first, so every answer about a valid personnummer is keyed by it,
-        # also when the payload or the unit is what is wrong.
+        # also when the payload is what is wrong.
         personnummer = _personnummer_or_none(event.data)
         try:
             try:
@@ -284,11 +316,19 @@ class GroupsHandlers:
             except ValidationError as error:
                 raise InvalidCommand(f"Invalid command: {schema_summary(error)}") from None
             assert isinstance(command, payloads.Command)
-            self._auth.check(command.actor.unit_id)
             personnummer = Personnummer.parse(command.personnummer)
             await apply(command, personnummer)
+        except Unauthorized:
+            await self._refuse(uow, event.id, record)
         except DomainError as error:
             await self._reject(uow, event.id, personnummer, error)
+
+    async def _refuse(self, uow: UnitOfWork, command_id: str, record: SourceRecord) -> None:
+        """UNAUTHORIZED with no patient data, keyed as the refused record was (contract)."""
+        data = messages.rejected_data(
+            command_id, None, Unauthorized.reason_code, UNAUTHORIZED_MESSAGE
+        )
+        await self._emit(uow, messages.REJECTED, command_id, None, data, key=record.key)
 
     async def _reject(
         self,
@@ -314,9 +354,11 @@ class GroupsHandlers:
         data: dict[str, Any],
         *,
         now: datetime | None = None,
+        key: bytes | None = None,
     ) -> None:
         """`now` is the instant the change was written, so the event's time equals the
-        row's updated_at (the export's live and backfilled records are then identical)."""
+        row's updated_at (the export's live and backfilled records are then identical).
+        The record is keyed by the personnummer, else by `key`."""
         event = new_event(
             type_,
             messages.EVENT_SOURCE,
@@ -324,7 +366,8 @@ class GroupsHandlers:
             event_id=_event_id(type_, command_id),
             time=now or self._clock.now(),
         )
-        key = personnummer.value.encode() if personnummer else None
+        if personnummer is not None:
+            key = personnummer.value.encode()
         await uow.outbox.add(self._topics.events, key, event.to_bytes())
 
     def _change_data(
@@ -336,7 +379,7 @@ class GroupsHandlers:
             "actor": messages.actor_view(actor.user_id, actor.unit_id),
         }
 
-    async def add_group(self, event: CloudEvent, _r: SourceRecord, uow: UnitOfWork) -> None:
+    async def add_group(self, event: CloudEvent, record: SourceRecord, uow: UnitOfWork) -> None:
         async def apply(cmd: payloads.AddGroup, personnummer: Personnummer) -> None:
             if cmd.prompt_id is not None:
                 await self._require_prompt(uow, cmd.prompt_id, personnummer, None)
@@ -368,9 +411,9 @@ class GroupsHandlers:
             data["membership"] = messages.membership_view(membership, catalog)
             await self._emit(uow, messages.ADDED, event.id, personnummer, data, now=now)
 
-        await self._command(event, uow, payloads.AddGroup, apply)
+        await self._command(event, record, uow, payloads.AddGroup, apply)
 
-    async def update_group(self, event: CloudEvent, _r: SourceRecord, uow: UnitOfWork) -> None:
+    async def update_group(self, event: CloudEvent, record: SourceRecord, uow: UnitOfWork) -> None:
         async def apply(cmd: payloads.UpdateGroup, personnummer: Personnummer) -> None:
             given = cmd.model_fields_set
             now, today, catalog = self._clock.now(), self._clock.today(), self._catalog.current
@@ -399,9 +442,9 @@ class GroupsHandlers:
             data["previous"] = messages.membership_view(previous, catalog)
             await self._emit(uow, messages.UPDATED, event.id, personnummer, data, now=now)
 
-        await self._command(event, uow, payloads.UpdateGroup, apply)
+        await self._command(event, record, uow, payloads.UpdateGroup, apply)
 
-    async def remove_group(self, event: CloudEvent, _r: SourceRecord, uow: UnitOfWork) -> None:
+    async def remove_group(self, event: CloudEvent, record: SourceRecord, uow: UnitOfWork) -> None:
         async def apply(cmd: payloads.RemoveGroup, personnummer: Personnummer) -> None:
             now, today, catalog = self._clock.now(), self._clock.today(), self._catalog.current
             customer = await uow.repo.get_customer(personnummer)
@@ -424,13 +467,15 @@ class GroupsHandlers:
             data["membership"] = messages.membership_view(membership, catalog)
             await self._emit(uow, messages.REMOVED, event.id, personnummer, data, now=now)
 
-        await self._command(event, uow, payloads.RemoveGroup, apply)
+        await self._command(event, record, uow, payloads.RemoveGroup, apply)
 
-    async def close_prompt(self, event: CloudEvent, _r: SourceRecord, uow: UnitOfWork) -> None:
+    async def close_prompt(self, event: CloudEvent, record: SourceRecord, uow: UnitOfWork) -> None:
         async def apply(cmd: payloads.ClosePrompt, personnummer: Personnummer) -> None:
             prompt = await self._require_prompt(
                 uow, cmd.prompt_id, personnummer, cmd.vaccination_id
             )
+            if prompt.unit_id != cmd.actor.unit_id:
+                raise Unauthorized(UNAUTHORIZED_MESSAGE)  # a popup is closed by its own unit
             now, catalog = self._clock.now(), self._catalog.current
             customer = await uow.repo.get_customer(personnummer)
             active = [messages.membership_view(m, catalog) for m in customer.active()]
@@ -468,7 +513,7 @@ class GroupsHandlers:
             }
             await self._emit(uow, messages.CONFIRMED, event.id, personnummer, data, now=now)
 
-        await self._command(event, uow, payloads.ClosePrompt, apply)
+        await self._command(event, record, uow, payloads.ClosePrompt, apply)
 
     async def _require_prompt(
         self,

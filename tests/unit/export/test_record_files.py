@@ -97,3 +97,34 @@ def test_abort_leaves_nothing(tmp_path: Path) -> None:
     file.write([dose(1, [])])
     file.abort()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_csv_cells_a_spreadsheet_would_run_are_text_and_parquet_keeps_the_value(
+    tmp_path: Path,
+) -> None:
+    columns = membership_columns(ZONE, include_personnummer=False)
+    file = ParquetCsvFile(tmp_path, "membership_records", columns)
+    formulas = ['=HYPERLINK("x")', "+1+1", "-2+3", "@SUM(A1)", "\tTAB", "\rCR", "plain-text"]
+    views = [
+        {
+            "membership_id": f"m-{n}",
+            "group_code": "COVID",
+            "group_name": "Covid-19",
+            "subgroup_code": None,
+            "subgroup_name": None,
+            "reference_code": code,
+            "valid_from": "2026-10-01",
+            "valid_to": None,
+            "status": "active",
+            "version": 1,
+        }
+        for n, code in enumerate(formulas)
+    ]
+    file.write([BUILDER.membership(v, "191212121212", AT) for v in views])
+    file.commit()
+    with (tmp_path / "membership_records.csv").open(encoding="utf-8", newline="") as handle:
+        cells = [row["reference_code"] for row in csv.DictReader(handle)]
+    assert cells == ["'" + f for f in formulas[:-1]] + ["plain-text"]
+    parquet = pq.read_table(tmp_path / "membership_records.parquet").to_pylist()
+    assert [r["reference_code"] for r in parquet] == formulas
+    assert {r["key_id"] for r in parquet} == {BUILDER.pseudonymizer.key_id}

@@ -192,7 +192,7 @@ def test_a_confirmation_event_and_its_row_give_the_same_record() -> None:
 def test_membership_record_has_no_personnummer_unless_asked() -> None:
     view = messages.membership_view(membership(), CATALOG)
     record = membership_record(view, PNR, NOW.isoformat(), Pseudonymizer(KEY))
-    assert set(record.data) == {*MEMBERSHIP_FIELDS, "subject_id", "updated_at"}
+    assert set(record.data) == {*MEMBERSHIP_FIELDS, "subject_id", "key_id", "updated_at"}
     assert record.type == MEMBERSHIP_RECORD and PNR.encode() not in record_value(record)
     opted_in = RecordBuilder(Pseudonymizer(KEY), STOCKHOLM, include_personnummer=True)
     assert opted_in.membership(view, PNR, NOW).data["personnummer"] == PNR
@@ -250,10 +250,11 @@ def test_an_unknown_type_is_poison() -> None:
 # -- the cheaper ways to the same bytes --------------------------------------------
 
 
-def test_record_ids_are_uuid5_of_type_key_version_and_time() -> None:
+def test_record_ids_are_uuid5_of_type_key_version_time_and_key_id() -> None:
     namespace = uuid.UUID("3d5c2b8e-4f61-4a0e-9e7d-2c1b0a9f8e07")  # schemas/README.md
     record = BUILDER.membership(messages.membership_view(membership(), CATALOG), PNR, NOW)
-    name = f"{MEMBERSHIP_RECORD}|{MID}|1|2026-11-26T13:35:12.080000+01:00"
+    key_id = BUILDER.pseudonymizer.key_id
+    name = f"{MEMBERSHIP_RECORD}|{MID}|1|2026-11-26T13:35:12.080000+01:00|{key_id}"
     assert record.event_id == str(uuid.uuid5(namespace, name))
     for text in ("", "åäö|x", "v-1|" * 40):
         assert record_uuid5(text) == str(uuid.uuid5(namespace, text))
@@ -282,3 +283,21 @@ def test_an_integer_orjson_refuses_is_still_exported() -> None:
     view = {**messages.membership_view(membership(), CATALOG), "version": 2**70}
     record = BUILDER.membership(view, PNR, NOW)
     assert json.loads(record_value(record))["data"]["version"] == 2**70
+
+
+def test_key_id_names_the_key_without_revealing_it() -> None:
+    derived = Pseudonymizer(KEY).key_id
+    assert derived == Pseudonymizer(KEY).key_id, "stable for one key"
+    assert derived != Pseudonymizer(KEY + b"-rotated").key_id
+    assert KEY.hex()[:8] not in derived and derived.startswith("k-")
+    assert Pseudonymizer(KEY, key_id="2026-11").key_id == "2026-11"
+
+
+def test_a_re_keyed_record_gets_a_new_event_id() -> None:
+    view = messages.membership_view(membership(), CATALOG)
+    old = membership_record(view, PNR, NOW.isoformat(), Pseudonymizer(KEY, key_id="old"))
+    new = membership_record(view, PNR, NOW.isoformat(), Pseudonymizer(KEY, key_id="new"))
+    assert (old.data["key_id"], new.data["key_id"]) == ("old", "new")
+    assert old.event_id != new.event_id, "a consumer dropping repeated ids keeps the new one"
+    again = membership_record(view, PNR, NOW.isoformat(), Pseudonymizer(KEY, key_id="old"))
+    assert again.event_id == old.event_id

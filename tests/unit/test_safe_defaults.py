@@ -1,0 +1,64 @@
+"""Safe by default: without APP_ENV a service is in production mode and refuses to start
+without the settings production needs, naming each one."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from services.common.settings import AppSettings, UnsafeSettings
+from services.export.bootstrap import ExportSettingsBundle, pseudonymizer_from
+from services.groups.bootstrap import GroupsService, GroupsSettingsBundle
+
+
+def _without_app_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("APP_", "GROUPS_", "AUTH_"))}
+    return {k: v for k, v in env.items() if not k.startswith("EXPORT_")}
+
+
+def test_no_app_env_means_production(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("APP_ENV", raising=False)
+    assert AppSettings().app_env == "prod" and not AppSettings().dev_mode
+
+
+def test_an_unknown_app_env_is_refused() -> None:
+    with pytest.raises(ValueError, match="app_env"):
+        AppSettings(app_env="production")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("module", "setting"),
+    [("services.groups", "GROUPS_ALLOWED_UNITS"), ("services.export", "EXPORT_PSEUDONYM_KEY")],
+)
+def test_a_service_without_app_env_refuses_to_start_naming_the_setting(
+    module: str, setting: str
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", module],
+        env=_without_app_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "refuses to start" in done.stderr and setting in done.stderr
+    assert "Traceback" not in done.stderr, "a clear message, not a crash"
+
+
+def test_settings_that_open_the_service_are_refused_in_production() -> None:
+    prod = AppSettings(app_env="prod")
+    with pytest.raises(UnsafeSettings, match="GROUPS_ALLOWED_UNITS"):
+        GroupsService(GroupsSettingsBundle(app=prod))
+    with pytest.raises(UnsafeSettings, match="EXPORT_PSEUDONYM_KEY"):
+        pseudonymizer_from(ExportSettingsBundle(app=prod))
+
+
+def test_dev_mode_pseudonymises_with_a_key_of_its_own() -> None:
+    dev = ExportSettingsBundle(app=AppSettings(app_env="dev"))
+    first, second = pseudonymizer_from(dev), pseudonymizer_from(dev)
+    assert first.subject_id("191212121212") != second.subject_id("191212121212")
+    assert first.key_id != second.key_id
