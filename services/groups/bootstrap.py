@@ -26,6 +26,7 @@ from services.common.kafka import (
 )
 from services.common.settings import (
     AppSettings,
+    AuthSettings,
     DatabaseSettings,
     GroupsSettings,
     KafkaSettings,
@@ -33,6 +34,7 @@ from services.common.settings import (
 )
 from services.common.telemetry import telemetry_middlewares
 from services.groups.adapters import migrate
+from services.groups.adapters.access_tokens import AccessTokenVerifier
 from services.groups.adapters.metrics import GroupsMetrics
 from services.groups.adapters.outbox_relay import OutboxRelay
 from services.groups.adapters.repository import CatalogRepository
@@ -93,6 +95,7 @@ class GroupsSettingsBundle:
     topics: TopicSettings = field(default_factory=TopicSettings)
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
     groups: GroupsSettings = field(default_factory=GroupsSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
 
 
 def authorization_from(settings: GroupsSettingsBundle) -> Authorization:
@@ -106,6 +109,21 @@ def authorization_from(settings: GroupsSettingsBundle) -> Authorization:
             )
         return Authorization(None)
     return Authorization(units)
+
+
+def access_tokens_from(settings: GroupsSettingsBundle) -> AccessTokenVerifier | None:
+    """The verifier for patient-data reads. Incomplete `AUTH_*` settings stop the start
+    outside dev mode; in dev mode they leave it None, and those routes refuse everyone."""
+    missing = settings.auth.missing()
+    if missing:
+        if not settings.app.dev_mode:
+            raise RuntimeError(
+                f"{', '.join(missing)} not set; outside dev mode the patient-data routes "
+                "need the identity provider's issuer, audience and keys"
+            )
+        log.warning("%s not set: patient-data routes refuse every request", ", ".join(missing))
+        return None
+    return AccessTokenVerifier.from_settings(settings.auth)
 
 
 class GroupsService:
@@ -124,11 +142,14 @@ class GroupsService:
         )
         self.catalog_file = catalog_path
         self.catalog = CatalogHolder(read_catalog_file(catalog_path))
+        # One allowlist for commands and HTTP reads.
+        self.authorization = authorization_from(s)
+        self.access_tokens = access_tokens_from(s)
         self.handlers = GroupsHandlers(
             topics=s.topics,
             catalog=self.catalog,
             clock=self.clock,
-            authorization=authorization_from(s),
+            authorization=self.authorization,
         )
         self.relay = OutboxRelay(
             self.engine, self._new_producer, on_published=self.metrics.published.inc
