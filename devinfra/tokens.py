@@ -103,7 +103,7 @@ class TokenIssuer:
             headers={"kid": self.kid, **(headers or {})},
         )
 
-    def token(self, user_id: str, unit_id: str, *, lifetime: int = 3600, **extra: Any) -> str:
+    def token(self, user_id: str, unit_id: str, /, *, lifetime: int = 3600, **extra: Any) -> str:
         """A valid access token for this user acting for this unit."""
         return self.sign(
             {**self.claims(user_id=user_id, unit_id=unit_id, lifetime=lifetime), **extra}
