@@ -8,10 +8,8 @@ import base64
 import hashlib
 import hmac
 import json
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +27,7 @@ from services.groups.adapters.access_tokens import (
     JwksUrlKeys,
 )
 from services.groups.bootstrap import GroupsSettingsBundle, access_tokens_from
+from tests.http_tools import JwksServer
 
 USER, UNIT = "SE2321000016-1234", "SE2321000016-UNIT"
 
@@ -183,46 +182,15 @@ async def test_a_replaced_jwks_file_is_read_again_for_an_unknown_key(
     assert await verifier.verify(issuer.token(USER, UNIT)) == Identity(USER, UNIT)
 
 
-class _JwksServer:
-    """A provider's JWKS endpoint on 127.0.0.1 whose key set the test swaps."""
-
-    def __init__(self, jwks: dict[str, Any]) -> None:
-        self.jwks = jwks
-        self.fetches = 0
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                outer.fetches += 1
-                body = json.dumps(outer.jwks).encode()
-                self.send_response(200)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *_args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/jwks"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
-def jwks_server(issuer: TokenIssuer) -> Iterator[_JwksServer]:
-    server = _JwksServer(issuer.jwks())
+def jwks_server(issuer: TokenIssuer) -> Iterator[JwksServer]:
+    server = JwksServer(issuer.jwks())
     yield server
     server.close()
 
 
 async def test_jwks_url_is_cached_and_refreshed_once_for_an_unknown_key(
-    issuer: TokenIssuer, jwks_server: _JwksServer
+    issuer: TokenIssuer, jwks_server: JwksServer
 ) -> None:
     cooldown = 0.5
     verifier = AccessTokenVerifier(
@@ -249,7 +217,7 @@ async def test_jwks_url_is_cached_and_refreshed_once_for_an_unknown_key(
 
 
 async def test_an_unreachable_jwks_url_refuses_without_raising_anything_else(
-    issuer: TokenIssuer, jwks_server: _JwksServer
+    issuer: TokenIssuer, jwks_server: JwksServer
 ) -> None:
     url = jwks_server.url
     jwks_server.close()
