@@ -6,6 +6,7 @@ import asyncio
 import json
 
 from devinfra.services import http_json
+from devinfra.tokens import bearer
 from tests.e2e.conftest import Stack
 from tests.kafka_tools import KafkaTestClient, cloudevent
 
@@ -32,9 +33,10 @@ async def test_popup_flow_through_both_services(stack: Stack, kafka: KafkaTestCl
     )
     await kafka.send_event(t.bookings, booking, key=PNR)
     # Topics are not ordered with each other: let the booking land before the start.
-    query = "booking_id=e2e-b1&user_id=nurse-1&unit_id=unit-1"
+    token = bearer(stack.issuer.token(ACTOR["user_id"], ACTOR["unit_id"]))
+    booking_url = f"{stack.groups.url}/booking?booking_id=e2e-b1"
     for _ in range(300):
-        status, _found = await asyncio.to_thread(http_json, f"{stack.groups.url}/booking?{query}")
+        status, _found = await asyncio.to_thread(http_json, booking_url, headers=token)
         if status == 200:
             break
         await asyncio.sleep(0.1)
@@ -98,22 +100,29 @@ async def test_popup_flow_through_both_services(stack: Stack, kafka: KafkaTestCl
         assert PNR.encode() not in record.value
         assert record.key is not None and PNR.encode() not in record.key
 
+    card_url = f"{stack.groups.url}/customer-card"
     status, card = await asyncio.to_thread(
-        http_json, f"{stack.groups.url}/customer-card", {"personnummer": PNR, **ACTOR}
+        http_json, card_url, {"personnummer": PNR}, headers=token
     )
     assert status == 200
     assert [m["group_code"] for m in card["active"]] == ["INFLUENSA"]
 
-    status, found = await asyncio.to_thread(http_json, f"{stack.groups.url}/booking?{query}")
+    status, found = await asyncio.to_thread(http_json, booking_url, headers=token)
     assert status == 200
     assert found["booking"]["requested_group"]["group_code"] == "INFLUENSA"
     assert [m["group_code"] for m in found["customer"]["active"]] == ["INFLUENSA"]
-    status, _ = await asyncio.to_thread(http_json, f"{stack.groups.url}/booking?booking_id=x")
-    assert status == 400, "reads must name the user and unit (PDL)"
+    status, _ = await asyncio.to_thread(http_json, booking_url)
+    assert status == 401, "reads need a token naming the user and unit (PDL)"
+    status, _ = await asyncio.to_thread(
+        http_json, booking_url, headers=bearer(stack.issuer.token("nurse-2", "unit-2"))
+    )
+    assert status == 403, "a unit off the allowlist reads nothing"
     status, error = await asyncio.to_thread(
-        http_json, f"{stack.groups.url}/customer-card", {"personnummer": "191212121213", **ACTOR}
+        http_json, card_url, {"personnummer": "191212121213"}, headers=token
     )
     assert (status, error["reason_code"]) == (422, "INVALID_PERSONNUMMER")
+    status, openapi = await asyncio.to_thread(http_json, f"{stack.groups.url}/openapi.json")
+    assert status == 200 and "/customer-card" in openapi["paths"]
 
     status, health = await asyncio.to_thread(http_json, f"{stack.groups.url}/healthz")
     assert status == 200, health
