@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 
-from devinfra.services import http_json
+import pytest
+
+from devinfra.services import ServiceProcess, free_port, http_json
 from devinfra.tokens import bearer
 from tests.e2e.conftest import Stack
 from tests.kafka_tools import KafkaTestClient, cloudevent
@@ -135,3 +138,27 @@ async def test_popup_flow_through_both_services(stack: Stack, kafka: KafkaTestCl
     assert any("bookings" in name for name in asyncapi["channels"])
     status, _ = await asyncio.to_thread(http_json, f"{stack.groups.url}/asyncapi/try")
     assert status == 404, "the try-it-out publish route must stay off"
+
+
+def test_outside_dev_mode_the_groups_service_needs_the_identity_provider(tmp_path: Path) -> None:
+    """Safe by default: `APP_ENV=prod` without `AUTH_*` stops the start, naming what is
+    missing (before any connection is made, so no infrastructure is needed)."""
+    port = free_port()
+    env = {
+        "APP_ENV": "prod",
+        "GROUPS_ALLOWED_UNITS": "unit-1",
+        "GROUPS_HTTP_PORT": str(port),
+        "AUTH_ISSUER": "",
+        "AUTH_AUDIENCE": "",
+        "AUTH_JWKS_URL": "",
+        "AUTH_JWKS_FILE": "",
+    }
+    process = ServiceProcess("services.groups", env, port=port, log_path=tmp_path / "g.log")
+    try:
+        with pytest.raises(RuntimeError, match="exited"):
+            process.start(wait=60.0)
+    finally:
+        process.kill()
+    written = (tmp_path / "g.log").read_text()
+    for name in ("AUTH_ISSUER", "AUTH_AUDIENCE", "AUTH_JWKS_URL or AUTH_JWKS_FILE"):
+        assert name in written
