@@ -83,8 +83,8 @@ async def test_issuer_and_audience_must_be_the_configured_ones(
     issuer: TokenIssuer, verifier: AccessTokenVerifier
 ) -> None:
     claims = issuer.claims(user_id=USER, unit_id=UNIT)
-    other_iss = {**claims, "iss": "https://idp.elsewhere.test"}
-    assert await _refused(verifier, issuer.sign(other_iss)) == "wrong issuer"
+    for iss in ("https://idp.elsewhere.test", "https://idp.region.test", issuer.issuer + "/x"):
+        assert await _refused(verifier, issuer.sign({**claims, "iss": iss})) == "wrong issuer"
     other_aud = {**claims, "aud": "another-service"}
     assert await _refused(verifier, issuer.sign(other_aud)) == "wrong audience"
     assert await verifier.verify(issuer.sign({**claims, "aud": ["x", issuer.audience]}))
