@@ -24,6 +24,7 @@ from aiokafka.structs import TopicPartition
 
 from devinfra.provider import provide_infrastructure
 from devinfra.services import ServiceProcess, free_port, http_json
+from devinfra.tokens import TokenIssuer, bearer
 from services.common.settings import TopicSettings
 
 TEST_IDENTITY = "191212121212"  # the public test identity from the user guide
@@ -66,7 +67,9 @@ async def _wait_for(bootstrap: str, topic: str, type_: str) -> dict[str, Any]:
         await producer.stop()
 
 
-async def _feed(bootstrap: str, topics: TopicSettings, groups_url: str) -> None:
+async def _feed(
+    bootstrap: str, topics: TopicSettings, groups_url: str, token: dict[str, str]
+) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
     await producer.start()
     key = TEST_IDENTITY.encode()
@@ -94,9 +97,10 @@ async def _feed(bootstrap: str, topics: TopicSettings, groups_url: str) -> None:
         )
         # Topics are not ordered with each other; a real start comes long after its
         # booking, so the demo waits until the booking is stored.
-        query = "booking_id=demo-booking-1&user_id=demo-nurse&unit_id=demo-unit"
         for _ in range(300):
-            status, _found = await asyncio.to_thread(http_json, f"{groups_url}/booking?{query}")
+            status, _found = await asyncio.to_thread(
+                http_json, f"{groups_url}/booking?booking_id=demo-booking-1", headers=token
+            )
             if status == 200:
                 break
             await asyncio.sleep(0.1)
@@ -165,14 +169,13 @@ async def _feed(bootstrap: str, topics: TopicSettings, groups_url: str) -> None:
         await producer.stop()
 
 
-def _read_back(groups_url: str) -> None:
+def _read_back(groups_url: str, token: dict[str, str]) -> None:
     status, card = http_json(
-        f"{groups_url}/customer-card", {"personnummer": TEST_IDENTITY, **ACTOR}
+        f"{groups_url}/customer-card", {"personnummer": TEST_IDENTITY}, headers=token
     )
     assert status == 200, card
     print(f"6. customer card from PostgreSQL: active={[m['group_code'] for m in card['active']]}")
-    query = "booking_id=demo-booking-1&user_id=demo-nurse&unit_id=demo-unit"
-    status, found = http_json(f"{groups_url}/booking?{query}")
+    status, found = http_json(f"{groups_url}/booking?booking_id=demo-booking-1", headers=token)
     assert status == 200, found
     booking = found["booking"]
     print(
@@ -210,10 +213,21 @@ def main(argv: list[str] | None = None) -> int:
             "KAFKA_BOOTSTRAP_SERVERS": infra.kafka_bootstrap,
             "DATABASE_URL": infra.database_url,
         }
+        # The demo is its own identity provider: a fresh key pair per run, its JWKS in a
+        # file the groups service trusts, tokens for the demo nurse.
+        idp = TokenIssuer()
+        key_path = idp.save_key(workdir / "auth" / "dev-idp.pem")
+        jwks_path = idp.write_jwks(workdir / "auth" / "jwks.json")
+        token = bearer(idp.token(ACTOR["user_id"], ACTOR["unit_id"]))
         groups_port, export_port = free_port(), free_port()
         groups = ServiceProcess(
             "services.groups",
-            {**env, "GROUPS_HTTP_PORT": str(groups_port)},
+            {
+                **env,
+                **idp.env(jwks_path),
+                "GROUPS_ALLOWED_UNITS": ACTOR["unit_id"],
+                "GROUPS_HTTP_PORT": str(groups_port),
+            },
             port=groups_port,
             log_path=workdir / "groups.log",
         )
@@ -225,13 +239,17 @@ def main(argv: list[str] | None = None) -> int:
         )
         with groups, export:
             print(
-                f"groups service  {groups.url}  (/healthz /metrics /asyncapi), "
+                f"groups service  {groups.url}  (/healthz /metrics /asyncapi /openapi.json), "
                 f"log {groups.log_path}"
             )
             print(f"export service  {export.url}  (/healthz /metrics, log {export.log_path})")
+            print(
+                "patient-data reads need a token: "
+                f"python -m devinfra.tokens --key {key_path} --user demo-nurse --unit demo-unit"
+            )
             print(f"up in {time.monotonic() - started:.1f}s; playing the demo feed\n")
-            asyncio.run(_feed(infra.kafka_bootstrap, topics, groups.url))
-            _read_back(groups.url)
+            asyncio.run(_feed(infra.kafka_bootstrap, topics, groups.url, token))
+            _read_back(groups.url, token)
             print(
                 "\nDemo done: the booking, the groups and the dose's confirmation are stored "
                 "and exported."

@@ -108,8 +108,11 @@ class ServiceProcess:
         self.stop()
 
 
-def http_json(url: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
-    """GET (or POST with a JSON body) a local service; returns (status, decoded body)."""
+def http_json(
+    url: str, body: dict[str, Any] | None = None, *, headers: dict[str, str] | None = None
+) -> tuple[int, Any]:
+    """GET (or POST with a JSON body) a local service, with any extra headers (e.g. a
+    bearer token); returns (status, decoded body)."""
     if not url.startswith(("http://127.0.0.1", "http://localhost")):
         raise ValueError("only local services")
     data = json.dumps(body).encode() if body is not None else None
@@ -117,7 +120,7 @@ def http_json(url: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
         url,
         data=data,
         method="POST" if data else "GET",
-        headers={"content-type": "application/json"},
+        headers={"content-type": "application/json", **(headers or {})},
     )
     try:
         with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310

@@ -34,10 +34,14 @@ class Response:
     status: int
     body: bytes
     content_type: str = "application/json"
+    headers: tuple[tuple[str, str], ...] = ()  # beyond content-type, e.g. WWW-Authenticate
 
     @classmethod
-    def json(cls, status: int, payload: Any) -> Response:
-        return cls(status, json.dumps(payload, ensure_ascii=False, default=str).encode())
+    def json(
+        cls, status: int, payload: Any, *, headers: tuple[tuple[str, str], ...] = ()
+    ) -> Response:
+        body = json.dumps(payload, ensure_ascii=False, default=str).encode()
+        return cls(status, body, headers=headers)
 
 
 class BodyTooLarge(Exception):
@@ -79,7 +83,10 @@ def route(
             {
                 "type": "http.response.start",
                 "status": response.status,
-                "headers": [(b"content-type", response.content_type.encode())],
+                "headers": [
+                    (b"content-type", response.content_type.encode()),
+                    *((k.lower().encode(), v.encode()) for k, v in response.headers),
+                ],
             }
         )
         await send({"type": "http.response.body", "body": response.body})

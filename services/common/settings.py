@@ -80,6 +80,36 @@ class GroupsSettings(BaseSettings):
         return frozenset(u.strip() for u in self.allowed_units.split(",") if u.strip())
 
 
+class AuthSettings(BaseSettings):
+    """Who may read patient data over HTTP: OIDC access tokens from one issuer.
+
+    The keys come from `jwks_url` (fetched, cached, refetched on an unknown key id) or
+    from `jwks_file`; user and unit are read from the claims named here.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="AUTH_", extra="ignore")
+
+    issuer: str | None = None  # the token's `iss`, exactly as the provider writes it
+    audience: str | None = None  # the `aud` the provider issues for this service
+    jwks_url: str | None = None
+    jwks_file: str | None = None
+    user_claim: str = "hsa_id"  # the user's HSA-id
+    unit_claim: str = "unit_id"  # the unit (vårdenhet) the user acts for
+    # Clock skew allowed on exp / nbf / iat.
+    leeway_seconds: int = Field(default=30, ge=0, le=300)
+
+    def missing(self) -> list[str]:
+        """The variables still to set before tokens can be checked (empty = complete)."""
+        missing = [
+            name
+            for name, value in (("AUTH_ISSUER", self.issuer), ("AUTH_AUDIENCE", self.audience))
+            if not value
+        ]
+        if not (self.jwks_url or self.jwks_file):
+            missing.append("AUTH_JWKS_URL or AUTH_JWKS_FILE")
+        return missing
+
+
 class ExportSettings(BaseSettings):
     """The export service."""
 

@@ -26,6 +26,7 @@ from services.common.kafka import (
 )
 from services.common.settings import (
     AppSettings,
+    AuthSettings,
     DatabaseSettings,
     GroupsSettings,
     KafkaSettings,
@@ -34,6 +35,7 @@ from services.common.settings import (
 )
 from services.common.telemetry import telemetry_middlewares
 from services.groups.adapters import migrate
+from services.groups.adapters.access_tokens import AccessTokenVerifier
 from services.groups.adapters.metrics import GroupsMetrics
 from services.groups.adapters.outbox_relay import OutboxRelay
 from services.groups.adapters.repository import CatalogRepository
@@ -94,6 +96,7 @@ class GroupsSettingsBundle:
     topics: TopicSettings = field(default_factory=TopicSettings)
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
     groups: GroupsSettings = field(default_factory=GroupsSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
 
 
 def unsafe_settings(settings: GroupsSettingsBundle) -> list[str]:
@@ -105,6 +108,11 @@ def unsafe_settings(settings: GroupsSettingsBundle) -> list[str]:
         problems.append(
             "GROUPS_ALLOWED_UNITS is empty: list the units allowed to act ('*' opens it on purpose)"
         )
+    if missing := settings.auth.missing():
+        problems.append(
+            f"{', '.join(missing)} not set: the patient-data routes need the identity "
+            "provider's issuer, audience and keys"
+        )
     return problems
 
 
@@ -113,6 +121,15 @@ def authorization_from(settings: GroupsSettingsBundle) -> Authorization:
     if not units or units == frozenset({"*"}):
         return Authorization(None)  # open: on purpose, or dev mode (see unsafe_settings)
     return Authorization(units)
+
+
+def access_tokens_from(settings: GroupsSettingsBundle) -> AccessTokenVerifier | None:
+    """The verifier for patient-data reads; None (those routes refuse everyone) when the
+    `AUTH_*` settings are incomplete, which only dev mode allows."""
+    if missing := settings.auth.missing():  # dev mode only: see unsafe_settings
+        log.warning("%s not set: patient-data routes refuse every request", ", ".join(missing))
+        return None
+    return AccessTokenVerifier.from_settings(settings.auth)
 
 
 class GroupsService:
@@ -132,11 +149,14 @@ class GroupsService:
         )
         self.catalog_file = catalog_path
         self.catalog = CatalogHolder(read_catalog_file(catalog_path))
+        # One allowlist for commands and HTTP reads.
+        self.authorization = authorization_from(s)
+        self.access_tokens = access_tokens_from(s)
         self.handlers = GroupsHandlers(
             topics=s.topics,
             catalog=self.catalog,
             clock=self.clock,
-            authorization=authorization_from(s),
+            authorization=self.authorization,
         )
         self.relay = OutboxRelay(
             self.engine, self._new_producer, on_published=self.metrics.published.inc

@@ -11,6 +11,7 @@ import pytest
 
 from devinfra.provider import Infrastructure
 from devinfra.services import ServiceProcess, free_port
+from devinfra.tokens import TokenIssuer
 from services.common.settings import TopicSettings
 from tests.kafka_tools import KafkaTestClient
 
@@ -21,6 +22,7 @@ class Stack:
     export: ServiceProcess
     topics: TopicSettings
     env: dict[str, str]
+    issuer: TokenIssuer  # the identity provider the groups service trusts
 
 
 def stack_env(infra: Infrastructure, database_url: str, suffix: str) -> dict[str, str]:
@@ -44,10 +46,16 @@ def stack_env(infra: Infrastructure, database_url: str, suffix: str) -> dict[str
 def stack(infra: Infrastructure, database_url: str, tmp_path: Path) -> Iterator[Stack]:
     suffix = uuid.uuid4().hex[:8]
     env = stack_env(infra, database_url, suffix)
-    groups_port, export_port = free_port(), free_port()
+    issuer = TokenIssuer()
+    groups_env = {
+        **issuer.env(issuer.write_jwks(tmp_path / "jwks.json")),
+        "GROUPS_ALLOWED_UNITS": "unit-1",
+        "GROUPS_HTTP_PORT": str(groups_port := free_port()),
+    }
+    export_port = free_port()
     groups = ServiceProcess(
         "services.groups",
-        {**env, "GROUPS_HTTP_PORT": str(groups_port)},
+        {**env, **groups_env},
         port=groups_port,
         log_path=tmp_path / "groups.log",
     )
@@ -64,7 +72,7 @@ def stack(infra: Infrastructure, database_url: str, tmp_path: Path) -> Iterator[
             topics = TopicSettings(
                 **{name: env[f"TOPIC_{name.upper()}"] for name in TopicSettings.model_fields}
             )
-            yield Stack(groups, export, topics, env)
+            yield Stack(groups, export, topics, env, issuer)
         finally:
             export.stop()
     finally:

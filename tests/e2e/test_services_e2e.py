@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 
-from devinfra.services import http_json
+import pytest
+
+from devinfra.services import ServiceProcess, free_port, http_json
+from devinfra.tokens import bearer
 from tests.e2e.conftest import Stack
 from tests.kafka_tools import KafkaTestClient, cloudevent
 
@@ -32,9 +36,10 @@ async def test_popup_flow_through_both_services(stack: Stack, kafka: KafkaTestCl
     )
     await kafka.send_event(t.bookings, booking, key=PNR)
     # Topics are not ordered with each other: let the booking land before the start.
-    query = "booking_id=e2e-b1&user_id=nurse-1&unit_id=unit-1"
+    token = bearer(stack.issuer.token(ACTOR["user_id"], ACTOR["unit_id"]))
+    booking_url = f"{stack.groups.url}/booking?booking_id=e2e-b1"
     for _ in range(300):
-        status, _found = await asyncio.to_thread(http_json, f"{stack.groups.url}/booking?{query}")
+        status, _found = await asyncio.to_thread(http_json, booking_url, headers=token)
         if status == 200:
             break
         await asyncio.sleep(0.1)
@@ -98,22 +103,29 @@ async def test_popup_flow_through_both_services(stack: Stack, kafka: KafkaTestCl
         assert PNR.encode() not in record.value
         assert record.key is not None and PNR.encode() not in record.key
 
+    card_url = f"{stack.groups.url}/customer-card"
     status, card = await asyncio.to_thread(
-        http_json, f"{stack.groups.url}/customer-card", {"personnummer": PNR, **ACTOR}
+        http_json, card_url, {"personnummer": PNR}, headers=token
     )
     assert status == 200
     assert [m["group_code"] for m in card["active"]] == ["INFLUENSA"]
 
-    status, found = await asyncio.to_thread(http_json, f"{stack.groups.url}/booking?{query}")
+    status, found = await asyncio.to_thread(http_json, booking_url, headers=token)
     assert status == 200
     assert found["booking"]["requested_group"]["group_code"] == "INFLUENSA"
     assert [m["group_code"] for m in found["customer"]["active"]] == ["INFLUENSA"]
-    status, _ = await asyncio.to_thread(http_json, f"{stack.groups.url}/booking?booking_id=x")
-    assert status == 400, "reads must name the user and unit (PDL)"
+    status, _ = await asyncio.to_thread(http_json, booking_url)
+    assert status == 401, "reads need a token naming the user and unit (PDL)"
+    status, _ = await asyncio.to_thread(
+        http_json, booking_url, headers=bearer(stack.issuer.token("nurse-2", "unit-2"))
+    )
+    assert status == 403, "a unit off the allowlist reads nothing"
     status, error = await asyncio.to_thread(
-        http_json, f"{stack.groups.url}/customer-card", {"personnummer": "191212121213", **ACTOR}
+        http_json, card_url, {"personnummer": "191212121213"}, headers=token
     )
     assert (status, error["reason_code"]) == (422, "INVALID_PERSONNUMMER")
+    status, openapi = await asyncio.to_thread(http_json, f"{stack.groups.url}/openapi.json")
+    assert status == 200 and "/customer-card" in openapi["paths"]
 
     status, health = await asyncio.to_thread(http_json, f"{stack.groups.url}/healthz")
     assert status == 200, health
@@ -126,3 +138,27 @@ async def test_popup_flow_through_both_services(stack: Stack, kafka: KafkaTestCl
     assert any("bookings" in name for name in asyncapi["channels"])
     status, _ = await asyncio.to_thread(http_json, f"{stack.groups.url}/asyncapi/try")
     assert status == 404, "the try-it-out publish route must stay off"
+
+
+def test_outside_dev_mode_the_groups_service_needs_the_identity_provider(tmp_path: Path) -> None:
+    """Safe by default: `APP_ENV=prod` without `AUTH_*` stops the start, naming what is
+    missing (before any connection is made, so no infrastructure is needed)."""
+    port = free_port()
+    env = {
+        "APP_ENV": "prod",
+        "GROUPS_ALLOWED_UNITS": "unit-1",
+        "GROUPS_HTTP_PORT": str(port),
+        "AUTH_ISSUER": "",
+        "AUTH_AUDIENCE": "",
+        "AUTH_JWKS_URL": "",
+        "AUTH_JWKS_FILE": "",
+    }
+    process = ServiceProcess("services.groups", env, port=port, log_path=tmp_path / "g.log")
+    try:
+        with pytest.raises(RuntimeError, match="exited"):
+            process.start(wait=60.0)
+    finally:
+        process.kill()
+    written = (tmp_path / "g.log").read_text()
+    for name in ("AUTH_ISSUER", "AUTH_AUDIENCE", "AUTH_JWKS_URL or AUTH_JWKS_FILE"):
+        assert name in written

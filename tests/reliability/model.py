@@ -254,6 +254,8 @@ class Model:
             return messages.REMOVED
         if type_ == "customer_group.prompt_close":
             vid, prompt = self._prompt(data["prompt_id"], personnummer, data["vaccination_id"])
+            if prompt["unit_id"] != data["actor"]["unit_id"]:
+                raise Unauthorized("a popup is closed by its own unit")
             prompt["closed"] = True
             previous = self.confirmations.get(vid)
             self.confirmations[vid] = {
@@ -597,11 +599,13 @@ class StreamGenerator:
         return self._command(state, "add", self._add_fields(state), prompt_id=prompt["prompt_id"])
 
     def _do_close(self, state: _CustomerState) -> Input:
+        """Mostly by the prompt's own unit, as a nurse would; now and then by another
+        allowed unit, which the service must refuse."""
         vaccination_id = self.rng.choice(state.ready)
-        prompt_id = self.model.prompts[vaccination_id]["prompt_id"]
-        return self._command(
-            state, "prompt_close", {"prompt_id": prompt_id, "vaccination_id": vaccination_id}
-        )
+        prompt = self.model.prompts[vaccination_id]
+        unit = prompt["unit_id"] if self.rng.random() < 0.9 else self.rng.choice(ALLOWED_UNITS)
+        fields = {"prompt_id": prompt["prompt_id"], "vaccination_id": vaccination_id}
+        return self._command(state, "prompt_close", fields, actor=self._actor(unit))
 
     def _do_update(self, state: _CustomerState) -> Input:
         rng = self.rng

@@ -1,29 +1,87 @@
 """HTTP routes of the groups process: health, metrics and the nurse's read views.
 
-The personnummer travels in a POST body, never in a URL, so it cannot end up in
-access logs. Every read names the user and unit (PDL audit).
+Patient-data routes need `Authorization: Bearer <access token>`; the user and unit
+come from the token, never from the request, and every answer is written to the PDL
+audit log with them. The personnummer travels in a POST body, never in a URL, so it
+cannot end up in access logs.
 """
 
 from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Awaitable, Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from services.common.asgi import ASGIApp, Request, Response, route
+from services.groups.adapters.access_tokens import Identity, InvalidToken
 from services.groups.bootstrap import GroupsService
-from services.groups.domain.errors import DomainError
+from services.groups.domain.errors import DomainError, Unauthorized
 from services.groups.domain.personnummer import Personnummer
+from services.groups.entrypoints.openapi import openapi_document
 from services.groups.service_layer import views
 
+log = logging.getLogger(__name__)
 
-def _actor(payload: dict[str, object]) -> tuple[str, str] | None:
-    user_id, unit_id = payload.get("user_id"), payload.get("unit_id")
-    if isinstance(user_id, str) and user_id and isinstance(unit_id, str) and unit_id:
-        return user_id[:128], unit_id[:128]
-    return None
+# Routes that answer with a patient's data: token required, allowlist applied, audited.
+PATIENT_DATA_ROUTES = ("/customer-card", "/booking")
+
+PatientHandler = Callable[[Request, Identity], Awaitable[Response]]
+
+
+def bearer_token(headers: dict[str, str]) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header (scheme case-insensitive)."""
+    scheme, _, token = headers.get("authorization", "").strip().partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
+
+
+def unauthorized(reason: str | None) -> Response:
+    """401 with the RFC 6750 challenge: no error code when no token came, else
+    `invalid_token` and why (a fixed phrase, never the token's content)."""
+    if reason is None:
+        return Response.json(
+            401, {"error": "bearer token required"}, headers=(("WWW-Authenticate", "Bearer"),)
+        )
+    description = re.sub(r"[^A-Za-z0-9 _.-]", "", reason)[:100]
+    challenge = f'Bearer error="invalid_token", error_description="{description}"'
+    return Response.json(
+        401,
+        {"error": "invalid_token", "error_description": description},
+        headers=(("WWW-Authenticate", challenge),),
+    )
 
 
 def build_routes(service: GroupsService) -> list[tuple[str, ASGIApp]]:
+    def patient_data(
+        path: str, handler: PatientHandler
+    ) -> Callable[[Request], Awaitable[Response]]:
+        async def guarded(request: Request) -> Response:
+            token = bearer_token(request.headers)
+            if token is None:
+                return unauthorized(None)
+            if service.access_tokens is None:
+                return unauthorized("no identity provider configured")
+            try:
+                identity = await service.access_tokens.verify(token)
+            except InvalidToken as error:
+                log.info("%s refused: %s", path, error)
+                return unauthorized(str(error))
+            try:
+                service.authorization.check(identity.unit_id)
+            except Unauthorized:
+                async with service.new_uow() as uow:
+                    await views.access_refused(
+                        uow, user_id=identity.user_id, unit_id=identity.unit_id, route=path
+                    )
+                    await uow.commit()
+                return Response.json(403, {"error": "the unit may not read patient data"})
+            return await handler(request, identity)
+
+        return guarded
+
     async def healthz(_request: Request) -> Response:
         checks: dict[str, str] = {}
         try:
@@ -47,32 +105,44 @@ def build_routes(service: GroupsService) -> list[tuple[str, ASGIApp]]:
         service.metrics.relay_leader.set(1 if service.relay.is_leader else 0)
         return Response(200, generate_latest(service.metrics.registry), CONTENT_TYPE_LATEST)
 
-    async def customer_card(request: Request) -> Response:
+    document = openapi_document()
+
+    async def openapi(_request: Request) -> Response:
+        return Response.json(200, document)
+
+    async def customer_card(request: Request, identity: Identity) -> Response:
         try:
             payload = request.json()
         except ValueError:
             return Response.json(400, {"error": "body must be JSON"})
-        if not isinstance(payload, dict) or (actor := _actor(payload)) is None:
-            return Response.json(400, {"error": "personnummer, user_id and unit_id are required"})
+        if not isinstance(payload, dict) or not isinstance(payload.get("personnummer"), str):
+            return Response.json(400, {"error": "personnummer is required"})
         try:
-            personnummer = Personnummer.parse(str(payload.get("personnummer", "")))
+            personnummer = Personnummer.parse(payload["personnummer"])
         except DomainError as error:
             return Response.json(422, {"reason_code": error.reason_code, "message": str(error)})
         async with service.new_uow() as uow:
             card = await views.customer_card(
-                uow, service.catalog.current, personnummer, user_id=actor[0], unit_id=actor[1]
+                uow,
+                service.catalog.current,
+                personnummer,
+                user_id=identity.user_id,
+                unit_id=identity.unit_id,
             )
             await uow.commit()
         return Response.json(200, card)
 
-    async def booking(request: Request) -> Response:
-        actor = _actor(dict(request.query))
+    async def booking(request: Request, identity: Identity) -> Response:
         booking_id = request.query.get("booking_id")
-        if not booking_id or actor is None:
-            return Response.json(400, {"error": "booking_id, user_id and unit_id are required"})
+        if not booking_id:
+            return Response.json(400, {"error": "booking_id is required"})
         async with service.new_uow() as uow:
             card = await views.booking_card(
-                uow, service.catalog.current, booking_id[:128], user_id=actor[0], unit_id=actor[1]
+                uow,
+                service.catalog.current,
+                booking_id[:128],
+                user_id=identity.user_id,
+                unit_id=identity.unit_id,
             )
             await uow.commit()
         if card is None:
@@ -83,6 +153,10 @@ def build_routes(service: GroupsService) -> list[tuple[str, ASGIApp]]:
         ("/healthz", route(healthz)),
         ("/readyz", route(readyz)),
         ("/metrics", route(metrics)),
-        ("/customer-card", route(customer_card, methods=("POST",))),
-        ("/booking", route(booking)),
+        ("/openapi.json", route(openapi)),
+        (
+            "/customer-card",
+            route(patient_data("/customer-card", customer_card), methods=("POST",)),
+        ),
+        ("/booking", route(patient_data("/booking", booking))),
     ]

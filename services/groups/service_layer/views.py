@@ -56,3 +56,15 @@ async def booking_card(
         },
         "customer": card,
     }
+
+
+async def access_refused(uow: UnitOfWork, *, user_id: str, unit_id: str, route: str) -> None:
+    """A caller the identity provider vouched for, refused (unit off the allowlist): the
+    attempt is logged with no patient named, since nothing was read."""
+    await uow.repo.audit(
+        action="access_refused",
+        user_id=user_id,
+        unit_id=unit_id,
+        personnummer=None,
+        detail={"route": route, "reason": "unit_not_allowed"},
+    )

@@ -1,0 +1,196 @@
+"""Patient-data reads through the groups service's HTTP routes, against the real database:
+real signed tokens, keys from a JWKS URL on 127.0.0.1, audit rows read back."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import hashlib
+import hmac
+import json
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from sqlalchemy import select
+
+from devinfra.tokens import TokenIssuer, bearer
+from services.common.asgi import ASGIApp
+from services.common.settings import AuthSettings, GroupsSettings
+from services.groups.adapters.orm import audit_log
+from services.groups.bootstrap import GroupsService, GroupsSettingsBundle
+from services.groups.entrypoints.http import build_routes
+from tests.http_tools import JwksServer, call
+from tests.integration.conftest import running_groups_service, wait_until_booked
+from tests.kafka_tools import KafkaTestClient, cloudevent
+
+PNR = "191212121212"
+BOOKING = "http-b1"
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+@pytest.fixture
+def issuer() -> TokenIssuer:
+    return TokenIssuer(issuer="https://idp.region.test/oidc", audience="customer-groups")
+
+
+@pytest.fixture
+def jwks_server(issuer: TokenIssuer) -> Iterator[JwksServer]:
+    server = JwksServer(issuer.jwks())
+    yield server
+    server.close()
+
+
+@pytest.fixture
+async def service(
+    groups_settings: GroupsSettingsBundle,
+    issuer: TokenIssuer,
+    jwks_server: JwksServer,
+    kafka: KafkaTestClient,
+) -> AsyncIterator[GroupsService]:
+    settings = dataclasses.replace(
+        groups_settings,
+        groups=GroupsSettings(
+            consumer_group=groups_settings.groups.consumer_group, allowed_units="unit-1,unit-3"
+        ),
+        auth=AuthSettings(
+            issuer=issuer.issuer,
+            audience=issuer.audience,
+            jwks_url=jwks_server.url,
+            jwks_file=None,
+            leeway_seconds=30,
+        ),
+    )
+    async with running_groups_service(settings) as service:
+        booking = cloudevent(
+            "booking.created",
+            {
+                "booking_id": BOOKING,
+                "unit_id": "unit-1",
+                "start_time": "2026-11-26T14:20:00+01:00",
+                "customer": {"personnummer": PNR, "first_name": "Test", "last_name": "Testsson"},
+            },
+        )
+        await kafka.send_event(settings.topics.bookings, booking, key=PNR)
+        await wait_until_booked(service, BOOKING)
+        yield service
+
+
+@pytest.fixture
+def routes(service: GroupsService) -> dict[str, ASGIApp]:
+    return dict(build_routes(service))
+
+
+async def _audit_rows(service: GroupsService) -> list[dict[str, Any]]:
+    async with service.engine.connect() as connection:
+        rows = await connection.execute(select(audit_log).order_by(audit_log.c.id))
+        return [dict(row._mapping) for row in rows]
+
+
+async def _card(routes: dict[str, ASGIApp], headers: dict[str, str], **body: Any) -> int:
+    status, _, _ = await call(
+        routes["/customer-card"], "POST", headers=headers, json_body={"personnummer": PNR, **body}
+    )
+    return status
+
+
+async def _booking(routes: dict[str, ASGIApp], headers: dict[str, str], **query: str) -> int:
+    status, _, _ = await call(
+        routes["/booking"], headers=headers, query={"booking_id": BOOKING, **query}
+    )
+    return status
+
+
+async def test_each_answer_is_audited_once_with_the_tokens_identity(
+    service: GroupsService, routes: dict[str, ASGIApp], issuer: TokenIssuer
+) -> None:
+    token = bearer(issuer.token("SE-HSA-nurse-1", "unit-1"))
+    # What the request says about user and unit is ignored.
+    status, _, card = await call(
+        routes["/customer-card"],
+        "POST",
+        headers=token,
+        json_body={"personnummer": PNR, "user_id": "someone-else", "unit_id": "unit-9"},
+    )
+    assert status == 200
+    assert card["personnummer"] == PNR
+    status, _, found = await call(
+        routes["/booking"],
+        headers=bearer(issuer.token("SE-HSA-nurse-3", "unit-3")),
+        query={"booking_id": BOOKING, "user_id": "someone-else", "unit_id": "unit-9"},
+    )
+    assert status == 200
+    assert found["booking"]["booking_id"] == BOOKING
+
+    rows = await _audit_rows(service)
+    assert [(r["action"], r["user_id"], r["unit_id"], r["personnummer"]) for r in rows] == [
+        ("read_customer_groups", "SE-HSA-nurse-1", "unit-1", PNR),
+        ("read_customer_groups", "SE-HSA-nurse-3", "unit-3", PNR),
+    ]
+
+
+async def test_invalid_tokens_get_401_and_leave_no_audit_row(
+    service: GroupsService, routes: dict[str, ASGIApp], issuer: TokenIssuer
+) -> None:
+    now = int(time.time())
+    claims = issuer.claims(user_id="nurse-1", unit_id="unit-1")
+    signed = issuer.token("nurse-1", "unit-1")
+    header, _, signature = signed.split(".")
+    tampered = _b64(json.dumps({**claims, "unit_id": "unit-3"}).encode())
+    public_pem = issuer.private_key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    hs_input = (
+        f"{_b64(json.dumps({'alg': 'HS256', 'kid': issuer.kid}).encode())}."
+        f"{_b64(json.dumps(claims).encode())}"
+    )
+    hs_signature = _b64(hmac.new(public_pem, hs_input.encode(), hashlib.sha256).digest())
+    none_input = (
+        f"{_b64(json.dumps({'alg': 'none', 'kid': issuer.kid}).encode())}."
+        f"{_b64(json.dumps(claims).encode())}."
+    )
+    stranger = TokenIssuer(issuer=issuer.issuer, audience=issuer.audience)
+    refused = {
+        "expired": issuer.sign({**claims, "exp": now - 300}),
+        "not yet valid": issuer.sign({**claims, "nbf": now + 300}),
+        "wrong issuer": issuer.sign({**claims, "iss": "https://idp.elsewhere.test"}),
+        "wrong audience": issuer.sign({**claims, "aud": "another-service"}),
+        "unknown kid": stranger.token("nurse-1", "unit-1"),
+        "tampered": f"{header}.{tampered}.{signature}",
+        "alg none": none_input,
+        "HS256 with the public key": f"{hs_input}.{hs_signature}",
+        "no user": issuer.sign(issuer.claims(user_id=None, unit_id="unit-1")),
+        "no unit": issuer.sign(issuer.claims(user_id="nurse-1", unit_id=None)),
+    }
+    for what, token in refused.items():
+        for read in (_card, _booking):
+            assert await read(routes, bearer(token)) == 401, what
+    assert await _card(routes, {}, user_id="nurse-1", unit_id="unit-1") == 401
+    assert await _booking(routes, {}, user_id="nurse-1", unit_id="unit-1") == 401
+    assert await _audit_rows(service) == []
+
+
+async def test_a_unit_off_the_allowlist_gets_403_audited_without_patient_data(
+    service: GroupsService, routes: dict[str, ASGIApp], issuer: TokenIssuer
+) -> None:
+    token = bearer(issuer.token("SE-HSA-nurse-2", "unit-2"))
+    status, _, body = await call(
+        routes["/customer-card"], "POST", headers=token, json_body={"personnummer": PNR}
+    )
+    assert status == 403
+    assert PNR not in json.dumps(body)
+    assert await _booking(routes, token) == 403
+
+    rows = await _audit_rows(service)
+    assert [
+        (r["action"], r["user_id"], r["unit_id"], r["personnummer"], r["detail"]["route"])
+        for r in rows
+    ] == [
+        ("access_refused", "SE-HSA-nurse-2", "unit-2", None, "/customer-card"),
+        ("access_refused", "SE-HSA-nurse-2", "unit-2", None, "/booking"),
+    ]

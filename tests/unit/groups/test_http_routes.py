@@ -1,0 +1,107 @@
+"""The groups service's HTTP routes without infrastructure: refusals before any database
+access, and the OpenAPI document against the routes actually served."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from devinfra.tokens import TokenIssuer, bearer
+from services.common.asgi import ASGIApp
+from services.common.settings import AppSettings, AuthSettings, GroupsSettings
+from services.groups.bootstrap import GroupsService, GroupsSettingsBundle
+from services.groups.entrypoints.http import PATIENT_DATA_ROUTES, build_routes
+from tests.http_tools import call
+
+PNR = "191212121212"
+
+
+def _routes(auth: AuthSettings) -> dict[str, ASGIApp]:
+    settings = GroupsSettingsBundle(
+        app=AppSettings(app_env="test"), groups=GroupsSettings(allowed_units="unit-1"), auth=auth
+    )
+    return dict(build_routes(GroupsService(settings)))
+
+
+@pytest.fixture
+def issuer() -> TokenIssuer:
+    return TokenIssuer()
+
+
+@pytest.fixture
+def routes(issuer: TokenIssuer, tmp_path: Path) -> dict[str, ASGIApp]:
+    jwks = issuer.write_jwks(tmp_path / "jwks.json")
+    return _routes(
+        AuthSettings(issuer=issuer.issuer, audience=issuer.audience, jwks_file=str(jwks))
+    )
+
+
+async def _read(app: ASGIApp, path: str, headers: dict[str, str]) -> tuple[int, dict[str, str]]:
+    if path == "/customer-card":
+        status, response_headers, _ = await call(
+            app, "POST", headers=headers, json_body={"personnummer": PNR}
+        )
+    else:
+        status, response_headers, _ = await call(app, headers=headers, query={"booking_id": "b-1"})
+    return status, response_headers
+
+
+@pytest.mark.parametrize("path", PATIENT_DATA_ROUTES)
+async def test_patient_data_needs_a_bearer_token(
+    routes: dict[str, ASGIApp], issuer: TokenIssuer, path: str
+) -> None:
+    for headers in ({}, {"authorization": "Basic dXNlcjpwYXNz"}, {"authorization": "Bearer "}):
+        status, response_headers = await _read(routes[path], path, headers)
+        assert (status, response_headers["www-authenticate"]) == (401, "Bearer")
+    stranger = TokenIssuer(issuer=issuer.issuer, audience=issuer.audience)
+    for token in ("not-a-jwt", stranger.token("nurse-1", "unit-1")):
+        status, response_headers = await _read(routes[path], path, bearer(token))
+        assert status == 401
+        challenge = response_headers["www-authenticate"]
+        assert challenge.startswith('Bearer error="invalid_token", error_description="')
+
+
+async def test_user_and_unit_in_the_request_do_not_replace_a_token(
+    routes: dict[str, ASGIApp],
+) -> None:
+    status, _, _ = await call(
+        routes["/customer-card"],
+        "POST",
+        json_body={"personnummer": PNR, "user_id": "nurse-1", "unit_id": "unit-1"},
+    )
+    assert status == 401
+    status, _, _ = await call(
+        routes["/booking"], query={"booking_id": "b-1", "user_id": "nurse-1", "unit_id": "unit-1"}
+    )
+    assert status == 401
+
+
+@pytest.mark.parametrize("path", PATIENT_DATA_ROUTES)
+async def test_without_an_identity_provider_dev_mode_refuses_every_read(
+    issuer: TokenIssuer, path: str
+) -> None:
+    routes = _routes(AuthSettings(issuer=None, audience=None, jwks_url=None, jwks_file=None))
+    status, response_headers = await _read(routes[path], path, bearer(issuer.token("n", "u")))
+    assert status == 401
+    assert 'error="invalid_token"' in response_headers["www-authenticate"]
+
+
+async def test_openapi_describes_every_served_route(routes: dict[str, ASGIApp]) -> None:
+    status, _, document = await call(routes["/openapi.json"])
+    assert status == 200
+    assert document["openapi"].startswith("3.1")
+    assert set(document["paths"]) == set(routes)
+    scheme = document["components"]["securitySchemes"]["bearer"]
+    assert (scheme["type"], scheme["scheme"], scheme["bearerFormat"]) == ("http", "bearer", "JWT")
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            if path != "/healthz":  # which would wait for a database and a broker
+                # The method the route answers; any other gets 405.
+                status, _, _ = await call(routes[path], method.upper())
+                assert status != 405, (path, method)
+            if path in PATIENT_DATA_ROUTES:
+                assert operation["security"] == [{"bearer": []}], path
+                assert {"401", "403"} <= set(operation["responses"]), path
+            else:
+                assert "security" not in operation, path
