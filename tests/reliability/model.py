@@ -604,6 +604,8 @@ class StreamGenerator:
         vaccination_id = self.rng.choice(state.ready)
         prompt = self.model.prompts[vaccination_id]
         unit = prompt["unit_id"] if self.rng.random() < 0.9 else self.rng.choice(ALLOWED_UNITS)
+        if unit != prompt["unit_id"]:
+            self._count("unauthorized")
         fields = {"prompt_id": prompt["prompt_id"], "vaccination_id": vaccination_id}
         return self._command(state, "prompt_close", fields, actor=self._actor(unit))
 

@@ -38,6 +38,7 @@ SUMMARY = (
     ("duplicated_effects", "duplicated effects"),
     ("stuck_partitions", "stuck partitions"),
     ("personnummer_found", "personnummer found"),
+    ("names_and_reference_codes_found", "names and reference codes found"),
 )
 ORDER = (
     "crash",

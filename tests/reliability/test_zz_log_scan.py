@@ -63,7 +63,7 @@ def personal_strings(values: list[bytes | None]) -> set[str]:
     for value in values:
         try:
             data = json.loads(value or b"null").get("data")
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):  # the bad inputs among them
             continue
         if not isinstance(data, dict):
             continue
