@@ -33,6 +33,7 @@ from services.common.settings import (
 )
 from services.common.telemetry import telemetry_middlewares
 from services.groups.adapters import migrate
+from services.groups.adapters.audit_sealer import AuditSealer
 from services.groups.adapters.metrics import GroupsMetrics
 from services.groups.adapters.outbox_relay import OutboxRelay
 from services.groups.adapters.repository import CatalogRepository
@@ -133,6 +134,7 @@ class GroupsService:
         self.relay = OutboxRelay(
             self.engine, self._new_producer, on_published=self.metrics.published.inc
         )
+        self.sealer = AuditSealer(self.engine)
         self.processor = InboundProcessor(
             self.new_uow,
             self.routes(),
@@ -214,7 +216,10 @@ class GroupsService:
 
     async def _prepare_once(self) -> None:
         await ensure_topics(self.settings.topics, self.settings.kafka)
-        await migrate.upgrade(self.engine)
+        if self.settings.app.dev_mode:
+            await migrate.upgrade(self.engine)
+        else:  # the service's role runs no DDL: the deployment runs `migrate`
+            await migrate.wait_for_head(self.engine)
         async with self.new_uow() as uow:
             in_database = await uow.catalog.load_catalog()
             # Never roll back a newer catalog that an operator imported.
@@ -241,6 +246,7 @@ class GroupsService:
 
     async def start_background(self) -> None:
         self.relay.start()
+        self.sealer.start()
         self._catalog_task = asyncio.create_task(self._reload_catalog_periodically())
         self.ready = True
 
@@ -251,4 +257,5 @@ class GroupsService:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._catalog_task
         await self.relay.stop()
+        await self.sealer.stop()
         await self.engine.dispose()
