@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import exists, func, select, text
+from sqlalchemy import func, literal, select, text, true
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.common.backoff import Backoff
@@ -34,6 +34,14 @@ _SEALER_LOCK_ID = 7_331_003
 _SNAPSHOT = text(
     "SELECT CAST(CAST(pg_snapshot_xmin(pg_current_snapshot()) AS text) AS bigint) AS xmin,"
     " CAST(CAST(pg_snapshot_xmax(pg_current_snapshot()) AS text) AS bigint) AS xmax"
+)
+# Probed by key per row from the floor on: as NOT EXISTS, with statistics stale after a
+# burst, the planner hashed the whole chain for every round.
+_SEALED = (
+    select(literal(1).label("sealed"))
+    .where(audit_chain.c.audit_id == audit_log.c.id)
+    .limit(1)
+    .lateral("chained")
 )
 _APPEND = text(
     "INSERT INTO audit_chain (audit_id, position, prev_hash, hash)"
@@ -110,10 +118,8 @@ async def seal_round(connection: AsyncConnection, horizon: SealHorizon, limit: i
         unsealed = (
             await connection.execute(
                 select(audit_log)
-                .where(
-                    audit_log.c.id > horizon.floor,
-                    ~exists().where(audit_chain.c.audit_id == audit_log.c.id),
-                )
+                .select_from(audit_log.outerjoin(_SEALED, true()))
+                .where(audit_log.c.id > horizon.floor, _SEALED.c.sealed.is_(None))
                 .order_by(audit_log.c.id)
                 .limit(limit)
             )
