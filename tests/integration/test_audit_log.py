@@ -376,3 +376,46 @@ async def test_outside_dev_mode_the_service_waits_for_migrate(
             await asyncio.wait_for(preparing, timeout=60)
     finally:
         await service.stop()
+
+
+async def test_migrate_runs_as_the_migration_role_and_creates_the_service_role(
+    database_url: str, groups_settings: GroupsSettingsBundle, infra: Infrastructure
+) -> None:
+    role = f"svc_{uuid.uuid4().hex[:10]}"
+    as_service = make_url(database_url).set(username=role).render_as_string(hide_password=False)
+    env = {
+        **os.environ,
+        "APP_ENV": "test",
+        "KAFKA_BOOTSTRAP_SERVERS": infra.kafka_bootstrap,
+        "KAFKA_INBOUND_PARTITIONS": "3",
+        "DATABASE_URL": as_service,
+        "DATABASE_MIGRATION_URL": database_url,
+        "DATABASE_SERVICE_ROLE": role,
+        **{
+            f"TOPIC_{name.upper()}": getattr(groups_settings.topics, name)
+            for name in type(groups_settings.topics).model_fields
+        },
+    }
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "services.groups", "migrate"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    service = create_engine(DatabaseSettings(database_url=as_service))
+    admin = create_engine(DatabaseSettings(database_url=database_url))
+    try:
+        async with service.begin() as connection:
+            await connection.execute(insert(audit_log), [_row(1)])
+        assert "permission denied" in await _refused(service, "DELETE FROM audit_log")
+        assert (await _cli(as_service, "audit-verify", "--grace-seconds", "3600")).returncode == 0
+    finally:
+        await service.dispose()
+        async with admin.begin() as connection:
+            await connection.execute(text(f"DROP OWNED BY {role}"))
+            await connection.execute(text(f"DROP ROLE {role}"))
+        await admin.dispose()
