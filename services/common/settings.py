@@ -56,8 +56,18 @@ class DatabaseSettings(BaseSettings):
 
     # postgresql+asyncpg://user:password@host:port/db ; add ?ssl=require for TLS
     database_url: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/customer_groups"
-    # Per process: inbound parts in flight (up to 3 per batch), the relay, HTTP reads.
+    # Per process: inbound parts in flight (up to 3 per batch), the relay, the audit
+    # sealer, HTTP reads.
     database_pool_size: int = 8
+    # Only the `migrate` step uses it (DDL, grants); the service runs as DATABASE_URL.
+    database_migration_url: str | None = None
+    # The role DATABASE_URL logs in as: `migrate` grants it the DML it needs, and only
+    # INSERT and SELECT on the audit tables. Unset: no grants (one role, as in dev).
+    database_service_role: str | None = Field(default=None, pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+
+    @property
+    def migration_url(self) -> str:
+        return self.database_migration_url or self.database_url
 
 
 class GroupsSettings(BaseSettings):

@@ -36,6 +36,7 @@ from services.common.settings import (
 from services.common.telemetry import telemetry_middlewares
 from services.groups.adapters import migrate
 from services.groups.adapters.access_tokens import AccessTokenVerifier
+from services.groups.adapters.audit_sealer import AuditSealer
 from services.groups.adapters.metrics import GroupsMetrics
 from services.groups.adapters.outbox_relay import OutboxRelay
 from services.groups.adapters.repository import CatalogRepository
@@ -161,6 +162,7 @@ class GroupsService:
         self.relay = OutboxRelay(
             self.engine, self._new_producer, on_published=self.metrics.published.inc
         )
+        self.sealer = AuditSealer(self.engine)
         self.processor = InboundProcessor(
             self.new_uow,
             self.routes(),
@@ -242,7 +244,10 @@ class GroupsService:
 
     async def _prepare_once(self) -> None:
         await ensure_topics(self.settings.topics, self.settings.kafka)
-        await migrate.upgrade(self.engine)
+        if self.settings.app.dev_mode:
+            await migrate.upgrade(self.engine)
+        else:  # the service's role runs no DDL: the deployment runs `migrate`
+            await migrate.wait_for_head(self.engine)
         async with self.new_uow() as uow:
             in_database = await uow.catalog.load_catalog()
             # Never roll back a newer catalog that an operator imported.
@@ -269,6 +274,7 @@ class GroupsService:
 
     async def start_background(self) -> None:
         self.relay.start()
+        self.sealer.start()
         self._catalog_task = asyncio.create_task(self._reload_catalog_periodically())
         self.ready = True
 
@@ -279,4 +285,5 @@ class GroupsService:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._catalog_task
         await self.relay.stop()
+        await self.sealer.stop()
         await self.engine.dispose()

@@ -77,7 +77,9 @@ async def test_audit_extract_reads_the_personnummer_from_stdin(
     nurse: NurseClient, groups_service: GroupsService
 ) -> None:
     await nurse.command("add", PNR, group_code="COVID_19")
-    result = await cli(groups_service, "audit-extract", stdin=f"{PNR}\n")
+    result = await cli(
+        groups_service, "audit-extract", "--user", "officer-1", "--unit", "pdl", stdin=f"{PNR}\n"
+    )
     assert result.returncode == 0, result.stderr
     entries = [json.loads(line) for line in result.stdout.splitlines()]
     assert [(e["action"], e["user_id"], e["unit_id"]) for e in entries] == [

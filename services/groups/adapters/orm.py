@@ -189,3 +189,16 @@ audit_log = Table(
     Column("detail", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
     Index("ix_audit_log_personnummer_at", "personnummer", "at"),
 )
+
+# The audit log's hash chain (migration 0003), beside it because audit_log is
+# insert-only: one link per audit row, appended by the single sealer in `audit_sealer`.
+# Both tables refuse UPDATE, DELETE and TRUNCATE by trigger, the owner included.
+audit_chain = Table(
+    "audit_chain",
+    metadata,
+    Column("audit_id", BigInteger, ForeignKey("audit_log.id"), primary_key=True),
+    Column("position", BigInteger, nullable=False, unique=True),
+    Column("prev_hash", LargeBinary, nullable=False),
+    Column("hash", LargeBinary, nullable=False),
+    Column("sealed_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)

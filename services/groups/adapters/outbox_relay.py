@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.common.backoff import Backoff
 from services.common.kafka import publish_in_batches
+from services.groups.adapters.leadership import leadership
 from services.groups.adapters.outbox import decode_headers
 
 log = logging.getLogger(__name__)
@@ -71,13 +72,8 @@ class OutboxRelay:
             producer: AIOKafkaProducer | None = None
             try:
                 producer = await self._producer_factory()
-                async with self._engine.connect() as lock_connection:
-                    try:
-                        await self._lead(lock_connection, producer, backoff)
-                    finally:
-                        # A session lock outlives the pool's reset: never hand a connection
-                        # that may hold it back to the pool, or no relay could lead again.
-                        await lock_connection.invalidate()
+                async with leadership(self._engine, _RELAY_LOCK_ID) as lock_connection:
+                    await self._lead(lock_connection, producer, backoff)
             except asyncio.CancelledError:
                 raise
             except Exception as error:  # outage of the database or the broker: wait it out
@@ -96,14 +92,6 @@ class OutboxRelay:
     async def _lead(
         self, lock_connection: Any, producer: AIOKafkaProducer, backoff: Backoff
     ) -> None:
-        while True:
-            got = await lock_connection.scalar(
-                text(f"SELECT pg_try_advisory_lock({_RELAY_LOCK_ID})")
-            )
-            await lock_connection.commit()
-            if got:
-                break
-            await asyncio.sleep(1.0)  # another process is relaying; stand by
         self.is_leader = True
         log.info("outbox relay is publishing")
         # One statement per round, outside a transaction (only the leader reads or deletes).

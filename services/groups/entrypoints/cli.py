@@ -12,7 +12,7 @@ import json
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -42,7 +42,10 @@ def _with_uow(task: Callable[[UnitOfWork], Awaitable[T]]) -> T:
     async def run() -> T:
         engine = create_engine(DatabaseSettings())
         try:
-            await migrate.upgrade(engine)
+            if AppSettings().dev_mode:
+                await migrate.upgrade(engine)
+            elif await migrate.current_revision(engine) != migrate.head_revision():
+                raise SystemExit("error: the schema is not at head; run `migrate` first")
             async with UnitOfWork(
                 engine, dlq_topic=TopicSettings().dlq, service=SERVICE_NAME
             ) as uow:
@@ -74,14 +77,18 @@ def serve() -> int:
 
 
 def migrate_command() -> int:
-    """The deployment's privileged step: create the topics and migrate the schema, so the
-    running services need neither CREATE on the broker nor DDL rights in the database."""
+    """The deployment's privileged step: create the topics, migrate the schema (as
+    DATABASE_MIGRATION_URL's role) and grant DATABASE_SERVICE_ROLE what the service needs,
+    so the running services need neither CREATE on the broker nor DDL rights."""
 
     async def run() -> None:
         await ensure_topics(TopicSettings(), KafkaSettings())
-        engine = create_engine(DatabaseSettings())
+        settings = DatabaseSettings()
+        engine = create_engine(settings.model_copy(update={"database_url": settings.migration_url}))
         try:
             await migrate.upgrade(engine)
+            if settings.database_service_role:
+                await migrate.grant_service_role(engine, settings.database_service_role)
         finally:
             await engine.dispose()
 
@@ -100,18 +107,48 @@ def import_catalog(path: Path) -> int:
     return 0
 
 
-def audit_extract(since: str | None) -> int:
-    text = sys.stdin.readline().strip()
-    try:
-        personnummer = Personnummer.parse(text)
-    except DomainError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+def audit_extract(
+    operator: operations.Operator,
+    by_user: str | None,
+    by_unit: str | None,
+    since: str | None,
+) -> int:
+    personnummer = None
+    if by_user is None and by_unit is None:
+        try:
+            personnummer = Personnummer.parse(sys.stdin.readline().strip())
+        except DomainError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
     since_at = datetime.fromisoformat(since) if since else None
-    rows = _with_uow(lambda uow: operations.audit_extract(uow, personnummer, since=since_at))
+    if since_at is not None and since_at.tzinfo is None:
+        since_at = since_at.replace(tzinfo=UTC)
+    rows = _with_uow(
+        lambda uow: operations.audit_extract(
+            uow,
+            operator,
+            personnummer=personnummer,
+            by_user=by_user,
+            by_unit=by_unit,
+            since=since_at,
+        )
+    )
     for row in rows:
         _print_json(row)
     print(f"{len(rows)} log entries", file=sys.stderr)
+    return 0
+
+
+def audit_verify(grace_seconds: float) -> int:
+    report = _with_uow(
+        lambda uow: operations.audit_verify(
+            uow, now=datetime.now(UTC), grace=timedelta(seconds=grace_seconds)
+        )
+    )
+    _print_json(report.summary())
+    if report.broken is not None:
+        print(f"audit chain broken: {report.broken.describe()}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -141,9 +178,23 @@ def main(argv: list[str] | None = None) -> int:
     catalog = commands.add_parser("import-catalog", help="load a catalog file into the database")
     catalog.add_argument("file", type=Path, nargs="?", default=default_catalog_path())
     extract = commands.add_parser(
-        "audit-extract", help="PDL log extract for one patient (personnummer on stdin)"
+        "audit-extract",
+        help="PDL log extract: one patient (personnummer on stdin), or --by-user/--by-unit",
     )
-    extract.add_argument("--since", help="ISO date or date-time")
+    extract.add_argument("--user", required=True, help="your user id (the extract is logged)")
+    extract.add_argument("--unit", required=True, help="your unit id")
+    extract.add_argument("--by-user", help="what this user did, with whose records")
+    extract.add_argument("--by-unit", help="what was done at this unit")
+    extract.add_argument("--since", help="ISO date or date-time (UTC unless it has a zone)")
+    verify = commands.add_parser(
+        "audit-verify", help="walk the audit log's hash chain; non-zero exit on a break"
+    )
+    verify.add_argument(
+        "--grace-seconds",
+        type=float,
+        default=300.0,
+        help="a row older than this and not sealed is a break",
+    )
     letters = commands.add_parser("dead-letters", help="list or replay dead letters")
     letter_commands = letters.add_subparsers(dest="action", required=True)
     listing = letter_commands.add_parser("list")
@@ -167,7 +218,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "import-catalog":
         return import_catalog(args.file)
     if args.command == "audit-extract":
-        return audit_extract(args.since)
+        return audit_extract(
+            operations.Operator(args.user, args.unit), args.by_user, args.by_unit, args.since
+        )
+    if args.command == "audit-verify":
+        return audit_verify(args.grace_seconds)
     if args.action == "list":
         return list_dead_letters(args.all, args.limit)
     return replay_dead_letters(None if args.all else args.ids)

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+from contextlib import aclosing
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select, update
 
 from services.common.records import Header
-from services.groups.adapters.orm import audit_log, dead_letters
+from services.groups.adapters import audit_store
+from services.groups.adapters.orm import dead_letters
 from services.groups.adapters.outbox import decode_headers
+from services.groups.domain.audit_chain import ChainBreak, ChainWalk
 from services.groups.domain.catalog import Catalog
 from services.groups.domain.personnummer import Personnummer
 from services.groups.service_layer.unit_of_work import UnitOfWork
 
 DLQ_HEADER_PREFIX = "dlq-"
+AUDIT_EXTRACT = "audit_extract"
 
 
 async def import_catalog(uow: UnitOfWork, catalog: Catalog) -> None:
@@ -24,25 +28,110 @@ async def import_catalog(uow: UnitOfWork, catalog: Catalog) -> None:
     await uow.commit()
 
 
+@dataclass(frozen=True)
+class Operator:
+    """Who runs an operator task: written to the audit log with what they extracted."""
+
+    user_id: str
+    unit_id: str
+
+
 async def audit_extract(
-    uow: UnitOfWork, personnummer: Personnummer, *, since: datetime | None = None
+    uow: UnitOfWork,
+    operator: Operator,
+    *,
+    personnummer: Personnummer | None = None,
+    by_user: str | None = None,
+    by_unit: str | None = None,
+    since: datetime | None = None,
 ) -> list[dict[str, Any]]:
-    """Who did or saw what with this patient's groups, oldest first (PDL log extract)."""
-    query = select(audit_log).where(audit_log.c.personnummer == personnummer.value)
+    """A PDL log extract, oldest first: one patient's log, or what one user or unit did
+    (with whose records, including refused attempts, which name no patient).
+
+    The extract itself is logged (action `audit_extract`, the filter in `detail`, the
+    patient when there is one) and committed before anything is returned."""
+    if (personnummer is None) == (by_user is None and by_unit is None):
+        raise ValueError("extract by patient, or by user and/or unit")
+    rows = await audit_store.extract(
+        uow.connection,
+        personnummer=personnummer.value if personnummer else None,
+        user_id=by_user,
+        unit_id=by_unit,
+        since=since,
+    )
+    what: dict[str, Any] = {"by": "patient"} if personnummer else {}
+    if by_user is not None:
+        what["by_user"] = by_user
+    if by_unit is not None:
+        what["by_unit"] = by_unit
     if since is not None:
-        query = query.where(audit_log.c.at >= since)
-    rows = (await uow.connection.execute(query.order_by(audit_log.c.at, audit_log.c.id))).all()
+        what["since"] = since.isoformat()
+    await uow.repo.audit(
+        action=AUDIT_EXTRACT,
+        user_id=operator.user_id,
+        unit_id=operator.unit_id,
+        personnummer=personnummer,
+        detail={"filter": what, "rows": len(rows)},
+    )
+    await uow.commit()
     return [
         {
+            "id": row.id,
             "at": row.at.isoformat(),
             "action": row.action,
             "user_id": row.user_id,
             "unit_id": row.unit_id,
+            # A PDL officer's review must see whose records a user opened (stdout only).
+            "personnummer": row.personnummer,
             "membership_id": row.membership_id,
             "detail": row.detail,
         }
         for row in rows
     ]
+
+
+@dataclass(frozen=True)
+class ChainReport:
+    """What `audit-verify` found: `broken` is None when the chain holds."""
+
+    rows_verified: int
+    head_position: int
+    head_hash: str
+    unsealed: int
+    broken: ChainBreak | None
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "ok": self.broken is None,
+            "rows_verified": self.rows_verified,
+            "head_position": self.head_position,
+            "head_hash": self.head_hash,
+            "unsealed": self.unsealed,
+            "break": None
+            if self.broken is None
+            else {
+                "kind": self.broken.kind,
+                "position": self.broken.position,
+                "audit_id": self.broken.audit_id,
+                "what": self.broken.describe(),
+            },
+        }
+
+
+async def audit_verify(uow: UnitOfWork, *, now: datetime, grace: timedelta) -> ChainReport:
+    """Walk the chain in one snapshot; the first break wins, then rows older than
+    `grace` that were never sealed (the sealer seals within a second or so)."""
+    await audit_store.repeatable_read(uow.connection)
+    walk = ChainWalk(sealed_twice=await audit_store.sealed_twice(uow.connection))
+    async with aclosing(audit_store.stored_links(uow.connection)) as links:
+        async for stored in links:
+            if walk.add(stored) is not None:
+                break
+    oldest, count = await audit_store.unsealed(uow.connection, before=now - grace)
+    broken = walk.broken
+    if broken is None and oldest is not None:
+        broken = ChainBreak("unsealed", None, oldest)
+    return ChainReport(walk.verified, walk.head_position, walk.head_hash.hex(), count, broken)
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,13 @@ depends_on = None
 
 
 def upgrade() -> None:
+    # The downgrade keeps audit_log, so an upgrade after it finds the table in place.
+    if not sa.inspect(op.get_bind()).has_table("audit_log"):
+        _create_audit_log()
+    _create_the_rest()
+
+
+def _create_audit_log() -> None:
     op.create_table(
         "audit_log",
         sa.Column("id", sa.BigInteger(), sa.Identity(always=True), nullable=False),
@@ -40,6 +47,9 @@ def upgrade() -> None:
     op.create_index(
         "ix_audit_log_personnummer_at", "audit_log", ["personnummer", "at"], unique=False
     )
+
+
+def _create_the_rest() -> None:
     op.create_table(
         "catalog_groups",
         sa.Column("code", sa.String(length=64), nullable=False),
@@ -252,5 +262,5 @@ def downgrade() -> None:
     op.drop_table("dead_letters")
     op.drop_table("customers")
     op.drop_table("catalog_groups")
-    op.drop_index("ix_audit_log_personnummer_at", table_name="audit_log")
-    op.drop_table("audit_log")
+    # audit_log is never dropped: PDL requires the access log to be kept whatever
+    # happens to the code or the schema around it.
