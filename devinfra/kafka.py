@@ -67,7 +67,7 @@ SCRAM_MECHANISM = "SCRAM-SHA-512"
 SASL_LISTENER = "SASL_PLAINTEXT"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class ScramUsers:
     """SASL/SCRAM-SHA-512 principals of a broker that authorizes with ACLs.
 
@@ -98,7 +98,6 @@ class ScramUsers:
 
     def __repr__(self) -> str:  # passwords stay out of logs and test reports
         return f"ScramUsers(admin={self.admin!r}, users={sorted(self.users)!r})"
-
 
     def __post_init__(self) -> None:
         for name, password in self.all.items():
