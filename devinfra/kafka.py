@@ -556,9 +556,12 @@ class LocalKafka:
             cmd += ["--add-scram", f"{SCRAM_MECHANISM}=[name={name},password={password}]"]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
         if proc.returncode != 0:
+            output = f"{proc.stdout}{proc.stderr}"
+            for password in (self.sasl.all if self.sasl else {}).values():
+                output = output.replace(password, "***")  # a parse error may echo --add-scram
             raise KafkaStartError(
                 f"formatting Kafka storage in {self.data_dir} failed:\n"
-                f"{proc.stdout}{proc.stderr}\n{tail(self.log_file)}"
+                f"{output}\n{tail(self.log_file)}"
             )
 
     def _spawn(self) -> None:

@@ -21,7 +21,11 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaConnectionError, TopicAuthorizationFailedError
+from aiokafka.errors import (
+    ClusterAuthorizationFailedError,
+    KafkaConnectionError,
+    TopicAuthorizationFailedError,
+)
 from aiokafka.structs import TopicPartition
 from pydantic import SecretStr
 
@@ -119,8 +123,8 @@ async def acl_broker() -> AsyncIterator[AclBroker]:
 async def producer_as(broker: AclBroker, user: str) -> AsyncIterator[AIOKafkaProducer]:
     # Idempotent, as the services' and any careful client's producers are.
     producer = AIOKafkaProducer(**broker.client(user), enable_idempotence=True, acks="all")
-    await producer.start()
     try:
+        await producer.start()
         yield producer
     finally:
         await producer.stop()
@@ -214,6 +218,14 @@ async def test_the_booking_system_may_write_bookings_only(acl_broker: AclBroker)
         for topic in (topics.commands, topics.started, topics.prompts):
             with pytest.raises(TopicAuthorizationFailedError):
                 await send_event(producer, topic, booking)
+
+
+async def test_an_idempotent_producer_needs_write_on_some_topic(acl_broker: AclBroker) -> None:
+    # WRITE on a topic implies the cluster's IDEMPOTENT_WRITE (KIP-679), so no ACL grants
+    # it; the migrate principal writes nowhere, and its producer id is refused.
+    with pytest.raises(ClusterAuthorizationFailedError):
+        async with producer_as(acl_broker, PRINCIPALS.migrate):
+            pass
 
 
 async def test_a_service_principal_cannot_create_topics_and_waits_for_migrate(
