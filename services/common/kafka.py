@@ -23,7 +23,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.coordinator.assignors.abstract import AbstractPartitionAssignor
 from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
-from aiokafka.errors import IllegalStateError, KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import IllegalStateError, KafkaError, TopicAlreadyExistsError, for_code
 from aiokafka.structs import TopicPartition
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
@@ -143,10 +143,11 @@ def export_topic_names(topics: TopicSettings) -> tuple[str, ...]:
 
 
 class TopicsMissing(RuntimeError):
-    """Topics a process needs do not exist, and it may not create them."""
+    """Topics a process needs do not exist, and the broker refused to create them."""
 
-    def __init__(self, names: Collection[str]) -> None:
-        self.names = sorted(names)
+    def __init__(self, errors: dict[str, str]) -> None:
+        self.errors = errors  # topic -> the broker's error, e.g. TopicAuthorizationFailedError
+        self.names = sorted(errors)
         super().__init__(f"topics missing: {', '.join(self.names)}")
 
 
@@ -181,7 +182,7 @@ async def ensure_topics(
         ]
         response = await admin.create_topics(missing)
         refused = {
-            name: code
+            name: for_code(code).__name__
             for name, code, *_ in response.topic_errors
             if code not in (0, TopicAlreadyExistsError.errno)  # another process was first
         }
@@ -189,7 +190,7 @@ async def ensure_topics(
         if created:
             log.info("created topics %s", created)
         if refused.keys() & wanted:
-            raise TopicsMissing(refused.keys() & wanted)
+            raise TopicsMissing({name: refused[name] for name in refused.keys() & wanted})
         # Metadata for new topics propagates asynchronously; wait until they are visible.
         for _ in range(100):
             if wanted <= set(await admin.list_topics()):
@@ -213,9 +214,10 @@ async def wait_for_topics(
         except TopicsMissing as error:
             delay = backoff.next_delay()
             log.warning(
-                "topics %s do not exist and this service may not create them: run "
+                "topics %s do not exist and this service may not create them (%s): run "
                 "`python -m services.groups migrate`; checking again in %.0f s",
                 ", ".join(error.names),
+                ", ".join(sorted(set(error.errors.values()))),
                 delay,
             )
             await asyncio.sleep(delay)

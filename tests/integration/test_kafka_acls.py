@@ -250,6 +250,7 @@ async def test_a_service_principal_cannot_create_topics_and_waits_for_migrate(
     with pytest.raises(TopicsMissing) as missing:
         await ensure_topics(late, groups, needed=names)
     assert missing.value.names == sorted(names)
+    assert set(missing.value.errors.values()) == {"TopicAuthorizationFailedError"}
 
     # Started before the migrate step: it waits, and says what is missing and what to do.
     caplog.set_level(logging.WARNING, logger="services.common.kafka")
@@ -258,6 +259,7 @@ async def test_a_service_principal_cannot_create_topics_and_waits_for_migrate(
     assert not waiting.done()
     warnings = [r.getMessage() for r in caplog.records if r.name == "services.common.kafka"]
     assert warnings and late.commands in warnings[0] and "migrate" in warnings[0]
+    assert "TopicAuthorizationFailedError" in warnings[0]
     assert len(warnings) < 10, "backs off rather than retrying in a hot loop"
 
     assert acl_broker.kafka.sasl is not None
