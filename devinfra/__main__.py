@@ -47,6 +47,17 @@ def _up(args: argparse.Namespace) -> int:
     return 0
 
 
+def _acls(args: argparse.Namespace) -> int:
+    from devinfra import acls
+
+    rules = acls.default_acl_set()
+    if args.script:
+        print(acls.script(rules), end="")
+    else:
+        print("\n".join(acls.command_lines(rules)))
+    return 0
+
+
 def _resolve(args: argparse.Namespace) -> int:
     print(resolve_jars())
     return 0
@@ -69,6 +80,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     up.add_argument("--no-docker", action="store_true", help="never use testcontainers")
     up.set_defaults(func=_up)
+    acl_parser = sub.add_parser(
+        "acls",
+        help="print the Kafka ACLs a deployment needs, as kafka-acls.sh commands "
+        "(topic and group names from the TOPIC_*, GROUPS_*, EXPORT_* settings)",
+    )
+    acl_parser.add_argument(
+        "--script", action="store_true", help="as the shell script infra/kafka/acls.sh"
+    )
+    acl_parser.set_defaults(func=_acls)
     resolve = sub.add_parser("resolve-jars", help="fetch the Kafka jars into the cache")
     resolve.set_defaults(func=_resolve)
 

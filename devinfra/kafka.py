@@ -17,15 +17,18 @@ import json
 import logging
 import os
 import re
+import secrets
 import shutil
 import signal
 import subprocess
 import tempfile
 import time
 import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Self
+from typing import IO, Any, Self
 
 from aiokafka.admin import AIOKafkaAdminClient
 
@@ -41,7 +44,7 @@ from devinfra._util import (
     tail,
 )
 
-__all__ = ["KafkaStartError", "LocalKafka", "kafka_infra_dir", "resolve_jars"]
+__all__ = ["KafkaStartError", "LocalKafka", "ScramUsers", "kafka_infra_dir", "resolve_jars"]
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +61,62 @@ _JAR_RE = re.compile(r"^kafka_2\.13-(?P<version>.+)\.jar$")
 
 class KafkaStartError(InfraError):
     """The local broker could not be prepared or did not come up."""
+
+
+SCRAM_MECHANISM = "SCRAM-SHA-512"
+SASL_LISTENER = "SASL_PLAINTEXT"
+
+
+@dataclass(frozen=True, repr=False)
+class ScramUsers:
+    """SASL/SCRAM-SHA-512 principals of a broker that authorizes with ACLs.
+
+    `admin` is the broker's own (inter-broker) principal and a super user, for the steps
+    that set a deployment up (topics, ACLs); every other principal gets only what ACLs
+    grant it. The credentials are written into the storage when it is formatted, so a
+    broker restarted on the same work directory needs the same passwords.
+    """
+
+    admin_password: str
+    users: Mapping[str, str] = field(default_factory=dict)
+    admin: str = "admin"
+
+    @classmethod
+    def generate(cls, *names: str) -> ScramUsers:
+        """An admin and `names`, each with a fresh random password."""
+        return cls(
+            admin_password=secrets.token_urlsafe(24),
+            users={name: secrets.token_urlsafe(24) for name in names},
+        )
+
+    @property
+    def all(self) -> dict[str, str]:
+        return {self.admin: self.admin_password, **self.users}
+
+    def password(self, name: str) -> str:
+        return self.all[name]
+
+    def __repr__(self) -> str:  # passwords stay out of logs and test reports
+        return f"ScramUsers(admin={self.admin!r}, users={sorted(self.users)!r})"
+
+    def __post_init__(self) -> None:
+        for name, password in self.all.items():
+            # Both go unescaped into `--add-scram NAME=[name=..,password=..]`, JAAS and
+            # .properties text, so only characters none of those treat specially.
+            for value in (name, password):
+                if not _SAFE_CREDENTIAL.fullmatch(value):
+                    raise ValueError(f"SCRAM user {name!r}: use only letters, digits, . _ -")
+
+
+_SAFE_CREDENTIAL = re.compile(r"[A-Za-z0-9._-]+")
+
+
+def jaas_config(username: str, password: str) -> str:
+    """`sasl.jaas.config` for a SCRAM client (Java tools, the broker's inter-broker login)."""
+    return (
+        "org.apache.kafka.common.security.scram.ScramLoginModule required "
+        f'username="{username}" password="{password}";'
+    )
 
 
 def kafka_infra_dir() -> Path:
@@ -81,14 +140,16 @@ def _pom_kafka_version(pom: Path) -> str:
 def resolve_jars() -> Path:
     """Directory holding the broker's jars, resolving them with Maven on first use.
 
-    The cache is `<cache root>/kafka-<version>/libs` (see `devinfra._util.cache_root`). A
-    marker file records the sha256 of the pom it was built from: while it matches, this
-    returns at once without running Maven; an edited pom re-resolves. A file lock makes
-    concurrent first calls (e.g. parallel test processes) resolve only once.
+    The cache is `<cache root>/kafka-<version>-<pom digest>/libs` (see
+    `devinfra._util.cache_root`): checkouts with different poms (branches, worktrees) each
+    keep their own jars instead of replacing each other's under a running broker. A marker
+    file records the sha256 of the pom it was built from: while it matches, this returns at
+    once without running Maven. A file lock makes concurrent first calls (e.g. parallel
+    test processes) resolve only once.
     """
     pom = kafka_infra_dir() / "pom.xml"
     digest = hashlib.sha256(pom.read_bytes()).hexdigest()
-    cache = cache_root() / f"kafka-{_pom_kafka_version(pom)}"
+    cache = cache_root() / f"kafka-{_pom_kafka_version(pom)}-{digest[:12]}"
     libs = cache / "libs"
     marker = cache / _MARKER
 
@@ -144,6 +205,14 @@ def _java() -> str:
     return java
 
 
+def _write_private(path: Path, text: str) -> None:
+    """Write a file only its owner may read (it may hold a password)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    path.chmod(0o600)
+
+
 def _random_cluster_id() -> str:
     """Kafka's cluster-id format: a base64url UUID without padding.
 
@@ -156,10 +225,8 @@ def _random_cluster_id() -> str:
             return cid
 
 
-async def _broker_ready(bootstrap: str) -> bool:
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=bootstrap, client_id="devinfra-probe", request_timeout_ms=5000
-    )
+async def _broker_ready(client: Mapping[str, Any]) -> bool:
+    admin = AIOKafkaAdminClient(**client, client_id="devinfra-probe", request_timeout_ms=5000)
     try:
         await admin.start()
         cluster = await admin.describe_cluster()
@@ -175,6 +242,11 @@ class LocalKafka:
     `kill()` + `start()`) bring the same cluster back with its data, as a broker restart in
     production would. Without `workdir` a temporary directory is used and removed when the
     context manager exits.
+
+    With `sasl`, clients authenticate with SCRAM-SHA-512 (`client_config`) and the
+    StandardAuthorizer allows only what ACLs grant (`devinfra.acls`); the controller
+    listener stays PLAINTEXT on loopback, its anonymous principal a super user, since the
+    broker registers with the controller before any ACL could exist.
     """
 
     def __init__(
@@ -184,7 +256,9 @@ class LocalKafka:
         port: int | None = None,
         controller_port: int | None = None,
         startup_timeout: float = 90.0,
+        sasl: ScramUsers | None = None,
     ) -> None:
+        self.sasl = sasl
         self._owns_workdir = workdir is None
         self.workdir = (
             Path(tempfile.mkdtemp(prefix="local-kafka-")) if workdir is None else workdir
@@ -212,6 +286,12 @@ class LocalKafka:
         return self.workdir / "logs" / "server.log"
 
     @property
+    def admin_properties_file(self) -> Path:
+        """Client properties of the admin principal, for Kafka's Java tools'
+        `--command-config` (SASL brokers only; owner-readable, it holds the password)."""
+        return self.workdir / "admin.properties"
+
+    @property
     def console_file(self) -> Path:
         """JVM stdout/stderr: WARN+ log lines and anything printed before log4j2 starts."""
         return self.workdir / "kafka.out"
@@ -220,6 +300,32 @@ class LocalKafka:
     @property
     def bootstrap_servers(self) -> str:
         return f"{LOCALHOST}:{self.port}"
+
+    @property
+    def security_protocol(self) -> str:
+        return "PLAINTEXT" if self.sasl is None else SASL_LISTENER
+
+    def client_config(self, user: str | None = None) -> dict[str, Any]:
+        """aiokafka connection kwargs, as `user` (default: the admin) on a SASL broker."""
+        config: dict[str, Any] = {"bootstrap_servers": self.bootstrap_servers}
+        if self.sasl is not None:
+            name = user or self.sasl.admin
+            config.update(
+                security_protocol=SASL_LISTENER,
+                sasl_mechanism=SCRAM_MECHANISM,
+                sasl_plain_username=name,
+                sasl_plain_password=self.sasl.password(name),
+            )
+        return config
+
+    def java_tool_cmd(self, main_class: str, *args: str) -> list[str]:
+        """A Kafka Java tool (e.g. `org.apache.kafka.tools.AclCommand`) against this broker
+        as the admin: `--bootstrap-server` (and `--command-config`) come first."""
+        connect = ["--bootstrap-server", self.bootstrap_servers]
+        if self.sasl is not None:
+            self._write_admin_properties()
+            connect += ["--command-config", str(self.admin_properties_file)]
+        return [*self._java_cmd("-Xmx256m"), main_class, *connect, *args]
 
     @property
     def version(self) -> str:
@@ -364,16 +470,44 @@ class LocalKafka:
             f"{self._jars()}/*",
         ]
 
+    def _security_properties(self) -> dict[str, str]:
+        if self.sasl is None:
+            return {}
+        listener = SASL_LISTENER.lower()
+        return {
+            "sasl.enabled.mechanisms": SCRAM_MECHANISM,
+            "sasl.mechanism.inter.broker.protocol": SCRAM_MECHANISM,
+            f"listener.name.{listener}.{SCRAM_MECHANISM.lower()}.sasl.jaas.config": (
+                jaas_config(self.sasl.admin, self.sasl.admin_password)
+            ),
+            "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+            # ANONYMOUS is whoever reaches the loopback-only PLAINTEXT controller listener:
+            # this broker itself, registering before any ACL exists.
+            "super.users": f"User:{self.sasl.admin};User:ANONYMOUS",
+            "allow.everyone.if.no.acl.found": "false",
+        }
+
+    def _write_admin_properties(self) -> None:
+        assert self.sasl is not None
+        text = (
+            f"security.protocol={SASL_LISTENER}\n"
+            f"sasl.mechanism={SCRAM_MECHANISM}\n"
+            f"sasl.jaas.config={jaas_config(self.sasl.admin, self.sasl.admin_password)}\n"
+        )
+        _write_private(self.admin_properties_file, text)
+
     def _write_properties(self) -> None:
+        listener = self.security_protocol
         props = {
             "process.roles": "broker,controller",
             "node.id": "1",
-            "listeners": f"PLAINTEXT://{LOCALHOST}:{self.port},"
+            "listeners": f"{listener}://{LOCALHOST}:{self.port},"
             f"CONTROLLER://{LOCALHOST}:{self.controller_port}",
-            "advertised.listeners": f"PLAINTEXT://{LOCALHOST}:{self.port}",
-            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "advertised.listeners": f"{listener}://{LOCALHOST}:{self.port}",
+            "listener.security.protocol.map": f"{listener}:{listener},CONTROLLER:PLAINTEXT",
             "controller.listener.names": "CONTROLLER",
-            "inter.broker.listener.name": "PLAINTEXT",
+            "inter.broker.listener.name": listener,
+            **self._security_properties(),
             "controller.quorum.bootstrap.servers": f"{LOCALHOST}:{self.controller_port}",
             "log.dirs": str(self.data_dir),
             # Topics are created explicitly by the services, as in production.
@@ -408,7 +542,7 @@ class LocalKafka:
         }
         text = "# Written by devinfra.kafka.LocalKafka; rewritten on every start.\n"
         text += "".join(f"{key}={value}\n" for key, value in props.items())
-        self.properties_file.write_text(text)
+        _write_private(self.properties_file, text)
 
     def _format(self) -> None:
         cmd = [
@@ -416,11 +550,18 @@ class LocalKafka:
             "kafka.tools.StorageTool", "format", "--standalone",
             "-t", _random_cluster_id(), "-c", str(self.properties_file),
         ]  # fmt: skip
+        # SCRAM credentials live in the cluster metadata: written at format time, no
+        # principal has to exist before the broker can authenticate its first client.
+        for name, password in (self.sasl.all if self.sasl else {}).items():
+            cmd += ["--add-scram", f"{SCRAM_MECHANISM}=[name={name},password={password}]"]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
         if proc.returncode != 0:
+            output = f"{proc.stdout}{proc.stderr}"
+            for password in (self.sasl.all if self.sasl else {}).values():
+                output = output.replace(password, "***")  # a parse error may echo --add-scram
             raise KafkaStartError(
                 f"formatting Kafka storage in {self.data_dir} failed:\n"
-                f"{proc.stdout}{proc.stderr}\n{tail(self.log_file)}"
+                f"{output}\n{tail(self.log_file)}"
             )
 
     def _spawn(self) -> None:
@@ -458,7 +599,7 @@ class LocalKafka:
                 )
             if port_accepts(self.port):
                 try:
-                    if run_coroutine_blocking(lambda: _broker_ready(self.bootstrap_servers)):
+                    if run_coroutine_blocking(lambda: _broker_ready(self.client_config())):
                         return
                 except Exception as exc:
                     log.debug("Kafka not ready yet: %r", exc)

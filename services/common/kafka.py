@@ -15,7 +15,7 @@ import math
 import random
 import ssl
 import struct
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +23,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.coordinator.assignors.abstract import AbstractPartitionAssignor
 from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
-from aiokafka.errors import IllegalStateError, KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import IllegalStateError, KafkaError, TopicAlreadyExistsError, for_code
 from aiokafka.structs import TopicPartition
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
@@ -36,6 +36,7 @@ from faststream.security import (
     SASLScram512,
 )
 
+from services.common.backoff import Backoff
 from services.common.records import keep_raw_bytes
 from services.common.settings import KafkaSettings, TopicSettings
 
@@ -131,12 +132,44 @@ def topic_specs(topics: TopicSettings, kafka: KafkaSettings) -> list[TopicSpec]:
     ]
 
 
-async def ensure_topics(topics: TopicSettings, kafka: KafkaSettings) -> None:
-    """Create the topics the services use, if missing. Existing topics are left alone."""
+def groups_topic_names(topics: TopicSettings) -> tuple[str, ...]:
+    """The topics the groups service reads or writes."""
+    return (*topics.inbound, topics.prompts, topics.events, topics.dlq)
+
+
+def export_topic_names(topics: TopicSettings) -> tuple[str, ...]:
+    """The topics the export service reads or writes."""
+    return (topics.events, topics.export, topics.dlq)
+
+
+class TopicsMissing(RuntimeError):
+    """Topics a process needs do not exist, and the broker refused to create them."""
+
+    def __init__(self, errors: dict[str, str]) -> None:
+        self.errors = errors  # topic -> the broker's error, e.g. TopicAuthorizationFailedError
+        self.names = sorted(errors)
+        super().__init__(f"topics missing: {', '.join(self.names)}")
+
+
+async def ensure_topics(
+    topics: TopicSettings, kafka: KafkaSettings, *, needed: Collection[str] | None = None
+) -> None:
+    """Create the product's missing topics, if this principal may. Existing topics are
+    left alone.
+
+    `needed` are the topics this process uses (default: all). When they all exist, nothing
+    is created, so a service running under ACLs never needs CREATE (nor DESCRIBE on other
+    services' topics, which a principal without it cannot see). Raises `TopicsMissing`
+    when some of them still do not exist because the broker refused to create them.
+    """
+    specs = topic_specs(topics, kafka)
+    wanted = set(needed) if needed is not None else {spec.name for spec in specs}
     admin = AIOKafkaAdminClient(**client_kwargs(kafka))
     await admin.start()
     try:
         existing = set(await admin.list_topics())
+        if wanted <= existing:
+            return
         missing = [
             NewTopic(
                 name=spec.name,
@@ -144,24 +177,50 @@ async def ensure_topics(topics: TopicSettings, kafka: KafkaSettings) -> None:
                 replication_factor=kafka.replication_factor,
                 topic_configs=spec.config,
             )
-            for spec in topic_specs(topics, kafka)
+            for spec in specs
             if spec.name not in existing
         ]
-        if missing:
-            try:
-                await admin.create_topics(missing)
-            except TopicAlreadyExistsError:
-                pass  # another process created them first
-            log.info("created topics %s", [t.name for t in missing])
+        response = await admin.create_topics(missing)
+        refused = {
+            name: for_code(code).__name__
+            for name, code, *_ in response.topic_errors
+            if code not in (0, TopicAlreadyExistsError.errno)  # another process was first
+        }
+        created = [t.name for t in missing if t.name not in refused]
+        if created:
+            log.info("created topics %s", created)
+        if refused.keys() & wanted:
+            raise TopicsMissing({name: refused[name] for name in refused.keys() & wanted})
         # Metadata for new topics propagates asynchronously; wait until they are visible.
-        wanted = {spec.name for spec in topic_specs(topics, kafka)}
         for _ in range(100):
             if wanted <= set(await admin.list_topics()):
                 return
             await asyncio.sleep(0.1)
-        raise RuntimeError(f"topics not visible after creation: {wanted}")
+        raise RuntimeError(f"topics not visible after creation: {sorted(wanted)}")
     finally:
         await admin.close()
+
+
+async def wait_for_topics(
+    topics: TopicSettings, kafka: KafkaSettings, *, needed: Collection[str]
+) -> None:
+    """`ensure_topics` for a running service: topics it may not create are waited for
+    with backoff (the deployment's migrate step creates them), not a crash loop."""
+    backoff = Backoff(cap=30.0)
+    while True:
+        try:
+            await ensure_topics(topics, kafka, needed=needed)
+            return
+        except TopicsMissing as error:
+            delay = backoff.next_delay()
+            log.warning(
+                "topics %s do not exist and this service may not create them (%s): run "
+                "`python -m services.groups migrate`; checking again in %.0f s",
+                ", ".join(error.names),
+                ", ".join(sorted(set(error.errors.values()))),
+                delay,
+            )
+            await asyncio.sleep(delay)
 
 
 # A dead letter is the original record plus error headers, and a record is dead-lettered

@@ -10,7 +10,13 @@ from zoneinfo import ZoneInfo
 from aiokafka import AIOKafkaProducer
 from faststream.kafka import KafkaBroker
 
-from services.common.kafka import OffsetCommits, build_broker, ensure_topics, start_producer
+from services.common.kafka import (
+    OffsetCommits,
+    build_broker,
+    export_topic_names,
+    start_producer,
+    wait_for_topics,
+)
 from services.common.settings import (
     AppSettings,
     DatabaseSettings,
@@ -95,7 +101,8 @@ class ExportService:
         return await start_producer(self.settings.kafka, client_id=SERVICE_NAME)
 
     async def prepare(self) -> None:
-        await ensure_topics(self.settings.topics, self.settings.kafka)
+        topics = self.settings.topics
+        await wait_for_topics(topics, self.settings.kafka, needed=export_topic_names(topics))
         if self.settings.export.include_personnummer:
             log.warning("EXPORT_INCLUDE_PERSONNUMMER is on: the export carries personnummer")
 

@@ -21,8 +21,9 @@ from services.common.kafka import (
     OffsetCommits,
     build_broker,
     dead_letter_request_size,
-    ensure_topics,
+    groups_topic_names,
     start_producer,
+    wait_for_topics,
 )
 from services.common.settings import (
     AppSettings,
@@ -243,7 +244,8 @@ class GroupsService:
                 await asyncio.sleep(delay)
 
     async def _prepare_once(self) -> None:
-        await ensure_topics(self.settings.topics, self.settings.kafka)
+        topics = self.settings.topics
+        await wait_for_topics(topics, self.settings.kafka, needed=groups_topic_names(topics))
         if self.settings.app.dev_mode:
             await migrate.upgrade(self.engine)
         else:  # the service's role runs no DDL: the deployment runs `migrate`

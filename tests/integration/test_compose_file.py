@@ -22,6 +22,7 @@ from typing import Any, NoReturn
 import pytest
 from pydantic_settings import BaseSettings
 
+from devinfra.acls import Principals
 from services.common import settings as settings_module
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,6 +38,15 @@ APP_SERVICES = {
     "export": ("EXPORT_", ["python", "-m", "services.export"]),
 }
 OWN_PREFIXES = {prefix for prefix, _ in APP_SERVICES.values()}
+# One-shot steps before the services start: ACLs and credentials, then topics and schema.
+SETUP_SERVICES = {"kafka-setup", "migrate"}
+# The Kafka principal each service of ours runs as (the ACLs of devinfra/acls.py).
+PRINCIPALS = {
+    "groups": Principals().groups,
+    "export": Principals().export,
+    "migrate": Principals().migrate,
+}
+SECRET_FROM_ENV = re.compile(r"\$\{[A-Z_]+:\?[^}]+\}")  # required, no default
 
 
 def _missing(what: str) -> NoReturn:
@@ -166,13 +176,13 @@ def test_dclint_passes() -> None:
 
 def test_no_version_key_and_expected_services(compose: dict[str, Any]) -> None:
     assert "version" not in compose
-    assert set(compose["services"]) == {"kafka", "postgres", *APP_SERVICES}
+    assert set(compose["services"]) == {"kafka", "postgres", *APP_SERVICES, *SETUP_SERVICES}
 
 
 def test_every_service_has_build_or_image(compose: dict[str, Any]) -> None:
     for name, service in compose["services"].items():
         assert "build" in service or "image" in service, name
-    for name in APP_SERVICES:
+    for name in (*APP_SERVICES, "migrate"):
         assert compose["services"][name].get("build") in (".", {"context": "."}), name
 
 
@@ -206,6 +216,50 @@ def test_app_environment_wiring(compose: dict[str, Any]) -> None:
     )
 
 
+def test_services_and_migrate_run_as_their_own_kafka_principals(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    for name, principal in PRINCIPALS.items():
+        env = _environment(services[name])
+        unknown = sorted(set(env) - set(_allowed_env("groups" if name == "migrate" else name)))
+        assert not unknown, f"{name}: variables no settings class reads: {unknown}"
+        assert env["KAFKA_BOOTSTRAP_SERVERS"] == "kafka:9092", name
+        assert env["KAFKA_SECURITY_PROTOCOL"] == "SASL_PLAINTEXT", name
+        assert env["KAFKA_SASL_MECHANISM"] == "SCRAM-SHA-512", name
+        assert env["KAFKA_SASL_USERNAME"] == principal, name
+        assert SECRET_FROM_ENV.fullmatch(env["KAFKA_SASL_PASSWORD"]), name
+    passwords = {_environment(services[n])["KAFKA_SASL_PASSWORD"] for n in PRINCIPALS}
+    assert len(passwords) == len(PRINCIPALS), "one password per principal"
+
+
+def test_setup_steps_run_once_before_the_services(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    migrate, setup = services["migrate"], services["kafka-setup"]
+    assert _command(migrate) == ["python", "-m", "services.groups", "migrate"]
+    assert _depends_on(migrate) == {
+        "kafka-setup": "service_completed_successfully",
+        "postgres": "service_healthy",
+    }
+    assert setup["image"] == services["kafka"]["image"]
+    assert setup["entrypoint"] == ["bash", "/opt/customer-groups/compose-setup.sh"]
+    assert _depends_on(setup) == {"kafka": "service_healthy"}
+    for service in (migrate, setup):
+        assert service["restart"] == "no"
+    setup_env = _environment(setup)
+    # It sets the credentials the services log in with.
+    for name in PRINCIPALS:
+        password = _environment(services[name])["KAFKA_SASL_PASSWORD"]
+        assert password in setup_env.values(), name
+    assert (
+        setup_env["BROKER_ADMIN_PASSWORD"]
+        == _environment(services["kafka"])["BROKER_ADMIN_PASSWORD"]
+    )
+    for key, value in setup_env.items():
+        if "PASSWORD" in key:
+            assert SECRET_FROM_ENV.fullmatch(value), key
+    for name in APP_SERVICES:
+        assert _depends_on(services[name])["migrate"] == "service_completed_successfully"
+
+
 def test_kafka_is_single_node_kraft(compose: dict[str, Any]) -> None:
     kafka = compose["services"]["kafka"]
     env = _environment(kafka)
@@ -214,7 +268,31 @@ def test_kafka_is_single_node_kraft(compose: dict[str, Any]) -> None:
     assert env["KAFKA_CONTROLLER_QUORUM_VOTERS"].startswith(f"{env['KAFKA_NODE_ID']}@")
     assert env["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
     assert env["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"] == "1"
-    assert "kafka-broker-api-versions.sh" in " ".join(kafka["healthcheck"]["test"])
+    probe = " ".join(kafka["healthcheck"]["test"])
+    assert "kafka-broker-api-versions.sh" in probe
+    assert "--command-config /tmp/admin.properties" in probe  # written by the start script
+
+
+def test_kafka_authenticates_and_authorizes(compose: dict[str, Any]) -> None:
+    kafka = compose["services"]["kafka"]
+    env = _environment(kafka)
+    assert kafka["entrypoint"] == ["bash", "/opt/customer-groups/compose-broker.sh"]
+    assert "./infra/kafka:/opt/customer-groups:ro" in kafka["volumes"]
+    for script in ("compose-broker.sh", "compose-setup.sh", "acls.sh"):
+        assert (ROOT / "infra" / "kafka" / script).is_file(), script
+    assert env["KAFKA_ADVERTISED_LISTENERS"] == "SASL_PLAINTEXT://kafka:9092"
+    assert env["KAFKA_INTER_BROKER_LISTENER_NAME"] == "SASL_PLAINTEXT"
+    assert env["KAFKA_SASL_ENABLED_MECHANISMS"] == "SCRAM-SHA-512"
+    assert env["KAFKA_AUTHORIZER_CLASS_NAME"] == (
+        "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
+    )
+    assert env["KAFKA_ALLOW_EVERYONE_IF_NO_ACL_FOUND"] == "false"
+    assert env["KAFKA_SUPER_USERS"] == "User:admin;User:ANONYMOUS"
+    # ANONYMOUS is a super user, so only the broker itself may reach the PLAINTEXT listener.
+    assert "CONTROLLER://localhost:9093" in env["KAFKA_LISTENERS"].split(",")
+    assert env["KAFKA_CONTROLLER_QUORUM_VOTERS"] == "1@localhost:9093"
+    assert "9093" not in str(kafka.get("ports", ""))
+    assert SECRET_FROM_ENV.fullmatch(env["BROKER_ADMIN_PASSWORD"])
     postgres = compose["services"]["postgres"]
     assert postgres["image"] == "postgres:18"
     assert "pg_isready" in postgres["healthcheck"]["test"]
@@ -245,8 +323,8 @@ def test_depends_on_services_exist_and_are_healthy(compose: dict[str, Any]) -> N
                 assert "healthcheck" in services[dependency], f"{dependency} has no healthcheck"
     for name in APP_SERVICES:
         deps = _depends_on(services[name])
-        assert {"kafka", "postgres"} <= set(deps), name
-        assert set(deps.values()) == {"service_healthy"}, name
+        assert {"kafka", "postgres", "migrate"} <= set(deps), name
+        assert set(deps.values()) == {"service_healthy", "service_completed_successfully"}, name
 
 
 def test_named_volumes_are_declared(compose: dict[str, Any]) -> None:

@@ -193,7 +193,8 @@ async def run_backfill(settings: ExportSettingsBundle, args: argparse.Namespace)
         FileCheckpointStore(args.checkpoint) if args.checkpoint else MemoryCheckpointStore()
     )
     topic = settings.topics.export
-    await ensure_topics(settings.topics, settings.kafka)  # a fresh topic name is created compacted
+    # A fresh topic name is created compacted; an existing one needs no CREATE.
+    await ensure_topics(settings.topics, settings.kafka, needed=(topic,))
     async with _engine(settings) as engine:
 
         def tables() -> contextlib.AbstractAsyncContextManager[GroupsTables]:
