@@ -390,3 +390,30 @@ def test_dockerignore_keeps_what_the_dockerfile_copies() -> None:
             assert f"!{source.rstrip('/')}" in {p.rstrip("/") for p in patterns}, source
     for local_only in (".git", ".venv", ".tools"):
         assert "*" in patterns or local_only in patterns, local_only
+
+
+def test_services_use_the_database_service_role_and_migrate_the_owner(
+    compose: dict[str, Any],
+) -> None:
+    """The audit log is insert-only for the services: they log in as the service role,
+    which `migrate` (as the owner) grants; the role's password is set at the database's
+    first start (infra/postgres/create-service-role.sh)."""
+    services = compose["services"]
+    migrate = _environment(services["migrate"])
+    role = migrate["DATABASE_SERVICE_ROLE"]
+    assert migrate["DATABASE_MIGRATION_URL"].startswith("postgresql+asyncpg://postgres:")
+    for name in (*APP_SERVICES, "migrate"):
+        url = _environment(services[name])["DATABASE_URL"]
+        assert url.startswith(f"postgresql+asyncpg://{role}:${{SERVICE_DB_PASSWORD:?"), name
+    postgres = services["postgres"]
+    script = "./infra/postgres/create-service-role.sh"
+    assert any(v.startswith(f"{script}:/docker-entrypoint-initdb.d/") for v in postgres["volumes"])
+    assert f'role="{role}"' in (ROOT / script).read_text()
+    for key in ("POSTGRES_PASSWORD", "SERVICE_DB_PASSWORD"):
+        assert SECRET_FROM_ENV.fullmatch(_environment(postgres)[key]), key
+
+
+def test_groups_reads_need_the_regions_identity_provider(compose: dict[str, Any]) -> None:
+    env = _environment(compose["services"]["groups"])
+    for key in ("AUTH_ISSUER", "AUTH_AUDIENCE", "AUTH_JWKS_URL"):
+        assert SECRET_FROM_ENV.fullmatch(env[key]), key
