@@ -1,13 +1,21 @@
-"""Call one of the services' ASGI routes in this process, as an HTTP client would."""
+"""HTTP test tools: call an ASGI route in this process as a client would, a JWKS endpoint,
+and tokens forged every way a verifier must refuse."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlencode
 
+from cryptography.hazmat.primitives import serialization
+
+from devinfra.tokens import TokenIssuer
 from services.common.asgi import ASGIApp
 
 
@@ -73,3 +81,41 @@ class JwksServer:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def forged_tokens(issuer: TokenIssuer, user_id: str, unit_id: str) -> dict[str, str]:
+    """Tokens a verifier must refuse, each wrong in one way, named by how."""
+    now = int(time.time())
+    claims = issuer.claims(user_id=user_id, unit_id=unit_id)
+    header, _, signature = issuer.token(user_id, unit_id).split(".")
+    tampered = _b64(json.dumps({**claims, "unit_id": unit_id + "-other"}).encode())
+    public_pem = issuer.private_key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    hs_input = (
+        f"{_b64(json.dumps({'alg': 'HS256', 'kid': issuer.kid}).encode())}."
+        f"{_b64(json.dumps(claims).encode())}"
+    )
+    hs_signature = _b64(hmac.new(public_pem, hs_input.encode(), hashlib.sha256).digest())
+    none_input = (
+        f"{_b64(json.dumps({'alg': 'none', 'kid': issuer.kid}).encode())}."
+        f"{_b64(json.dumps(claims).encode())}."
+    )
+    stranger = TokenIssuer(issuer=issuer.issuer, audience=issuer.audience)
+    return {
+        "expired": issuer.sign({**claims, "exp": now - 300}),
+        "not yet valid": issuer.sign({**claims, "nbf": now + 300}),
+        "wrong issuer": issuer.sign({**claims, "iss": "https://idp.elsewhere.test"}),
+        "wrong audience": issuer.sign({**claims, "aud": "another-service"}),
+        "unknown kid": stranger.token(user_id, unit_id),
+        "tampered": f"{header}.{tampered}.{signature}",
+        "alg none": none_input,
+        "HS256 with the public key": f"{hs_input}.{hs_signature}",
+        "no user": issuer.sign(issuer.claims(user_id=None, unit_id=unit_id)),
+        "no unit": issuer.sign(issuer.claims(user_id=user_id, unit_id=None)),
+        "garbage": "not.a.token",
+    }

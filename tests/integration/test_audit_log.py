@@ -14,6 +14,7 @@ import sys
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,8 +24,9 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from devinfra.provider import Infrastructure
+from devinfra.tokens import TokenIssuer
 from services.common.db import create_engine
-from services.common.settings import AppSettings, DatabaseSettings, GroupsSettings
+from services.common.settings import AppSettings, AuthSettings, DatabaseSettings, GroupsSettings
 from services.groups.adapters import migrate
 from services.groups.adapters.audit_sealer import SealHorizon, seal_round
 from services.groups.adapters.orm import audit_chain, audit_log
@@ -317,12 +319,23 @@ async def _nurse_for(service: GroupsService, infra: Infrastructure) -> AsyncIter
         yield NurseClient(kafka, topics, events, prompts)
 
 
+def _production_auth(tmp_path: Path) -> AuthSettings:
+    """What production mode requires to start: an identity provider's settings."""
+    issuer = TokenIssuer()
+    return AuthSettings(
+        issuer=issuer.issuer,
+        audience=issuer.audience,
+        jwks_file=str(issuer.write_jwks(tmp_path / "jwks.json")),
+    )
+
+
 async def test_the_service_runs_as_the_service_role_after_migrate(
     engine: AsyncEngine,
     service_url: str,
     database_url: str,
     groups_settings: GroupsSettingsBundle,
     infra: Infrastructure,
+    tmp_path: Path,
 ) -> None:
     settings = GroupsSettingsBundle(
         app=AppSettings(app_env="prod"),  # no migration on start: `migrate` ran above
@@ -332,6 +345,7 @@ async def test_the_service_runs_as_the_service_role_after_migrate(
         groups=GroupsSettings(
             consumer_group=groups_settings.groups.consumer_group, allowed_units="unit-1"
         ),
+        auth=_production_auth(tmp_path),
     )
     async with running_groups_service(settings) as service, _nurse_for(service, infra) as nurse:
         added = await nurse.command("add", PNR, group_code="COVID_19")
@@ -340,7 +354,7 @@ async def test_the_service_runs_as_the_service_role_after_migrate(
         sealed = 0
         for _ in range(100):
             async with engine.connect() as connection:
-                sealed = await connection.scalar(select(func.count()).select_from(audit_chain))
+                sealed = await connection.scalar(select(func.count()).select_from(audit_chain)) or 0
             if sealed >= 2:
                 break
             await asyncio.sleep(0.1)
@@ -351,7 +365,10 @@ async def test_the_service_runs_as_the_service_role_after_migrate(
 
 
 async def test_outside_dev_mode_the_service_waits_for_migrate(
-    database_url: str, groups_settings: GroupsSettingsBundle, caplog: pytest.LogCaptureFixture
+    database_url: str,
+    groups_settings: GroupsSettingsBundle,
+    caplog: pytest.LogCaptureFixture,
+    tmp_path: Path,
 ) -> None:
     settings = GroupsSettingsBundle(
         app=AppSettings(app_env="prod"),
@@ -359,6 +376,7 @@ async def test_outside_dev_mode_the_service_waits_for_migrate(
         topics=groups_settings.topics,
         database=groups_settings.database,
         groups=GroupsSettings(allowed_units="unit-1"),
+        auth=_production_auth(tmp_path),
     )
     service = GroupsService(settings)
     try:

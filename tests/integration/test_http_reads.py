@@ -3,17 +3,12 @@ real signed tokens, keys from a JWKS URL on 127.0.0.1, audit rows read back."""
 
 from __future__ import annotations
 
-import base64
 import dataclasses
-import hashlib
-import hmac
 import json
-import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives import serialization
 from sqlalchemy import select
 
 from devinfra.tokens import TokenIssuer, bearer
@@ -22,16 +17,12 @@ from services.common.settings import AuthSettings, GroupsSettings
 from services.groups.adapters.orm import audit_log
 from services.groups.bootstrap import GroupsService, GroupsSettingsBundle
 from services.groups.entrypoints.http import build_routes
-from tests.http_tools import JwksServer, call
+from tests.http_tools import JwksServer, call, forged_tokens
 from tests.integration.conftest import running_groups_service, wait_until_booked
 from tests.kafka_tools import KafkaTestClient, cloudevent
 
 PNR = "191212121212"
 BOOKING = "http-b1"
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
 @pytest.fixture
@@ -137,36 +128,7 @@ async def test_each_answer_is_audited_once_with_the_tokens_identity(
 async def test_invalid_tokens_get_401_and_leave_no_audit_row(
     service: GroupsService, routes: dict[str, ASGIApp], issuer: TokenIssuer
 ) -> None:
-    now = int(time.time())
-    claims = issuer.claims(user_id="nurse-1", unit_id="unit-1")
-    signed = issuer.token("nurse-1", "unit-1")
-    header, _, signature = signed.split(".")
-    tampered = _b64(json.dumps({**claims, "unit_id": "unit-3"}).encode())
-    public_pem = issuer.private_key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    hs_input = (
-        f"{_b64(json.dumps({'alg': 'HS256', 'kid': issuer.kid}).encode())}."
-        f"{_b64(json.dumps(claims).encode())}"
-    )
-    hs_signature = _b64(hmac.new(public_pem, hs_input.encode(), hashlib.sha256).digest())
-    none_input = (
-        f"{_b64(json.dumps({'alg': 'none', 'kid': issuer.kid}).encode())}."
-        f"{_b64(json.dumps(claims).encode())}."
-    )
-    stranger = TokenIssuer(issuer=issuer.issuer, audience=issuer.audience)
-    refused = {
-        "expired": issuer.sign({**claims, "exp": now - 300}),
-        "not yet valid": issuer.sign({**claims, "nbf": now + 300}),
-        "wrong issuer": issuer.sign({**claims, "iss": "https://idp.elsewhere.test"}),
-        "wrong audience": issuer.sign({**claims, "aud": "another-service"}),
-        "unknown kid": stranger.token("nurse-1", "unit-1"),
-        "tampered": f"{header}.{tampered}.{signature}",
-        "alg none": none_input,
-        "HS256 with the public key": f"{hs_input}.{hs_signature}",
-        "no user": issuer.sign(issuer.claims(user_id=None, unit_id="unit-1")),
-        "no unit": issuer.sign(issuer.claims(user_id="nurse-1", unit_id=None)),
-    }
+    refused = forged_tokens(issuer, "nurse-1", "unit-1")
     for what, token in refused.items():
         for read in (_card, _booking):
             assert await read(routes, bearer(token)) == 401, what

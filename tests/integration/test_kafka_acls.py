@@ -15,7 +15,6 @@ import os
 import shutil
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -26,11 +25,9 @@ from aiokafka.errors import (
     KafkaConnectionError,
     TopicAuthorizationFailedError,
 )
-from aiokafka.structs import TopicPartition
 from pydantic import SecretStr
 
-from devinfra.acls import ACL_COMMAND_CLASS, Acl, Principals, acl_set, apply_acls
-from devinfra.kafka import LocalKafka, ScramUsers
+from devinfra.acls import ACL_COMMAND_CLASS, Acl, apply_acls
 from services.common.kafka import (
     TopicsMissing,
     ensure_topics,
@@ -42,11 +39,10 @@ from services.common.settings import (
     DatabaseSettings,
     ExportSettings,
     GroupsSettings,
-    KafkaSettings,
-    TopicSettings,
 )
 from services.export.bootstrap import ExportSettingsBundle
 from services.groups.bootstrap import GroupsSettingsBundle
+from tests.acl_broker import PRINCIPALS, AclBroker, producer_as, read_all, running_acl_broker
 from tests.integration.conftest import ACTOR, running_groups_service, unique_topics
 from tests.integration.export.conftest import running_export_service
 from tests.kafka_tools import cloudevent
@@ -54,32 +50,8 @@ from tests.kafka_tools import cloudevent
 pytestmark = pytest.mark.integration
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-PRINCIPALS = Principals()
 PNR = "191212121212"
 TOPIC_AUTHORIZATION_FAILED = 29
-
-
-@dataclass
-class AclBroker:
-    kafka: LocalKafka
-    topics: TopicSettings
-    groups_group: str
-    export_group: str
-    client_group: str  # a vaccination client's group, under its ACL prefix
-
-    def settings(self, user: str) -> KafkaSettings:
-        assert self.kafka.sasl is not None
-        return KafkaSettings(
-            bootstrap_servers=self.kafka.bootstrap_servers,
-            security_protocol="SASL_PLAINTEXT",
-            sasl_mechanism="SCRAM-SHA-512",
-            sasl_username=user,
-            sasl_password=SecretStr(self.kafka.sasl.password(user)),
-            inbound_partitions=3,
-        )
-
-    def client(self, user: str | None = None) -> dict[str, Any]:
-        return self.kafka.client_config(user)
 
 
 @pytest.fixture(scope="module")
@@ -88,46 +60,8 @@ async def acl_broker() -> AsyncIterator[AclBroker]:
         if IN_CI:
             pytest.fail("java is needed for the local Kafka broker")
         pytest.skip("java not installed")
-    users = ScramUsers.generate(
-        PRINCIPALS.groups,
-        PRINCIPALS.export,
-        PRINCIPALS.migrate,
-        PRINCIPALS.booking_system,
-        PRINCIPALS.vaccination_client,
-    )
-    suffix = uuid.uuid4().hex[:8]
-    kafka = LocalKafka(sasl=users)
-    await kafka.astart()
-    try:
-        broker = AclBroker(
-            kafka,
-            unique_topics(suffix),
-            groups_group=f"customer-groups-{suffix}",
-            export_group=f"customer-groups-export-{suffix}",
-            client_group=f"{PRINCIPALS.vaccination_client_group_prefix}-{suffix}",
-        )
-        rules = acl_set(
-            broker.topics,
-            groups_consumer_group=broker.groups_group,
-            export_consumer_group=broker.export_group,
-        )
-        await asyncio.to_thread(apply_acls, kafka.java_tool_cmd(ACL_COMMAND_CLASS), rules)
-        # The migrate step's principal creates the topics: its ACLs are enough for that.
-        await ensure_topics(broker.topics, broker.settings(PRINCIPALS.migrate))
+    async with running_acl_broker() as broker:
         yield broker
-    finally:
-        await asyncio.to_thread(kafka.close)
-
-
-@contextlib.asynccontextmanager
-async def producer_as(broker: AclBroker, user: str) -> AsyncIterator[AIOKafkaProducer]:
-    # Idempotent, as the services' and any careful client's producers are.
-    producer = AIOKafkaProducer(**broker.client(user), enable_idempotence=True, acks="all")
-    try:
-        await producer.start()
-        yield producer
-    finally:
-        await producer.stop()
 
 
 async def send_event(producer: AIOKafkaProducer, topic: str, event: dict[str, Any]) -> None:
@@ -171,35 +105,6 @@ class Collector:
                 if found:
                     return found[0]
                 await asyncio.sleep(0.05)
-
-
-async def read_all(broker: AclBroker, topic: str) -> list[dict[str, Any]]:
-    """Everything on `topic`, read as the admin (no group: assign and seek)."""
-    admin = AIOKafkaAdminClient(**broker.client())
-    await admin.start()
-    try:
-        (described,) = await admin.describe_topics([topic])
-    finally:
-        await admin.close()
-    partitions = sorted(p["partition"] for p in described["partitions"])
-    assert partitions, topic
-    consumer = AIOKafkaConsumer(**broker.client(), enable_auto_commit=False)
-    await consumer.start()
-    try:
-        assigned = [TopicPartition(topic, p) for p in partitions]
-        consumer.assign(assigned)
-        await consumer.seek_to_beginning(*assigned)
-        ends = await consumer.end_offsets(assigned)
-        values: list[dict[str, Any]] = []
-        behind = [tp for tp in assigned if ends[tp] > 0]
-        while behind:
-            batch = await consumer.getmany(timeout_ms=500)
-            for records in batch.values():
-                values += [json.loads(r.value) for r in records]
-            behind = [tp for tp in behind if await consumer.position(tp) < ends[tp]]
-        return values
-    finally:
-        await consumer.stop()
 
 
 async def test_a_wrong_password_is_refused(acl_broker: AclBroker) -> None:

@@ -51,8 +51,14 @@ ORDER = (
     "decoder_properties",
     "allowlist",
     "security_configuration",
+    "tokens",
+    "kafka_acls",
+    "audit_tamper",
     "log_scan",
 )
+
+
+TrustRow = tuple[str, int, int, int]  # what was tried, tried, refused or detected, got through
 
 
 class Results:
@@ -72,10 +78,12 @@ class Results:
         *,
         summary: dict[str, int],
         counted: bool = True,
+        trust: list[TrustRow] | None = None,
         **details: Any,
     ) -> None:
         """`counted=False`: the check's inputs are part of another check's, so the totals
-        leave them out."""
+        leave them out. `trust`: rows of the security table (what was tried, how often,
+        how often it was refused or detected, how often it got through)."""
         unknown = set(summary) - {name for name, _ in SUMMARY}
         if unknown:
             raise ValueError(f"unknown summary figures {unknown}")
@@ -89,6 +97,7 @@ class Results:
             summary=total,
             counted=counted,
             details={**entry.get("details", {}), **details},
+            trust=[*entry.get("trust", []), *(list(row) for row in trust or [])],
         )
 
     def outcome(self, check: str, outcome: str, seconds: float) -> None:
@@ -162,6 +171,19 @@ def render(results: dict[str, Any]) -> str:
     )
     if any(not entry.get("counted", True) for _, entry in checks):
         lines += ["", "¹ its inputs are part of the check above it; not added to the totals."]
+    trust = [row for _, entry in checks for row in entry.get("trust", [])]
+    if trust:
+        lines += [
+            "",
+            "Security, tried from outside (measured by the suite):",
+            "",
+            "| what was tried | tried | refused or detected | got through |",
+            "|---|---:|---:|---:|",
+            *(
+                f"| {what} | {tried} | {refused} | {through} |"
+                for what, tried, refused, through in trust
+            ),
+        ]
     lines += ["", "Details per check (measured by the suite):", ""]
     for name, entry in checks:
         details = entry.get("details", {})

@@ -142,6 +142,15 @@ async def test_no_personnummer_in_any_service_log(
         },
         log_files_scanned=len(files),
         log_lines_scanned=lines,
+        trust=[
+            (
+                "service log lines scanned for personal data (personnummer, names, "
+                "reference codes); a clean line counts as refused",
+                lines,
+                lines - len(found) - len(free_text_found),
+                len(found) + len(free_text_found),
+            )
+        ],
         personnummer_in_logs=len(found),
         free_text_strings_sought=len(free_text),
         names_and_reference_codes_in_logs=len(free_text_found),
