@@ -58,7 +58,7 @@ class DatabaseSettings(BaseSettings):
     database_url: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/customer_groups"
     # Per process: inbound parts in flight (up to 3 per batch), the relay, the audit
     # sealer, HTTP reads.
-    database_pool_size: int = 8
+    database_pool_size: int = 10
     # Only the `migrate` step uses it (DDL, grants); the service runs as DATABASE_URL.
     database_migration_url: str | None = None
     # The role DATABASE_URL logs in as: `migrate` grants it the DML it needs, and only

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -72,6 +75,22 @@ async def groups_service(groups_settings: GroupsSettingsBundle) -> AsyncIterator
 async def kafka(infra: Infrastructure) -> AsyncIterator[KafkaTestClient]:
     async with KafkaTestClient(infra.kafka_bootstrap) as client:
         yield client
+
+
+async def groups_cli(
+    database_url: str, *args: str, stdin: str = "", env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`python -m services.groups <args>` as an operator runs it, against this database."""
+    return await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "services.groups", *args],
+        input=stdin,
+        env={**os.environ, "DATABASE_URL": database_url, "APP_ENV": "test", **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 async def wait_until_booked(service: GroupsService, booking_id: str) -> None:

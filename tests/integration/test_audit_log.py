@@ -31,7 +31,7 @@ from services.groups.adapters import migrate
 from services.groups.adapters.audit_sealer import SealHorizon, seal_round
 from services.groups.adapters.orm import audit_chain, audit_log
 from services.groups.bootstrap import GroupsService, GroupsSettingsBundle
-from tests.integration.conftest import NurseClient, running_groups_service
+from tests.integration.conftest import NurseClient, groups_cli, running_groups_service
 from tests.kafka_tools import KafkaTestClient, TopicCollector
 
 PNR = "191212121212"
@@ -80,20 +80,6 @@ async def _seal_all(engine: AsyncEngine) -> int:
     async with engine.connect() as connection:
         connection = await connection.execution_options(isolation_level="REPEATABLE READ")
         return await seal_round(connection, SealHorizon(), 10_000)
-
-
-async def _cli(database_url: str, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "DATABASE_URL": database_url, "APP_ENV": "test"}
-    return await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "services.groups", *args],
-        input=stdin,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 async def test_the_service_role_only_inserts_and_reads_the_audit_tables(
@@ -183,7 +169,7 @@ async def test_verify_names_a_changed_row_and_a_removed_row(
     async with engine.begin() as connection:
         await connection.execute(insert(audit_log), [_row(n) for n in range(5)])
     assert await _seal_all(engine) == 5
-    ok = await _cli(database_url, "audit-verify")
+    ok = await groups_cli(database_url, "audit-verify")
     assert ok.returncode == 0, ok.stderr
     summary = json.loads(ok.stdout)
     assert summary["ok"] and summary["rows_verified"] == 5 and summary["head_position"] == 5
@@ -197,7 +183,7 @@ async def test_verify_names_a_changed_row_and_a_removed_row(
         await connection.execute(
             text("UPDATE audit_log SET detail = '{\"n\": 99}' WHERE id = :id"), {"id": third}
         )
-    changed = await _cli(database_url, "audit-verify")
+    changed = await groups_cli(database_url, "audit-verify")
     assert changed.returncode == 1
     found = json.loads(changed.stdout)
     assert found["break"]["kind"] == "changed" and found["break"]["audit_id"] == third
@@ -211,7 +197,7 @@ async def test_verify_names_a_changed_row_and_a_removed_row(
         )
         await connection.execute(text("DELETE FROM audit_log WHERE id = :id"), {"id": third + 1})
         await connection.execute(text("ALTER TABLE audit_log ENABLE TRIGGER USER"))
-    removed = await _cli(database_url, "audit-verify")
+    removed = await groups_cli(database_url, "audit-verify")
     assert removed.returncode == 1
     found = json.loads(removed.stdout)
     assert found["break"] == {
@@ -229,10 +215,12 @@ async def test_verify_reports_a_row_left_unsealed_past_the_grace(
         await connection.execute(
             insert(audit_log), [_row(1, at=datetime.now(UTC) - timedelta(hours=1))]
         )
-    result = await _cli(database_url, "audit-verify", "--grace-seconds", "60")
+    result = await groups_cli(database_url, "audit-verify", "--grace-seconds", "60")
     assert result.returncode == 1
     assert json.loads(result.stdout)["break"]["kind"] == "unsealed"
-    assert (await _cli(database_url, "audit-verify", "--grace-seconds", "7200")).returncode == 0
+    assert (
+        await groups_cli(database_url, "audit-verify", "--grace-seconds", "7200")
+    ).returncode == 0
 
 
 async def test_extracts_by_patient_user_and_unit_are_logged_themselves(
@@ -257,7 +245,7 @@ async def test_extracts_by_patient_user_and_unit_are_logged_themselves(
         )
     officer = ("--user", "officer-1", "--unit", "pdl-office")
 
-    by_user = await _cli(database_url, "audit-extract", *officer, "--by-user", "nurse-a")
+    by_user = await groups_cli(database_url, "audit-extract", *officer, "--by-user", "nurse-a")
     assert by_user.returncode == 0, by_user.stderr
     rows = [json.loads(line) for line in by_user.stdout.splitlines()]
     assert [(r["personnummer"], r["unit_id"], r["action"]) for r in rows] == [
@@ -267,22 +255,22 @@ async def test_extracts_by_patient_user_and_unit_are_logged_themselves(
     ]
     assert PNR not in by_user.stderr
 
-    by_unit = await _cli(database_url, "audit-extract", *officer, "--by-unit", "unit-1")
+    by_unit = await groups_cli(database_url, "audit-extract", *officer, "--by-unit", "unit-1")
     assert [json.loads(line)["user_id"] for line in by_unit.stdout.splitlines()] == [
         "nurse-a",
         "nurse-b",
     ]
-    both = await _cli(
+    both = await groups_cli(
         database_url, "audit-extract", *officer, "--by-user", "nurse-a", "--by-unit", "unit-2"
     )
     assert [json.loads(line)["personnummer"] for line in both.stdout.splitlines()] == [OTHER_PNR]
 
-    by_patient = await _cli(database_url, "audit-extract", *officer, stdin=f"{OTHER_PNR}\n")
+    by_patient = await groups_cli(database_url, "audit-extract", *officer, stdin=f"{OTHER_PNR}\n")
     assert by_patient.returncode == 0, by_patient.stderr
     assert [json.loads(line)["user_id"] for line in by_patient.stdout.splitlines()] == ["nurse-a"]
     assert OTHER_PNR not in by_patient.stderr
 
-    missing_operator = await _cli(database_url, "audit-extract", "--by-user", "nurse-a")
+    missing_operator = await groups_cli(database_url, "audit-extract", "--by-user", "nurse-a")
     assert missing_operator.returncode == 2
 
     async with engine.connect() as connection:
@@ -359,7 +347,7 @@ async def test_the_service_runs_as_the_service_role_after_migrate(
                 break
             await asyncio.sleep(0.1)
         assert sealed >= 2, "the service's sealer chains its rows"
-    verified = await _cli(service_url, "audit-verify")
+    verified = await groups_cli(service_url, "audit-verify")
     assert verified.returncode == 0, verified.stderr
     assert json.loads(verified.stdout)["rows_verified"] >= 2
 
@@ -430,7 +418,9 @@ async def test_migrate_runs_as_the_migration_role_and_creates_the_service_role(
         async with service.begin() as connection:
             await connection.execute(insert(audit_log), [_row(1)])
         assert "permission denied" in await _refused(service, "DELETE FROM audit_log")
-        assert (await _cli(as_service, "audit-verify", "--grace-seconds", "3600")).returncode == 0
+        assert (
+            await groups_cli(as_service, "audit-verify", "--grace-seconds", "3600")
+        ).returncode == 0
     finally:
         await service.dispose()
         async with admin.begin() as connection:

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 from sqlalchemy import select
@@ -14,7 +11,7 @@ from sqlalchemy import select
 from services.groups.adapters.orm import dead_letters
 from services.groups.bootstrap import GroupsService
 from services.groups.catalog import default_catalog_path
-from tests.integration.conftest import NurseClient
+from tests.integration.conftest import NurseClient, groups_cli
 from tests.kafka_tools import TopicCollector
 
 PNR = "191212121212"
@@ -24,21 +21,8 @@ async def cli(
     service: GroupsService, *args: str, stdin: str = ""
 ) -> subprocess.CompletedProcess[str]:
     settings = service.settings
-    env = {
-        **os.environ,
-        "DATABASE_URL": settings.database.database_url,
-        "TOPIC_DLQ": settings.topics.dlq,
-        "APP_ENV": "test",
-    }
-    return await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "services.groups", *args],
-        input=stdin,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    return await groups_cli(
+        settings.database.database_url, *args, stdin=stdin, env={"TOPIC_DLQ": settings.topics.dlq}
     )
 
 

@@ -22,6 +22,7 @@ from typing import Any
 from sqlalchemy import func, literal, select, text, true
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from services.common.background import BackgroundTask
 from services.common.backoff import Backoff
 from services.groups.adapters.leadership import leadership
 from services.groups.adapters.orm import audit_chain, audit_log
@@ -166,20 +167,14 @@ class AuditSealer:
         self._batch_size = batch_size
         self._idle_poll = idle_poll_seconds
         self._on_sealed = on_sealed or (lambda _n: None)
-        self._task: asyncio.Task[None] | None = None
+        self._background = BackgroundTask(self.run, "audit-sealer")
         self.is_leader = False
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self.run(), name="audit-sealer")
+        self._background.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await self._background.stop()
 
     async def run(self) -> None:
         backoff = Backoff(cap=5.0)

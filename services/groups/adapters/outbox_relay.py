@@ -18,6 +18,7 @@ from aiokafka import AIOKafkaProducer
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from services.common.background import BackgroundTask
 from services.common.backoff import Backoff
 from services.common.kafka import publish_in_batches
 from services.groups.adapters.leadership import leadership
@@ -46,7 +47,7 @@ class OutboxRelay:
         self._idle_poll = idle_poll_seconds
         self._wakeup = asyncio.Event()
         self._on_published = on_published or (lambda _n: None)
-        self._task: asyncio.Task[None] | None = None
+        self._background = BackgroundTask(self.run, "outbox-relay")
         self.is_leader = False
         self.last_error: str | None = None
 
@@ -55,16 +56,10 @@ class OutboxRelay:
         self._wakeup.set()
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self.run(), name="outbox-relay")
+        self._background.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await self._background.stop()
 
     async def run(self) -> None:
         backoff = Backoff(cap=5.0)
