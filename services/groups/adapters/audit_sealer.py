@@ -17,16 +17,16 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from sqlalchemy import func, literal, select, text, true
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.common.background import BackgroundTask
 from services.common.backoff import Backoff
+from services.groups.adapters.audit_rows import entry_of
 from services.groups.adapters.leadership import leadership
 from services.groups.adapters.orm import audit_chain, audit_log
-from services.groups.domain.audit_chain import AuditEntry, Link, seal
+from services.groups.domain.audit_chain import Link, seal
 
 log = logging.getLogger(__name__)
 
@@ -49,19 +49,6 @@ _APPEND = text(
     " SELECT * FROM unnest(CAST(:ids AS bigint[]), CAST(:positions AS bigint[]),"
     " CAST(:prev AS bytea[]), CAST(:hashes AS bytea[]))"
 )
-
-
-def entry_of(row: Any) -> AuditEntry:
-    return AuditEntry(
-        id=row.id,
-        at=row.at,
-        action=row.action,
-        user_id=row.user_id,
-        unit_id=row.unit_id,
-        personnummer=row.personnummer,
-        membership_id=row.membership_id,
-        detail=row.detail,
-    )
 
 
 @dataclass
@@ -131,7 +118,7 @@ async def seal_round(connection: AsyncConnection, horizon: SealHorizon, limit: i
         else:
             through = unsealed[-1].id
         head = Link(head_row.position, head_row.audit_id, b"", head_row.hash) if head_row else None
-        links = seal(head, [entry_of(row) for row in unsealed])
+        links = seal(head, [entry_of(row._mapping) for row in unsealed])
         if links:
             await connection.execute(
                 _APPEND,

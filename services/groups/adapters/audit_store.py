@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, exists, func, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.groups.adapters.audit_sealer import entry_of
+from services.groups.adapters.audit_rows import entry_of
 from services.groups.adapters.orm import audit_chain, audit_log
 from services.groups.domain.audit_chain import Link, StoredLink
 
@@ -41,7 +41,7 @@ async def stored_links(
     async for row in result:
         yield StoredLink(
             Link(row.position, row.audit_id, row.prev_hash, row.hash),
-            entry_of(row) if row.id is not None else None,
+            entry_of(row._mapping) if row.id is not None else None,
         )
 
 

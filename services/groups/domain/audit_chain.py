@@ -1,5 +1,5 @@
-"""The PDL audit log's hash chain: canonical form of a row, link hashes, and the walk
-that finds the first break. No I/O: the sealer and `audit-verify` feed it rows.
+"""The PDL audit log's hash chain: link hashes, sealing, and the walk that finds the
+first break. No I/O: the sealer and `audit-verify` feed it rows in canonical form.
 
 A link's hash is SHA-256 over the previous link's hash and the row's canonical bytes,
 so changing, removing or re-ordering any sealed row changes every later hash. A plain
@@ -10,101 +10,23 @@ is why the head hash is exported and anchored outside the database.
 from __future__ import annotations
 
 import hashlib
-import math
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any
 
 GENESIS = bytes(32)  # the "previous hash" of position 1
 
 
 @dataclass(frozen=True)
 class AuditEntry:
-    """One audit_log row, every column."""
+    """One audit_log row as the chain sees it: its id and its canonical bytes (every
+    column; `adapters.audit_rows` makes them)."""
 
     id: int
-    at: datetime
-    action: str
-    user_id: str
-    unit_id: str
-    personnummer: str | None
-    membership_id: str | None
-    detail: Any  # a JSON value (the JSONB column as decoded)
-
-
-def canonical_json(value: Any) -> str:
-    """Stable JSON: keys sorted by code point, no whitespace, non-ASCII as itself,
-    control characters as \\u00XX, floats by their shortest round-trip form.
-
-    Raises TypeError for a value JSON cannot hold, ValueError for NaN or infinity."""
-    if value is None:
-        return "null"
-    if value is True:
-        return "true"
-    if value is False:
-        return "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise ValueError("NaN and infinity have no JSON form")
-        return repr(value)
-    if isinstance(value, str):
-        return _string(value)
-    if isinstance(value, list | tuple):
-        return "[" + ",".join(canonical_json(item) for item in value) + "]"
-    if isinstance(value, dict):
-        if not all(isinstance(key, str) for key in value):
-            raise TypeError("JSON object keys are strings")
-        return (
-            "{"
-            + ",".join(f"{_string(key)}:{canonical_json(value[key])}" for key in sorted(value))
-            + "}"
-        )
-    raise TypeError(f"no canonical JSON for {type(value).__name__}")
-
-
-def _string(text: str) -> str:
-    out = ['"']
-    for char in text:
-        if char == '"':
-            out.append('\\"')
-        elif char == "\\":
-            out.append("\\\\")
-        elif char < " " or char == "\x7f":
-            out.append(f"\\u{ord(char):04x}")
-        else:
-            out.append(char)
-    out.append('"')
-    return "".join(out)
-
-
-def canonical_instant(at: datetime) -> str:
-    """UTC with all six fractional digits, whatever the zone it was read in."""
-    if at.tzinfo is None:
-        raise ValueError("an audit time must carry its zone")
-    return at.astimezone(UTC).isoformat(timespec="microseconds")
-
-
-def canonical_bytes(entry: AuditEntry) -> bytes:
-    """What a link's hash covers of its row: every column, as canonical JSON (UTF-8)."""
-    return canonical_json(
-        {
-            "id": entry.id,
-            "at": canonical_instant(entry.at),
-            "action": entry.action,
-            "user_id": entry.user_id,
-            "unit_id": entry.unit_id,
-            "personnummer": entry.personnummer,
-            "membership_id": entry.membership_id,
-            "detail": entry.detail,
-        }
-    ).encode("utf-8")
+    content: bytes
 
 
 def link_hash(prev_hash: bytes, entry: AuditEntry) -> bytes:
-    return hashlib.sha256(prev_hash + canonical_bytes(entry)).digest()
+    return hashlib.sha256(prev_hash + entry.content).digest()
 
 
 @dataclass(frozen=True)
