@@ -26,7 +26,7 @@ import asyncpg
 
 from services.common.settings import TopicSettings
 from services.groups.domain.personnummer import luhn_check_digit
-from services.groups.service_layer.handlers import prompt_id_for
+from services.groups.service_layer.outgoing import prompt_id_for
 
 SOURCE = "/bench"
 UNITS = [f"unit-{n:03d}" for n in range(40)]

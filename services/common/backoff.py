@@ -1,9 +1,15 @@
-"""Exponential backoff with jitter, for waiting out database and broker outages."""
+"""Exponential backoff with jitter, for waiting out database and broker outages, and
+the one retry-forever loop built on it."""
 
 from __future__ import annotations
 
+import asyncio
 import random
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -25,3 +31,32 @@ class Backoff:
 
     def reset(self) -> None:
         self.attempt = 0
+
+
+def _always(_error: Exception) -> bool:
+    return True
+
+
+def _nothing(_error: Exception, _delay: float) -> None:
+    return None
+
+
+async def retry_forever(
+    attempt: Callable[[], Awaitable[T]],
+    *,
+    backoff: Backoff,
+    retry_if: Callable[[Exception], bool] = _always,
+    on_retry: Callable[[Exception, float], None] = _nothing,
+) -> T:
+    """`attempt()`'s result once it succeeds. After each failure `retry_if` does not
+    refuse (it re-raises otherwise), `on_retry(error, delay)` runs (the caller's logging
+    and metrics), then the loop sleeps `backoff.next_delay()`. Cancellation ends it."""
+    while True:
+        try:
+            return await attempt()
+        except Exception as error:
+            if not retry_if(error):
+                raise
+            delay = backoff.next_delay()
+            on_retry(error, delay)
+            await asyncio.sleep(delay)

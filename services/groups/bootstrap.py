@@ -8,7 +8,6 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
@@ -42,49 +41,18 @@ from services.groups.adapters.metrics import GroupsMetrics
 from services.groups.adapters.outbox_relay import OutboxRelay
 from services.groups.adapters.repository import CatalogRepository
 from services.groups.catalog import default_catalog_path
+from services.groups.domain.authorization import Authorization
 from services.groups.domain.catalog import Catalog
-from services.groups.service_layer.handlers import (
-    Authorization,
-    CatalogHolder,
-    Clock,
-    GroupsHandlers,
-)
-from services.groups.service_layer.inbound import (
-    BatchOutcome,
-    BatchPipeline,
-    InboundProcessor,
-    Route,
-    Routes,
-)
+from services.groups.service_layer import messagebus
+from services.groups.service_layer.applier import BatchApplier, BatchOutcome
+from services.groups.service_layer.context import CatalogHolder, Clock, Dependencies
+from services.groups.service_layer.messagebus import MessageBus
+from services.groups.service_layer.scheduling import BatchPipeline
 from services.groups.service_layer.unit_of_work import UnitOfWork
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = "groups-service"
 CATALOG_RELOAD_SECONDS = 30.0
-
-
-def _personnummer_of(data: Any) -> tuple[str, ...]:
-    if not isinstance(data, dict):
-        return ()
-    value = data.get("personnummer")
-    if value is None and isinstance(data.get("customer"), dict):
-        value = data["customer"].get("personnummer")
-    return (value[:32],) if isinstance(value, str) else ()
-
-
-def _booking_subjects_of(data: Any) -> tuple[str, ...]:
-    """The booking's customer (the handler writes `customer.personnummer`) and the
-    booking itself: a cancellation names only the booking, and must still come after
-    the booking's creation."""
-    if not isinstance(data, dict):
-        return ()
-    customer = data.get("customer")
-    pnr = customer.get("personnummer") if isinstance(customer, dict) else None
-    booking_id = data.get("booking_id")
-    return (
-        *((pnr[:32],) if isinstance(pnr, str) else ()),
-        *((f"booking:{booking_id[:128]}",) if isinstance(booking_id, str) else ()),
-    )
 
 
 def read_catalog_file(path: Path) -> Catalog:
@@ -154,20 +122,25 @@ class GroupsService:
         # One allowlist for commands and HTTP reads.
         self.authorization = authorization_from(s)
         self.access_tokens = access_tokens_from(s)
-        self.handlers = GroupsHandlers(
-            topics=s.topics,
-            catalog=self.catalog,
-            clock=self.clock,
-            authorization=self.authorization,
+        self.bus = MessageBus(
+            messagebus.message_types(s.topics),
+            messagebus.HANDLERS,
+            Dependencies(
+                clock=self.clock,
+                catalog=self.catalog,
+                authorization=self.authorization,
+                prompts_topic=s.topics.prompts,
+                events_topic=s.topics.events,
+            ),
+            max_event_bytes=s.kafka.max_message_bytes,
         )
         self.relay = OutboxRelay(
             self.engine, self._new_producer, on_published=self.metrics.published.inc
         )
         self.sealer = AuditSealer(self.engine)
-        self.processor = InboundProcessor(
+        self.processor = BatchApplier(
             self.new_uow,
-            self.routes(),
-            max_event_bytes=s.kafka.max_message_bytes,
+            self.bus,
             after_commit=self._after_commit,
             on_retry=self._on_retry,
         )
@@ -185,23 +158,6 @@ class GroupsService:
 
     def new_uow(self) -> UnitOfWork:
         return UnitOfWork(self.engine, dlq_topic=self.settings.topics.dlq, service=SERVICE_NAME)
-
-    def routes(self) -> Routes:
-        h, t = self.handlers, self.settings.topics
-        return {
-            t.bookings: {
-                "booking.created": Route(h.booking_upsert, _booking_subjects_of),
-                "booking.updated": Route(h.booking_upsert, _booking_subjects_of),
-                "booking.cancelled": Route(h.booking_cancelled, _booking_subjects_of),
-            },
-            t.started: {"vaccination.started": Route(h.vaccination_started, _personnummer_of)},
-            t.commands: {
-                "customer_group.add": Route(h.add_group, _personnummer_of),
-                "customer_group.update": Route(h.update_group, _personnummer_of),
-                "customer_group.remove": Route(h.remove_group, _personnummer_of),
-                "customer_group.prompt_close": Route(h.close_prompt, _personnummer_of),
-            },
-        }
 
     async def _new_producer(self) -> AIOKafkaProducer:
         # The outbox also holds dead letters, which may be larger than the inbound limit.

@@ -8,14 +8,18 @@ import json
 from sqlalchemy import select
 
 from services.common.db import create_engine
-from services.common.envelope import CloudEvent
 from services.common.records import SourceRecord
 from services.common.settings import DatabaseSettings
 from services.groups.adapters import migrate
 from services.groups.adapters.orm import dead_letters, inbox, memberships, outbox
-from services.groups.bootstrap import GroupsService, GroupsSettingsBundle
-from services.groups.service_layer.handlers import membership_id_for
-from services.groups.service_layer.inbound import InboundProcessor, Route
+from services.groups.bootstrap import GroupsService, GroupsSettingsBundle, read_catalog_file
+from services.groups.catalog import default_catalog_path
+from services.groups.domain.authorization import Authorization
+from services.groups.service_layer.applier import BatchApplier
+from services.groups.service_layer.commands import Message, PreloadKeys
+from services.groups.service_layer.context import CatalogHolder, Clock, Context, Dependencies
+from services.groups.service_layer.messagebus import MessageBus
+from services.groups.service_layer.outgoing import membership_id_for
 from services.groups.service_layer.unit_of_work import UnitOfWork
 from tests.integration.conftest import ACTOR
 from tests.kafka_tools import cloudevent
@@ -23,9 +27,20 @@ from tests.kafka_tools import cloudevent
 PNR = "191212121212"
 
 
-async def explode_on_boom(event: CloudEvent, _record: SourceRecord, uow: UnitOfWork) -> None:
-    await uow.outbox.add("out", None, json.dumps(event.data).encode())
-    if event.data.get("boom"):
+class ProbeEvent(Message):
+    n: int
+    boom: bool = False
+
+    def subjects(self) -> tuple[str, ...]:
+        return ()
+
+    def add_preload_keys(self, keys: PreloadKeys) -> None:
+        return None
+
+
+async def explode_on_boom(event: ProbeEvent, _context: Context, uow: UnitOfWork) -> None:
+    await uow.outbox.add("out", None, json.dumps(event.model_dump(exclude_unset=True)).encode())
+    if event.boom:
         raise RuntimeError("a bug in a handler")
 
 
@@ -37,10 +52,20 @@ def record(offset: int, data: dict[str, object]) -> SourceRecord:
 async def test_a_failing_record_is_isolated_and_the_rest_applied(database_url: str) -> None:
     engine = create_engine(DatabaseSettings(database_url=database_url))
     await migrate.upgrade(engine)
-    processor = InboundProcessor(
+    processor = BatchApplier(
         lambda: UnitOfWork(engine, dlq_topic="dlq", service="test"),
-        {"in": {"test.event": Route(explode_on_boom, lambda _d: ())}},
-        max_event_bytes=10_000,
+        MessageBus(
+            {"in": {"test.event": ProbeEvent}},
+            {ProbeEvent: explode_on_boom},
+            Dependencies(
+                Clock(),
+                CatalogHolder(read_catalog_file(default_catalog_path())),
+                Authorization(None),
+                "prompts",
+                "events",
+            ),
+            max_event_bytes=10_000,
+        ),
     )
     batch = [record(0, {"n": 0}), record(1, {"n": 1, "boom": True}), record(2, {"n": 2})]
 

@@ -9,7 +9,7 @@ import uuid
 from devinfra.provider import Infrastructure
 from services.common.settings import GroupsSettings
 from services.groups.bootstrap import GroupsSettingsBundle
-from services.groups.service_layer.handlers import UNAUTHORIZED_MESSAGE
+from services.groups.domain.authorization import UNAUTHORIZED_MESSAGE
 from tests.integration.conftest import NurseClient, running_groups_service
 from tests.kafka_tools import KafkaTestClient, TopicCollector, cloudevent
 

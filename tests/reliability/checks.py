@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from services.groups.service_layer import messages
-from services.groups.service_layer.handlers import prompt_id_for
+from services.groups.service_layer.outgoing import prompt_id_for
 from tests.reliability.harness import Stack, distinct_by_id, read_topic
 from tests.reliability.model import Model
 

@@ -21,7 +21,7 @@ from devinfra.provider import Infrastructure
 from services.groups.bootstrap import read_catalog_file
 from services.groups.catalog import default_catalog_path
 from services.groups.domain.catalog import Catalog
-from services.groups.service_layer.handlers import Clock
+from services.groups.service_layer.context import Clock
 from tests.conftest import IN_CI
 from tests.reliability.harness import LOG_DIR, Stack, open_stack
 from tests.reliability.report import Results, render

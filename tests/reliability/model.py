@@ -30,11 +30,8 @@ from services.groups.domain.errors import DomainError, PromptNotFound, Unauthori
 from services.groups.domain.membership import UNCHANGED, Customer
 from services.groups.domain.personnummer import Personnummer, luhn_check_digit
 from services.groups.service_layer import messages
-from services.groups.service_layer.handlers import (
-    _event_id,
-    membership_id_for,
-    prompt_id_for,
-)
+from services.groups.service_layer.outgoing import event_id as _event_id
+from services.groups.service_layer.outgoing import membership_id_for, prompt_id_for
 
 BOOKINGS, STARTED, COMMANDS = "bookings", "started", "commands"
 ROLES = (BOOKINGS, STARTED, COMMANDS)

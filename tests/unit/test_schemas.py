@@ -23,8 +23,7 @@ from services.export.domain.records import (
 )
 from services.groups.domain.catalog import SUGGESTION_REASONS
 from services.groups.domain.errors import ERRORS_BY_REASON
-from services.groups.entrypoints import payloads
-from services.groups.service_layer import messages
+from services.groups.service_layer import commands, messages
 from tests.schema_validation import (
     EXAMPLES_DIR,
     SCHEMAS_DIR,
@@ -67,14 +66,14 @@ CONTRACT_TYPES = {
 }
 ALL_CONTRACT_TYPES = set().union(*CONTRACT_TYPES.values())
 INBOUND_MODELS: dict[str, type[BaseModel]] = {
-    "booking.created": payloads.BookingUpsert,
-    "booking.updated": payloads.BookingUpsert,
-    "booking.cancelled": payloads.BookingCancelled,
-    "vaccination.started": payloads.VaccinationStarted,
-    "customer_group.add": payloads.AddGroup,
-    "customer_group.update": payloads.UpdateGroup,
-    "customer_group.remove": payloads.RemoveGroup,
-    "customer_group.prompt_close": payloads.ClosePrompt,
+    "booking.created": commands.BookingUpsert,
+    "booking.updated": commands.BookingUpsert,
+    "booking.cancelled": commands.BookingCancelled,
+    "vaccination.started": commands.VaccinationStarted,
+    "customer_group.add": commands.AddGroup,
+    "customer_group.update": commands.UpdateGroup,
+    "customer_group.remove": commands.RemoveGroup,
+    "customer_group.prompt_close": commands.ClosePrompt,
 }
 OUTBOUND_TYPES = ALL_CONTRACT_TYPES - set(INBOUND_MODELS)
 

@@ -24,7 +24,7 @@ from services.groups.domain.errors import (
 )
 
 REQUESTED_AT_BOOKING: Final = "REQUESTED_AT_BOOKING"
-"""Suggestion reason: the patient chose this group when booking (service layer)."""
+"""Suggestion reason: the patient chose this group when booking (see `suggestions`)."""
 CATALOG_RULE: Final = "CATALOG_RULE"
 """Suggestion reason: a subgroup's rule matched the customer's age / vaccine."""
 SUGGESTION_REASONS: Final = frozenset({REQUESTED_AT_BOOKING, CATALOG_RULE})

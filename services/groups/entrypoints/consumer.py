@@ -2,7 +2,7 @@
 
 Offsets are committed (in the background, by `OffsetCommits`) only after the batch's
 transaction committed (see `manual_batch_subscriber` for the FastStream defaults
-replaced). There is no NACK: a failed batch is retried inside `InboundProcessor.process`
+replaced). There is no NACK: a failed batch is retried inside `BatchApplier.apply`
 with backoff, where FastStream's NACK would re-read at once in a hot loop.
 """
 

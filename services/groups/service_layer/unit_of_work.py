@@ -2,17 +2,22 @@
 
 Writes are deferred: handlers change the repository's in-memory state and queue
 outgoing records; `commit()` writes everything in one statement and commits.
+
+The service layer depends on `AbstractUnitOfWork` (and the handlers only on its
+`repo` and `outbox`); `UnitOfWork` is the PostgreSQL one, tests/unit has a fake.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from datetime import datetime
 from types import TracebackType
-from typing import Self
+from typing import Any, Protocol, Self
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncTransaction
 
+from services.common.records import SourceRecord
 from services.groups.adapters.batch_statements import (
     CHANGED_MEMBERSHIPS,
     INBOX,
@@ -21,7 +26,117 @@ from services.groups.adapters.batch_statements import (
     WRITE_WITHOUT_MEMBERSHIP_UPDATES,
 )
 from services.groups.adapters.outbox import Outbox
-from services.groups.adapters.repository import CatalogRepository, GroupsRepository
+from services.groups.adapters.repository import (
+    BookingRow,
+    CatalogRepository,
+    GroupsRepository,
+    PromptRow,
+)
+from services.groups.domain.membership import Customer, Membership
+from services.groups.domain.personnummer import Personnummer
+
+
+class GroupsStore(Protocol):
+    """The reads and writes handlers make; see `adapters.repository.GroupsRepository`."""
+
+    async def ensure_customer(
+        self,
+        personnummer: Personnummer,
+        *,
+        first_name: str | None = None,
+        last_name: str | None = None,
+        now: datetime,
+    ) -> None: ...
+
+    async def get_customer(self, personnummer: Personnummer) -> Customer: ...
+
+    async def insert_membership(
+        self,
+        personnummer: Personnummer,
+        membership: Membership,
+        *,
+        user_id: str,
+        unit_id: str,
+        now: datetime,
+    ) -> None: ...
+
+    async def save_membership(
+        self, membership: Membership, *, user_id: str, unit_id: str, now: datetime
+    ) -> None: ...
+
+    async def get_booking(self, booking_id: str) -> BookingRow | None: ...
+
+    async def upsert_booking(self, values: dict[str, Any]) -> None: ...
+
+    async def cancel_booking(
+        self, booking_id: str, *, event_time: datetime | None, now: datetime
+    ) -> bool: ...
+
+    async def get_prompt_by_vaccination(self, vaccination_id: str) -> PromptRow | None: ...
+
+    async def get_prompt(self, prompt_id: str) -> PromptRow | None: ...
+
+    async def insert_prompt(self, values: dict[str, Any]) -> None: ...
+
+    async def close_prompt(self, prompt_id: str, *, now: datetime) -> None: ...
+
+    async def upsert_confirmation(self, values: dict[str, Any]) -> int: ...
+
+    async def audit(
+        self,
+        *,
+        action: str,
+        user_id: str,
+        unit_id: str,
+        personnummer: Personnummer | None,
+        membership_id: str | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> None: ...
+
+
+class OutgoingRecords(Protocol):
+    """Records to publish, written with the transaction; see `adapters.outbox.Outbox`."""
+
+    async def add(self, topic: str, key: bytes | None, value: bytes | None) -> None: ...
+
+    async def dead_letter(self, record: SourceRecord, error_code: str, message: str) -> None: ...
+
+
+class AbstractUnitOfWork(Protocol):
+    """One transaction: what the handlers and the batch applier need of it."""
+
+    @property
+    def repo(self) -> GroupsStore: ...
+
+    @property
+    def outbox(self) -> OutgoingRecords: ...
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+    async def commit(self) -> None: ...
+
+    async def lock_subjects(self, subjects: Sequence[str]) -> None: ...
+
+    async def preload(
+        self,
+        events: Iterable[tuple[str, str]],
+        *,
+        personnummer: Iterable[str] = (),
+        booking_ids: Iterable[str] = (),
+        vaccination_ids: Iterable[str] = (),
+        prompt_ids: Iterable[str] = (),
+    ) -> None: ...
+
+    def is_processed(self, topic: str, event_id: str) -> bool: ...
+
+    def mark_processed(self, topic: str, event_id: str) -> None: ...
 
 
 class UnitOfWork:

@@ -13,7 +13,7 @@ from typing import Any
 from devinfra.provider import Infrastructure
 from devinfra.services import ServiceProcess, free_port
 from services.groups.bootstrap import GroupsSettingsBundle
-from services.groups.service_layer.handlers import membership_id_for
+from services.groups.service_layer.outgoing import membership_id_for
 from tests.integration.conftest import ACTOR, NurseClient
 from tests.integration.export.conftest import (
     assert_live_matches_db,

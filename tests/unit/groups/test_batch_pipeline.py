@@ -8,28 +8,25 @@ from collections.abc import Sequence
 
 import pytest
 
-from services.common.envelope import CloudEvent, PoisonRecord
+from services.common.envelope import CloudEvent
 from services.common.records import SourceRecord
-from services.groups.service_layer.inbound import (
-    BatchOutcome,
-    BatchPipeline,
-    DecodedBatch,
-    Route,
-)
-
-Decoded = tuple[SourceRecord, CloudEvent | PoisonRecord, Route | None]
+from services.groups.service_layer.applier import BatchOutcome
+from services.groups.service_layer.commands import Message
+from services.groups.service_layer.messagebus import Decoded, DecodedBatch
+from services.groups.service_layer.scheduling import BatchPipeline, split
 
 
-async def _nothing(_e: CloudEvent, _r: SourceRecord, _u: object) -> None:
-    return None
+class Probe(Message):
+    s: list[str]
 
-
-ROUTE = Route(_nothing, lambda data: tuple(data["s"]))
+    def subjects(self) -> tuple[str, ...]:
+        return tuple(self.s)
 
 
 def item(record: SourceRecord, subjects: Sequence[str]) -> Decoded:
     event = CloudEvent(str(record.offset), "test", "test.event", None, {"s": list(subjects)})
-    return (record, event, ROUTE)
+    message = Probe(s=list(subjects))
+    return Decoded(record, event, message, message.subjects())
 
 
 class ControlledProcessor:
@@ -43,10 +40,10 @@ class ControlledProcessor:
         self.fail: set[str] = set()
 
     def decode(self, records: Sequence[SourceRecord]) -> DecodedBatch:
-        return DecodedBatch.of([item(r, [r.key.decode()] if r.key else []) for r in records])
+        return DecodedBatch([item(r, [r.key.decode()] if r.key else []) for r in records])
 
     async def apply(self, batch: DecodedBatch) -> BatchOutcome:
-        name = f"{batch.items[0][0].topic}:{'+'.join(sorted(batch.subjects))}"
+        name = f"{batch.items[0].record.topic}:{'+'.join(sorted(batch.subjects))}"
         self.started.append(name)
         await self.release.setdefault(name, asyncio.Event()).wait()
         if name in self.fail:
@@ -158,11 +155,11 @@ def decoded(*subject_lists: tuple[str, ...]) -> DecodedBatch:
         item(SourceRecord("t", 0, n, None, b"{}", ()), subjects)
         for n, subjects in enumerate(subject_lists)
     ]
-    return DecodedBatch.of(items)
+    return DecodedBatch(items)
 
 
 def offsets(part: DecodedBatch) -> list[int]:
-    return [record.offset for record, _, _ in part.items]
+    return [item.record.offset for item in part.items]
 
 
 def test_a_split_keeps_linked_subjects_together_and_in_order() -> None:
@@ -174,23 +171,23 @@ def test_a_split_keeps_linked_subjects_together_and_in_order() -> None:
         ("anna",),  # 4
         ("dan",),  # 5
     )
-    parts = batch.split(2)
+    parts = split(batch, 2)
     assert len(parts) == 2
     assert sorted(o for part in parts for o in offsets(part)) == list(range(6))
     by_offset = {o: i for i, part in enumerate(parts) for o in offsets(part)}
     assert by_offset[0] == by_offset[4] and by_offset[1] == by_offset[3]
     for part in parts:
         assert offsets(part) == sorted(offsets(part))
-        assert part.subjects == frozenset(s for _, e, _ in part.items for s in e.data["s"])
+        assert part.subjects == frozenset(s for i in part.items for s in i.event.data["s"])
     assert not parts[0].subjects & parts[1].subjects
     assert sorted(len(part) for part in parts) == [3, 3], "balanced by records"
 
 
 def test_a_batch_of_one_subject_is_not_split() -> None:
-    assert [offsets(p) for p in decoded(("anna",), ("anna",), ("anna",)).split(2)] == [[0, 1, 2]]
+    assert [offsets(p) for p in split(decoded(("anna",), ("anna",), ("anna",)), 2)] == [[0, 1, 2]]
 
 
 def test_records_linked_to_a_held_subject_form_their_own_part() -> None:
     batch = decoded(("anna",), ("bo", "booking:1"), ("cecilia",), ("booking:1",))
-    parts = batch.split(1, held=lambda subject: subject == "booking:1")
+    parts = split(batch, 1, held=lambda subject: subject == "booking:1")
     assert [offsets(p) for p in parts] == [[0, 2], [1, 3]]
