@@ -4,6 +4,9 @@ FastStream's defaults are wrong for us, so every choice is made here on purpose:
 - topics are never auto-created (a typo must fail loudly, and partition counts and
   the compacted export topic are chosen explicitly by `ensure_topics`);
 - producers are idempotent with acks=all, so a retried send never duplicates or drops.
+
+Longer than most modules: it is the one place both services' Kafka clients are
+configured (security, consumers, producers, topics), so no choice is made twice.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from faststream.security import (
     SASLScram512,
 )
 
-from services.common.backoff import Backoff
+from services.common.backoff import Backoff, retry_forever
 from services.common.records import keep_raw_bytes
 from services.common.settings import KafkaSettings, TopicSettings
 
@@ -206,21 +209,23 @@ async def wait_for_topics(
 ) -> None:
     """`ensure_topics` for a running service: topics it may not create are waited for
     with backoff (the deployment's migrate step creates them), not a crash loop."""
-    backoff = Backoff(cap=30.0)
-    while True:
-        try:
-            await ensure_topics(topics, kafka, needed=needed)
-            return
-        except TopicsMissing as error:
-            delay = backoff.next_delay()
-            log.warning(
-                "topics %s do not exist and this service may not create them (%s): run "
-                "`python -m services.groups migrate`; checking again in %.0f s",
-                ", ".join(error.names),
-                ", ".join(sorted(set(error.errors.values()))),
-                delay,
-            )
-            await asyncio.sleep(delay)
+
+    def waiting(error: Exception, delay: float) -> None:
+        assert isinstance(error, TopicsMissing)
+        log.warning(
+            "topics %s do not exist and this service may not create them (%s): run "
+            "`python -m services.groups migrate`; checking again in %.0f s",
+            ", ".join(error.names),
+            ", ".join(sorted(set(error.errors.values()))),
+            delay,
+        )
+
+    await retry_forever(
+        lambda: ensure_topics(topics, kafka, needed=needed),
+        backoff=Backoff(cap=30.0),
+        retry_if=lambda error: isinstance(error, TopicsMissing),
+        on_retry=waiting,
+    )
 
 
 # A dead letter is the original record plus error headers, and a record is dead-lettered

@@ -14,7 +14,7 @@ from aiokafka.errors import KafkaError
 from faststream.kafka import KafkaBroker
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.common.backoff import Backoff
+from services.common.backoff import Backoff, retry_forever
 from services.common.db import create_engine, is_transient_db_error
 from services.common.kafka import (
     OffsetCommits,
@@ -185,19 +185,16 @@ class GroupsService:
     async def prepare(self) -> None:
         """Before consuming: topics, schema, catalog. An unreachable broker or database
         is waited out with backoff (they may start after us), anything else fails."""
-        backoff = Backoff(cap=10.0)
-        while True:
-            try:
-                await self._prepare_once()
-                return
-            except Exception as error:
-                if not (isinstance(error, KafkaError) or is_transient_db_error(error)):
-                    raise
-                delay = backoff.next_delay()
-                log.warning(
-                    "start-up waiting for %s; retrying in %.1fs", type(error).__name__, delay
-                )
-                await asyncio.sleep(delay)
+
+        def waiting(error: Exception, delay: float) -> None:
+            log.warning("start-up waiting for %s; retrying in %.1fs", type(error).__name__, delay)
+
+        await retry_forever(
+            self._prepare_once,
+            backoff=Backoff(cap=10.0),
+            retry_if=lambda error: isinstance(error, KafkaError) or is_transient_db_error(error),
+            on_retry=waiting,
+        )
 
     async def _prepare_once(self) -> None:
         topics = self.settings.topics

@@ -15,7 +15,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
-from services.common.backoff import Backoff
+from services.common.backoff import Backoff, retry_forever
 from services.common.envelope import CloudEvent, PoisonRecord, decode_cloudevent, encode_json
 from services.common.records import SourceRecord, dead_letter_headers
 from services.export.adapters.metrics import ExportMetrics
@@ -109,21 +109,18 @@ class ExportPipeline:
             self._producer = None
 
     async def process(self, records: Sequence[SourceRecord]) -> None:
-        backoff = Backoff(cap=10.0)
-        while True:
+        async def attempt() -> None:
             try:
                 await self._process_once(records)
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception as error:
-                delay = backoff.next_delay()
-                log.warning(
-                    "export batch failed (%s); retrying in %.1fs", type(error).__name__, delay
-                )
-                self._metrics.retries.inc()
+            except Exception:
                 await self.close()  # a fresh producer after a broker outage
-                await asyncio.sleep(delay)
+                raise
+
+        def on_retry(error: Exception, delay: float) -> None:
+            log.warning("export batch failed (%s); retrying in %.1fs", type(error).__name__, delay)
+            self._metrics.retries.inc()
+
+        await retry_forever(attempt, backoff=Backoff(cap=10.0), on_retry=on_retry)
 
     async def _process_once(self, records: Sequence[SourceRecord]) -> None:
         sender = RecordSender(await self.producer(), self._export_topic)

@@ -22,7 +22,7 @@ from sqlalchemy import func, literal, select, text, true
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.common.background import BackgroundTask
-from services.common.backoff import Backoff
+from services.common.backoff import Backoff, retry_forever
 from services.groups.adapters.audit_rows import entry_of
 from services.groups.adapters.leadership import leadership
 from services.groups.adapters.orm import audit_chain, audit_log
@@ -165,29 +165,26 @@ class AuditSealer:
 
     async def run(self) -> None:
         backoff = Backoff(cap=5.0)
-        while True:
-            try:
-                async with leadership(self._engine, _SEALER_LOCK_ID) as connection:
-                    self.is_leader = True
-                    log.info("audit sealer is sealing")
-                    connection = await connection.execution_options(
-                        isolation_level="REPEATABLE READ"
-                    )
-                    horizon = SealHorizon()
-                    while True:
-                        sealed = await seal_round(connection, horizon, self._batch_size)
-                        backoff.reset()
-                        if sealed:
-                            self._on_sealed(sealed)
-                        if sealed < self._batch_size:
-                            await asyncio.sleep(self._idle_poll)
-            except asyncio.CancelledError:
-                raise
-            except Exception as error:  # a database outage: wait it out
-                delay = backoff.next_delay()
-                log.warning(
-                    "audit sealer paused: %s; retrying in %.1fs", type(error).__name__, delay
-                )
-                await asyncio.sleep(delay)
-            finally:
-                self.is_leader = False
+
+        def paused(error: Exception, delay: float) -> None:  # a database outage: wait it out
+            log.warning("audit sealer paused: %s; retrying in %.1fs", type(error).__name__, delay)
+
+        # A term of leadership ends only by an error; each round sealed resets the backoff.
+        await retry_forever(lambda: self._term(backoff), backoff=backoff, on_retry=paused)
+
+    async def _term(self, backoff: Backoff) -> None:
+        try:
+            async with leadership(self._engine, _SEALER_LOCK_ID) as connection:
+                self.is_leader = True
+                log.info("audit sealer is sealing")
+                connection = await connection.execution_options(isolation_level="REPEATABLE READ")
+                horizon = SealHorizon()
+                while True:
+                    sealed = await seal_round(connection, horizon, self._batch_size)
+                    backoff.reset()
+                    if sealed:
+                        self._on_sealed(sealed)
+                    if sealed < self._batch_size:
+                        await asyncio.sleep(self._idle_poll)
+        finally:
+            self.is_leader = False

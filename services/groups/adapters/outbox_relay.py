@@ -19,7 +19,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.common.background import BackgroundTask
-from services.common.backoff import Backoff
+from services.common.backoff import Backoff, retry_forever
 from services.common.kafka import publish_in_batches
 from services.groups.adapters.leadership import leadership
 from services.groups.adapters.outbox import decode_headers
@@ -63,26 +63,25 @@ class OutboxRelay:
 
     async def run(self) -> None:
         backoff = Backoff(cap=5.0)
-        while True:
-            producer: AIOKafkaProducer | None = None
-            try:
-                producer = await self._producer_factory()
-                async with leadership(self._engine, _RELAY_LOCK_ID) as lock_connection:
-                    await self._lead(lock_connection, producer, backoff)
-            except asyncio.CancelledError:
-                raise
-            except Exception as error:  # outage of the database or the broker: wait it out
-                self.is_leader = False
-                self.last_error = type(error).__name__
-                delay = backoff.next_delay()
-                log.warning(
-                    "outbox relay paused: %s; retrying in %.1fs", type(error).__name__, delay
-                )
-                await asyncio.sleep(delay)
-            finally:
-                self.is_leader = False
-                if producer is not None:
-                    await producer.stop()
+        # A term of leadership ends only by an error (an outage of the database or the
+        # broker), which is waited out; `_lead` resets the backoff after each round.
+        await retry_forever(lambda: self._term(backoff), backoff=backoff, on_retry=self._paused)
+
+    async def _term(self, backoff: Backoff) -> None:
+        producer: AIOKafkaProducer | None = None
+        try:
+            producer = await self._producer_factory()
+            async with leadership(self._engine, _RELAY_LOCK_ID) as lock_connection:
+                await self._lead(lock_connection, producer, backoff)
+        finally:
+            self.is_leader = False
+            if producer is not None:
+                await producer.stop()
+
+    def _paused(self, error: Exception, delay: float) -> None:
+        self.is_leader = False
+        self.last_error = type(error).__name__
+        log.warning("outbox relay paused: %s; retrying in %.1fs", type(error).__name__, delay)
 
     async def _lead(
         self, lock_connection: Any, producer: AIOKafkaProducer, backoff: Backoff

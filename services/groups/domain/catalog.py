@@ -5,7 +5,9 @@ referring to them by code and need their names for history and export. A
 group or subgroup is selectable on a day inside its (inclusive) validity.
 
 The catalog is data (a JSON file shipped in `services.groups.catalog`); this
-module only validates and queries it, it never reads files.
+module only validates and queries it, it never reads files. Longer than most modules
+because the catalog's model and the strict parser of its file format (the second half)
+change together.
 """
 
 from __future__ import annotations
