@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
@@ -94,7 +94,7 @@ class Decoded:
     event: CloudEvent | None  # None: not a CloudEvent (or not one of its topic's types)
     message: Message | Invalid | PoisonRecord
     # What it concerns (customer, booking): records sharing a subject apply in order.
-    subjects: tuple[str, ...]
+    subjects: tuple[str, ...] = field(repr=False)
 
 
 def _subjects(
