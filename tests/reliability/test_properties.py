@@ -113,9 +113,9 @@ class Harness:
 
     async def handle(self, type_: str, data: Any, event_id: str) -> list[tuple[str, bytes]]:
         event = CloudEvent(event_id, "/tests/hypothesis", type_, datetime.now(UTC), data)
-        route = self.service.routes()[self.topics.commands][type_]
+        item = self.service.bus.decode_event(self.record(self.topics.commands), event)
         async with self.service.new_uow() as uow:
-            await route.handler(event, self.record(self.topics.commands), uow)
+            await self.service.bus.handle(item, uow)
             await uow.commit()
         return [(t, v) for t, v in await self.outgoing() if v is not None]
 
@@ -128,9 +128,9 @@ class Harness:
             "personnummer": personnummer,
         }
         event = CloudEvent(str(uuid.uuid4()), "/t", "vaccination.started", datetime.now(UTC), data)
-        route = self.service.routes()[self.topics.started]["vaccination.started"]
+        item = self.service.bus.decode_event(self.record(self.topics.started), event)
         async with self.service.new_uow() as uow:
-            await route.handler(event, self.record(self.topics.started), uow)
+            await self.service.bus.handle(item, uow)
             await uow.commit()
         for _topic, value in await self.outgoing():
             prompt = json.loads(value or b"{}")["data"]
@@ -270,7 +270,7 @@ def test_generated_commands_yield_exactly_one_answer(
 @st.composite
 def raw_records(draw: st.DrawFn, harness: Harness) -> SourceRecord:
     topic = draw(st.sampled_from(list(harness.topics.inbound)))
-    types = [t for routes in harness.service.routes().values() for t in routes]
+    types = [t for by_type in harness.service.bus.types.values() for t in by_type]
     kind = draw(st.integers(0, 3))
     value: bytes | None
     if kind == 0:

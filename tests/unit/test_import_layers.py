@@ -1,9 +1,10 @@
 """Architecture test: imports in `services/` point down the layers, never up, and no
 module imports itself back through others.
 
-In `services/groups`: entrypoints -> service_layer -> adapters -> domain. The service
-layer never imports entrypoints, adapters never import the service layer or
-entrypoints, and the domain imports nothing above it (`test_domain_purity` adds I/O).
+In each service (`services/groups`, `services/export`): entrypoints -> service_layer ->
+adapters -> domain. The service layer never imports entrypoints, adapters never import
+the service layer or entrypoints, and the domain imports nothing above it
+(`test_domain_purity` adds I/O); `services/common` imports neither service.
 """
 
 from __future__ import annotations
@@ -19,19 +20,19 @@ SERVICES_DIR = Path(services.__file__).parent
 ROOT = SERVICES_DIR.parent
 GROUPS = "services.groups"
 
+
+def _layers(service: str) -> dict[str, tuple[str, ...]]:
+    above_domain = ("adapters", "service_layer", "entrypoints", "bootstrap")
+    return {
+        f"{service}.domain": tuple(f"{service}.{name}" for name in above_domain),
+        f"{service}.adapters": tuple(f"{service}.{name}" for name in above_domain[1:]),
+        f"{service}.service_layer": (f"{service}.entrypoints", f"{service}.bootstrap"),
+    }
+
+
 FORBIDDEN: dict[str, tuple[str, ...]] = {
-    f"{GROUPS}.domain": (
-        f"{GROUPS}.adapters",
-        f"{GROUPS}.service_layer",
-        f"{GROUPS}.entrypoints",
-        f"{GROUPS}.bootstrap",
-    ),
-    f"{GROUPS}.adapters": (
-        f"{GROUPS}.service_layer",
-        f"{GROUPS}.entrypoints",
-        f"{GROUPS}.bootstrap",
-    ),
-    f"{GROUPS}.service_layer": (f"{GROUPS}.entrypoints", f"{GROUPS}.bootstrap"),
+    **_layers(GROUPS),
+    **_layers("services.export"),
     "services.common": ("services.groups", "services.export"),
 }
 

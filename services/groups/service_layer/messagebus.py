@@ -151,6 +151,10 @@ class MessageBus:
         self._deps = deps
         self._max_event_bytes = max_event_bytes
 
+    @property
+    def types(self) -> MessageTypes:
+        return self._types
+
     def decode(self, records: Sequence[SourceRecord]) -> DecodedBatch:
         """Decode and validate every record (no I/O)."""
         items: list[Decoded] = []
@@ -166,7 +170,13 @@ class MessageBus:
         return DecodedBatch(items)
 
     def _decode(self, record: SourceRecord) -> Decoded:
-        event = decode_cloudevent(record.value, max_bytes=self._max_event_bytes)
+        return self.decode_event(
+            record, decode_cloudevent(record.value, max_bytes=self._max_event_bytes)
+        )
+
+    def decode_event(self, record: SourceRecord, event: CloudEvent) -> Decoded:
+        """The message a CloudEvent read from `record` carries; PoisonRecord if its type
+        is not accepted on the record's topic."""
         model = self._types.get(record.topic, {}).get(event.type)
         if model is None:
             raise PoisonRecord(
