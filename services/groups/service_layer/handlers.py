@@ -23,6 +23,7 @@ from services.groups.domain.errors import (
     PromptNotFound,
     Unauthorized,
 )
+from services.groups.domain.ids import is_canonical_uuid
 from services.groups.domain.membership import UNCHANGED, Customer
 from services.groups.domain.personnummer import Personnummer
 from services.groups.entrypoints import payloads
@@ -522,11 +523,7 @@ class GroupsHandlers:
         personnummer: Personnummer,
         vaccination_id: str | None,
     ) -> Any:
-        try:
-            canonical = str(uuid.UUID(prompt_id))
-        except ValueError:
-            canonical = None
-        prompt = await uow.repo.get_prompt(canonical) if canonical == prompt_id else None
+        prompt = await uow.repo.get_prompt(prompt_id) if is_canonical_uuid(prompt_id) else None
         if (
             prompt is None
             or prompt.personnummer != personnummer.value

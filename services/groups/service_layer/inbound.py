@@ -26,7 +26,6 @@ import collections
 import functools
 import logging
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -36,6 +35,7 @@ from services.common.db import is_transient_db_error, postgres_can_store
 from services.common.envelope import CloudEvent, PoisonRecord, decode_cloudevent
 from services.common.records import SourceRecord
 from services.groups.domain.errors import DomainError
+from services.groups.domain.ids import is_canonical_uuid
 from services.groups.service_layer.unit_of_work import UnitOfWork
 
 log = logging.getLogger(__name__)
@@ -160,13 +160,6 @@ def _string(data: Any, *path: str) -> str | None:
     if not isinstance(data, str) or len(data) > 128 or not postgres_can_store(data):
         return None
     return data
-
-
-def _is_uuid(value: str) -> bool:
-    try:
-        return str(uuid.UUID(value)) == value
-    except ValueError:
-        return False
 
 
 class InboundProcessor:
@@ -301,7 +294,7 @@ class InboundProcessor:
                     prompt_ids=[
                         p
                         for _, e in events
-                        if (p := _string(e.data, "prompt_id")) is not None and _is_uuid(p)
+                        if (p := _string(e.data, "prompt_id")) is not None and is_canonical_uuid(p)
                     ],
                 )
                 for record, item, item_route in decoded:
