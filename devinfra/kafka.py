@@ -46,11 +46,7 @@ __all__ = ["KafkaStartError", "LocalKafka", "ScramUsers", "kafka_infra_dir", "re
 log = logging.getLogger(__name__)
 
 _MARKER = ".resolved"
-# The client-tier JIT (C1) only. This broker shares two cores with PostgreSQL, the
-# services and the tests, and C2 kept recompiling for minutes whenever the load's shape
-# changed: 0.3-0.4 of a core in the C2 thread during a 500 starts/s phase even after
-# 100 000 records had gone through, which took the machine to 1.8 of 2 cores (bench,
-# BENCHMARKS.md fix 13). C1 code serves requests a little slower, but never competes.
+# C1 JIT only: C2 kept recompiling on cores the broker shares (BENCHMARKS.md, fix 13).
 _JIT_OPTS = ("-XX:TieredStopAtLevel=1",)
 _MVN_TIMEOUT_S = 20 * 60
 _JAR_RE = re.compile(r"^kafka_2\.13-(?P<version>.+)\.jar$")

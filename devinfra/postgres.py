@@ -33,10 +33,9 @@ log = logging.getLogger(__name__)
 _SYSTEM_USER = "embedded_postgres"
 _SUPERUSER = "postgres"
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-# Test data need not survive a crash of the *machine*, so skip fsync (per commit ~20x faster
-# here). synchronous_commit stays on: with fsync off it costs next to nothing (measured <10%
-# on 3000 single-row commits), and it keeps every acknowledged commit across `kill()`, which
-# crash tests rely on; synchronous_commit=off could drop the last ~0.6 s of commits.
+# Test data need not survive a crash of the machine, but crash tests need every acknowledged
+# commit to survive `kill()`: fsync off, synchronous_commit on (BENCHMARKS.md, "Machine and
+# software").
 _FAST_SETTINGS = {"fsync": "off", "full_page_writes": "off"}
 
 
