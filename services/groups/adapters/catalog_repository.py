@@ -1,5 +1,5 @@
 """The catalog tables, read and written directly (rare, operator-driven), apart from the
-batch write path of `repository`."""
+batch write path of `repository` and `batch_writer`."""
 
 from __future__ import annotations
 
