@@ -247,13 +247,8 @@ def _write(*, with_membership_updates: bool) -> TextClause:
             " last_name = coalesce(EXCLUDED.last_name, customers.last_name),"
             " updated_at = EXCLUDED.updated_at",
         ),
-        # An older booking event never overwrites a newer one.
-        _insert(
-            BOOKINGS,
-            f" ON CONFLICT (booking_id) DO UPDATE SET {_others(BOOKINGS, 'EXCLUDED')}"
-            " WHERE bookings.source_event_time IS NULL OR EXCLUDED.source_event_time IS NULL"
-            " OR bookings.source_event_time <= EXCLUDED.source_event_time",
-        ),
+        # The repository refused older events, against the row it read under the booking's lock.
+        _replace(BOOKINGS),
         _insert(NEW_MEMBERSHIPS),
         _insert(NEW_PROMPTS),
         _update(CLOSED_PROMPTS),

@@ -39,7 +39,9 @@ def _valid(personnummer: str) -> bool:
 
 
 def _newer_or_same(current: datetime | None, incoming: datetime | None) -> bool:
-    """Event-time order of booking events; unknown times never block a change."""
+    """Event-time order of booking events; unknown times never block a change. Checked
+    here only: `current` was read under the booking's subject lock (`booking:<id>`),
+    which every writer of the booking holds, and the write then replaces the row."""
     return current is None or incoming is None or current <= incoming
 
 
