@@ -7,7 +7,7 @@ column name: what the repository loads (records of a table's row type, see
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
@@ -51,16 +51,14 @@ class PromptRow:
     closed_at: datetime | None = None
 
 
+# The domain's membership fields are `memberships` columns of the same names.
+_MEMBERSHIP_FIELDS = tuple(f.name for f in fields(Membership))
+
+
 def membership(record: Mapping[str, Any]) -> Membership:
-    return Membership(
-        membership_id=str(record["membership_id"]),
-        group_code=record["group_code"],
-        subgroup_code=record["subgroup_code"],
-        reference_code=record["reference_code"],
-        valid_from=record["valid_from"],
-        valid_to=record["valid_to"],
-        version=record["version"],
-    )
+    values = {name: record[name] for name in _MEMBERSHIP_FIELDS}
+    values["membership_id"] = str(values["membership_id"])
+    return Membership(**values)
 
 
 def booking(record: Mapping[str, Any]) -> BookingRow:
@@ -83,16 +81,9 @@ class MembershipWrite:
     updated_at: datetime
 
     def row(self) -> dict[str, Any]:
-        m = self.membership
         return {
-            "membership_id": m.membership_id,
+            **{name: getattr(self.membership, name) for name in _MEMBERSHIP_FIELDS},
             "personnummer": self.personnummer,
-            "group_code": m.group_code,
-            "subgroup_code": m.subgroup_code,
-            "reference_code": m.reference_code,
-            "valid_from": m.valid_from,
-            "valid_to": m.valid_to,
-            "version": m.version,
             "created_at": self.created_at,
             "updated_at": self.updated_at,
             "updated_by_user": self.user_id,
