@@ -1,12 +1,12 @@
 """All SQL of the batch write path: the lock, the read and the write that a batch of
 inbound records costs, besides its commit.
 
-A batch used to cost one statement per table it read and per table it wrote, about 15
-round trips that each waited for PostgreSQL in turn; that wait, not the CPU, limited
-both throughput and prompt latency. Here a batch reads with one SELECT of arrays (a
-table's row type decodes to records) and writes with one statement: an
-`INSERT ... SELECT FROM unnest(arrays)` per table, as data-modifying CTEs. Each text is
-the same for every batch, whatever its size or mix, so it is prepared once per
+A batch used to cost one statement per table it read and per table it wrote, round
+trips that each waited for PostgreSQL in turn; that wait, not the CPU, limited both
+throughput and prompt latency (BENCHMARKS.md, fix 2). Here a batch reads with one
+SELECT of arrays (a table's row type decodes to records) and writes with one statement:
+an `INSERT ... SELECT FROM unnest(arrays)` per table, as data-modifying CTEs. Each text
+is the same for every batch, whatever its size or mix, so it is prepared once per
 connection and its plan is reused.
 
 The columns written and their array types are those of the tables in `orm`; callers
@@ -60,8 +60,7 @@ async def lock_subjects(connection: AsyncConnection, subjects: Sequence[str]) ->
 # the given arrays), which of its customers exist and their memberships, its bookings,
 # prompts and confirmation versions. The inbox is probed once per event by primary key:
 # LIMIT keeps the planner from making the lookup a hash join over the whole inbox, which
-# it chose while the inbox's statistics were stale (25 of a batch's 34 ms at 44 000
-# applied events, and growing with every event applied).
+# it chose while the inbox's statistics were stale (BENCHMARKS.md, fix 12).
 READ = text(
     """
 SELECT
