@@ -7,8 +7,6 @@ Central provides them once into a cache outside the git tree, and `LocalKafka` r
 
 from __future__ import annotations
 
-import asyncio
-import atexit
 import base64
 import contextlib
 import fcntl
@@ -21,17 +19,16 @@ import secrets
 import shutil
 import signal
 import subprocess
-import tempfile
 import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
-from typing import IO, Any, Self
+from typing import IO, Any
 
 from aiokafka.admin import AIOKafkaAdminClient
 
+from devinfra._server import LocalServer
 from devinfra._util import (
     LOCALHOST,
     InfraError,
@@ -49,11 +46,7 @@ __all__ = ["KafkaStartError", "LocalKafka", "ScramUsers", "kafka_infra_dir", "re
 log = logging.getLogger(__name__)
 
 _MARKER = ".resolved"
-# The client-tier JIT (C1) only. This broker shares two cores with PostgreSQL, the
-# services and the tests, and C2 kept recompiling for minutes whenever the load's shape
-# changed: 0.3-0.4 of a core in the C2 thread during a 500 starts/s phase even after
-# 100 000 records had gone through, which took the machine to 1.8 of 2 cores (bench,
-# BENCHMARKS.md fix 13). C1 code serves requests a little slower, but never competes.
+# C1 JIT only: C2 kept recompiling on cores the broker shares (BENCHMARKS.md, fix 13).
 _JIT_OPTS = ("-XX:TieredStopAtLevel=1",)
 _MVN_TIMEOUT_S = 20 * 60
 _JAR_RE = re.compile(r"^kafka_2\.13-(?P<version>.+)\.jar$")
@@ -235,13 +228,12 @@ async def _broker_ready(client: Mapping[str, Any]) -> bool:
         await admin.close()
 
 
-class LocalKafka:
+class LocalKafka(LocalServer):
     """A single-node KRaft broker+controller on 127.0.0.1, run as a child JVM.
 
     Ports and data directory stay fixed for the life of the object, so `restart()` (and
     `kill()` + `start()`) bring the same cluster back with its data, as a broker restart in
-    production would. Without `workdir` a temporary directory is used and removed when the
-    context manager exits.
+    production would (the lifecycle is `LocalServer`'s).
 
     With `sasl`, clients authenticate with SCRAM-SHA-512 (`client_config`) and the
     StandardAuthorizer allows only what ACLs grant (`devinfra.acls`); the controller
@@ -259,17 +251,11 @@ class LocalKafka:
         sasl: ScramUsers | None = None,
     ) -> None:
         self.sasl = sasl
-        self._owns_workdir = workdir is None
-        self.workdir = (
-            Path(tempfile.mkdtemp(prefix="local-kafka-")) if workdir is None else workdir
-        ).resolve()
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.startup_timeout = startup_timeout
+        super().__init__(workdir, prefix="local-kafka-", startup_timeout=startup_timeout)
         self.port, self.controller_port = self._choose_ports(port, controller_port)
         self._proc: subprocess.Popen[bytes] | None = None
         self._out: IO[bytes] | None = None
         self._libs: Path | None = None
-        self._atexit_registered = False
 
     # -- paths ---------------------------------------------------------------------------
     @property
@@ -383,54 +369,6 @@ class LocalKafka:
             self._signal(signal.SIGKILL)
             proc.wait()
         self._reap()
-
-    def restart(self) -> str:
-        """Stop and start again on the same ports and data directory."""
-        self.stop()
-        return self.start()
-
-    # Async variants for fault tests whose clients run on the caller's event loop: the
-    # blocking work happens in a thread so those clients keep running meanwhile.
-    async def astart(self) -> str:
-        return await asyncio.to_thread(self.start)
-
-    async def astop(self) -> None:
-        await asyncio.to_thread(self.stop)
-
-    async def akill(self) -> None:
-        await asyncio.to_thread(self.kill)
-
-    async def arestart(self) -> str:
-        return await asyncio.to_thread(self.restart)
-
-    def close(self) -> None:
-        """Stop, and remove the work directory if this object created it."""
-        self.stop()
-        if self._atexit_registered:
-            atexit.unregister(self._atexit_stop)
-            self._atexit_registered = False
-        if self._owns_workdir:
-            shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def __enter__(self) -> Self:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        state = "running" if self.running else "stopped"
-        return f"LocalKafka({self.bootstrap_servers}, {state}, workdir={self.workdir})"
 
     # -- internals -----------------------------------------------------------------------
     def _choose_ports(self, port: int | None, controller_port: int | None) -> tuple[int, int]:
@@ -582,9 +520,7 @@ class LocalKafka:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        if not self._atexit_registered:
-            atexit.register(self._atexit_stop)
-            self._atexit_registered = True
+        self._stop_at_exit()
 
     def _wait_ready(self, deadline: float) -> None:
         while True:
@@ -622,8 +558,3 @@ class LocalKafka:
         if self._out is not None:
             self._out.close()
             self._out = None
-
-    def _atexit_stop(self) -> None:
-        """Never leave an orphaned JVM holding the ports when the caller forgot to stop."""
-        if self.running:
-            self.stop(timeout=10.0)

@@ -8,15 +8,12 @@ as the unprivileged system user the wheel itself uses.
 
 from __future__ import annotations
 
-import asyncio
-import atexit
 import contextlib
 import functools
 import logging
 import os
 import re
 import shlex
-import shutil
 import signal
 import subprocess
 import tempfile
@@ -24,9 +21,9 @@ import time
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
+from devinfra._server import LocalServer
 from devinfra._util import LOCALHOST, InfraError, free_ports, pid_alive, tail
 
 __all__ = ["LocalPostgres", "PostgresStartError"]
@@ -36,10 +33,9 @@ log = logging.getLogger(__name__)
 _SYSTEM_USER = "embedded_postgres"
 _SUPERUSER = "postgres"
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-# Test data need not survive a crash of the *machine*, so skip fsync (per commit ~20x faster
-# here). synchronous_commit stays on: with fsync off it costs next to nothing (measured <10%
-# on 3000 single-row commits), and it keeps every acknowledged commit across `kill()`, which
-# crash tests rely on; synchronous_commit=off could drop the last ~0.6 s of commits.
+# Test data need not survive a crash of the machine, but crash tests need every acknowledged
+# commit to survive `kill()`: fsync off, synchronous_commit on (BENCHMARKS.md, "Machine and
+# software").
 _FAST_SETTINGS = {"fsync": "off", "full_page_writes": "off"}
 
 
@@ -94,16 +90,15 @@ def _clean_env() -> dict[str, str]:
     return env
 
 
-class LocalPostgres:
+class LocalPostgres(LocalServer):
     """A PostgreSQL server on a free 127.0.0.1 port with its data in a work directory.
 
     The port and data stay fixed for the object's life, so `restart()` and `kill()` +
-    `start()` bring back the same server with its data. `fast=True` (the default, meant
-    for tests) turns off fsync and full_page_writes: a crash of the *machine* could then
-    corrupt the data, a crash of the server (`kill()`) loses no committed transaction.
+    `start()` bring back the same server with its data (the lifecycle is `LocalServer`'s).
+    `fast=True` (the default, meant for tests) turns off fsync and full_page_writes: a crash
+    of the *machine* could then corrupt the data, a crash of the server (`kill()`) loses no
+    committed transaction.
     `settings` adds or overrides server settings (`-c key=value`).
-    Without `workdir` a temporary directory is used and removed when the context manager
-    exits.
     """
 
     def __init__(
@@ -118,20 +113,14 @@ class LocalPostgres:
     ) -> None:
         if not _NAME_RE.match(database):
             raise ValueError(f"unsupported database name {database!r}")
-        self._owns_workdir = workdir is None
-        self.workdir = (
-            Path(tempfile.mkdtemp(prefix="local-postgres-")) if workdir is None else workdir
-        ).resolve()
-        self.workdir.mkdir(parents=True, exist_ok=True)
+        super().__init__(workdir, prefix="local-postgres-", startup_timeout=startup_timeout)
         self.port = port if port is not None else free_ports(1)[0]
         self.database = database
         self.fast = fast
         self.settings = dict(settings or {})
-        self.startup_timeout = startup_timeout
         self._as_root = os.geteuid() == 0
         self._socket_dir: Path | None = None
         self._owns_socket_dir = False
-        self._atexit_registered = False
 
     # -- paths ---------------------------------------------------------------------------
     @property
@@ -188,9 +177,7 @@ class LocalPostgres:
         if not (self.data_dir / "PG_VERSION").exists():
             self._initdb()
         self._pg_ctl_start()
-        if not self._atexit_registered:
-            atexit.register(self._atexit_stop)
-            self._atexit_registered = True
+        self._stop_at_exit()  # pg_ctl daemonizes the server: it would outlive us
         self._ensure_database()
         log.info(
             "Local PostgreSQL %s ready at %s:%d in %.1f s (workdir %s)",
@@ -239,59 +226,10 @@ class LocalPostgres:
                 break
             time.sleep(0.02)
 
-    def restart(self) -> str:
-        """Stop and start again on the same port and data directory."""
-        self.stop()
-        return self.start()
-
-    async def astart(self) -> str:
-        return await asyncio.to_thread(self.start)
-
-    async def astop(self) -> None:
-        await asyncio.to_thread(self.stop)
-
-    async def akill(self) -> None:
-        await asyncio.to_thread(self.kill)
-
-    async def arestart(self) -> str:
-        return await asyncio.to_thread(self.restart)
-
-    def close(self) -> None:
-        """Stop, and remove the directories this object created."""
-        self.stop()
-        if self._atexit_registered:
-            atexit.unregister(self._atexit_stop)
-            self._atexit_registered = False
-        if self._owns_socket_dir and self._socket_dir is not None:
-            shutil.rmtree(self._socket_dir, ignore_errors=True)
-        if self._owns_workdir:
-            shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def __enter__(self) -> Self:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        state = "running" if self.running else "stopped"
-        return f"LocalPostgres({LOCALHOST}:{self.port}, {state}, workdir={self.workdir})"
-
     # -- internals -----------------------------------------------------------------------
-    def _atexit_stop(self) -> None:
-        """pg_ctl daemonizes the server: never leave it running after our process exits."""
-        if self.running:
-            self.stop(timeout=10.0)
+    def _owned_dirs(self) -> list[Path]:
+        socket_dir = [self._socket_dir] if self._owns_socket_dir and self._socket_dir else []
+        return [*socket_dir, *super()._owned_dirs()]
 
     def _adopt_running_port(self) -> None:
         """A server left running in this data dir (e.g. by a crashed earlier run) may listen

@@ -32,10 +32,8 @@ def create_engine(settings: DatabaseSettings) -> AsyncEngine:
             # Fail fast on a dead server so the caller's backoff, not a hung connect, decides.
             "timeout": 5,
             "command_timeout": 60,
-            # The hot statements are prepared once per connection. PostgreSQL's generic
-            # plan for them, chosen while the tables were small (or right after a burst,
-            # before autovacuum's ANALYZE), made prompt p50 at 100 starts/s 65 ms after
-            # 100 000 records, against 12 ms planned per execution (or after ANALYZE).
+            # The hot statements are prepared once per connection, and a generic plan
+            # chosen while the tables were small stays slow (BENCHMARKS.md, fix 11).
             "server_settings": {"plan_cache_mode": "force_custom_plan"},
         },
     )

@@ -58,9 +58,9 @@ class CloudEvent:
 
 def encode_json(value: Any) -> bytes:
     """Compact UTF-8 JSON, key order kept. orjson gives the same bytes as
-    json.dumps(ensure_ascii=False, separators=(",", ":")) at a fraction of the cost (a
-    prompt is ~2 KB), except for what it refuses (an integer beyond 64 bits): json still
-    writes that, rather than fail a batch and retry it forever."""
+    json.dumps(ensure_ascii=False, separators=(",", ":")) more cheaply (BENCHMARKS.md, fix
+    4), except for what it refuses (an integer beyond 64 bits): json still writes that,
+    rather than fail a batch and retry it forever."""
     try:
         return orjson.dumps(value)
     except orjson.JSONEncodeError:

@@ -1,9 +1,8 @@
 """The garbage collector, set for a long-running consumer once it has started.
 
-Measured in the groups service under the benchmark's load: full (generation 2)
-collections paused the event loop for 100-108 ms, and generation 0 ran ~330 times per
-2,000 ms of loop time; every record in flight waited those pauses out (loop lag p99
-10-33 ms). Freezing what start-up allocated (modules, SQLAlchemy and pydantic models,
+Under load, full (generation 2) collections paused the event loop and young ones ran
+hundreds of times a second, and every record in flight waited those pauses out
+(BENCHMARKS.md, fix 6). Freezing what start-up allocated (modules, SQLAlchemy and pydantic models,
 the catalog) takes it out of every later collection, and a larger first threshold
 lets batches' short-lived objects die between fewer, larger young collections.
 """

@@ -93,9 +93,8 @@ def build_broker(
         acks="all",
         max_request_size=settings.max_message_bytes,
         middlewares=tuple(middlewares),
-        # FastStream's own logger writes coloured text past the JSON formatter and its
-        # redaction, and a "Received"/"Processed" pair per batch at INFO (~200 lines/s
-        # under load): ours instead, with the per-message lines at DEBUG.
+        # FastStream's logger bypasses our JSON and redaction and is loud at INFO
+        # (BENCHMARKS.md, fix 4): ours instead, with the per-message lines at DEBUG.
         logger=logging.getLogger("services.faststream.broker"),
         log_level=logging.DEBUG,
     )
@@ -247,7 +246,8 @@ _MASK = 0xFFFFFFFF
 
 def murmur2(data: bytes) -> int:
     """Kafka's murmur2 (`org.apache.kafka.common.utils.Utils.murmur2`), the value of
-    `aiokafka.partitioner.murmur2`, about four times faster: whole words unpacked at once."""
+    `aiokafka.partitioner.murmur2`, with whole words unpacked at once, since the
+    pure-Python original was a visible share of CPU (BENCHMARKS.md, fix 4)."""
     length = len(data)
     h = _SEED ^ length
     for word in struct.unpack_from(f"<{length >> 2}I", data):
@@ -320,8 +320,8 @@ async def _send_batch(
 
 
 class FastDefaultPartitioner:
-    """aiokafka's `DefaultPartitioner` (same partition for every key), with the murmur2
-    above: the pure-Python original was ~2-10 % of a producing service's CPU."""
+    """aiokafka's `DefaultPartitioner` (same partition for every key), with the cheaper
+    murmur2 above (BENCHMARKS.md, fix 4)."""
 
     def __call__(
         self, key: bytes | None, all_partitions: Sequence[int], available: Sequence[int]
@@ -340,9 +340,8 @@ async def start_producer(
         client_id=client_id,
         enable_idempotence=True,
         acks="all",
-        # No linger: a prompt leaves at once (5 ms of linger was 5 ms of every prompt's
-        # latency); under load, records sent while a request is in flight still fill the
-        # next one, up to many ~2 KB prompts per request.
+        # No linger: any linger adds to every prompt's latency, and under load a request
+        # in flight fills the next one anyway (BENCHMARKS.md, fix 5).
         linger_ms=0,
         max_batch_size=512 * 1024,
         partitioner=FastDefaultPartitioner(),
@@ -372,20 +371,15 @@ def manual_batch_subscriber(
     - The raw record bytes reach the handler undecoded, so a poison record can be
       dead-lettered exactly as it arrived.
     - A batch that waits out an outage keeps the consumer in its group meanwhile.
-    - FastStream sleeps `batch_timeout_ms` again after an empty poll; 10 ms bounds the
-      extra wait of a record that arrives while idle (100 ms cost ~50 ms p50).
+    - FastStream sleeps `batch_timeout_ms` again after an empty poll, so a short one
+      bounds the extra wait of a record that arrives while idle (BENCHMARKS.md, fix 5).
     - aiokafka sends a partition's next fetch only after the fetch in flight returns,
-      which waits up to `fetch_max_wait_ms` for data on *its* partitions: at the default
-      500 ms a record on another partition waited for it (raw aiokafka, 18 partitions,
-      750 records/s: age at the consumer p99 47 ms at 500 ms, 18 ms at 20 ms).
+      which waits up to `fetch_max_wait_ms` for data on *its* partitions, so a short wait
+      keeps a record on another partition from waiting for it (BENCHMARKS.md, fix 5).
     - `fetch_min_bytes` (`KAFKA_FETCH_MIN_BYTES`) instead of 1 byte: at 1 byte the broker
       answers a fetch with the first record, so under load each batch held a handful of
-      records and paid the same round trips (PostgreSQL, relay, broker) as a large one.
-      At 500 starts/s plus 250 commands/s, 3 KiB made batches 8 records instead of 5.5,
-      the service 0.51 cores instead of 0.62 and PostgreSQL 0.32 instead of 0.40, and
-      prompt p50 / p99 25 / 58 ms instead of 39 / 79 (medians of 7 and 12 runs). The cost
-      is at low load, where a fetch waits the 20 ms out: at 100 starts/s p50 25 instead
-      of 12 ms, p99 ~40 either way, at 0.25-0.30 of a core instead of 0.45-0.52.
+      records and paid the same round trips (PostgreSQL, relay, broker) as a large one;
+      the cost is a wait of up to `fetch_max_wait_ms` at low load (BENCHMARKS.md, fix 17).
     """
     return broker.subscriber(
         *topics,
@@ -408,14 +402,14 @@ def manual_batch_subscriber(
 class OffsetCommits:
     """Commits a batch's offsets in the background, once the batch is durably applied.
 
-    FastStream's `ack()` waits for the group coordinator (7-20 ms measured under load)
-    before the next batch is fetched, which every record then waits for too. Here the
+    FastStream's `ack()` waits for the group coordinator (BENCHMARKS.md, fix 1) before
+    the next batch is fetched, which every record then waits for too. Here the
     consumer goes on at once: the offsets of each applied batch (explicit, never the
     consumer's current position, which may already include the next batch) join a
     pending map, and one commit at a time sends the latest of them, so commits coalesce
     and stay in order. Commits are at least `min_interval_seconds` apart: one per small
-    batch was ~65 commits a second at 750 records/s, each a write to the broker's offsets
-    log and work for its group coordinator. A commit that is lost (crash, rebalance) only
+    batch meant many commits a second, each a write to the broker's offsets log and work
+    for its group coordinator (BENCHMARKS.md, fix 15). A commit that is lost (crash, rebalance) only
     means records after the last commit are delivered again, which both services
     tolerate: the groups service de-duplicates by its inbox, the export re-publishes
     identical records.

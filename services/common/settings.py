@@ -45,9 +45,8 @@ class KafkaSettings(BaseSettings):
     inbound_partitions: int = Field(default=6, ge=3)
     replication_factor: int = Field(default=1, ge=1)
     max_message_bytes: int = 1_048_576
-    # What the broker gathers for a consumer's fetch before it answers (or 20 ms pass):
-    # about 8 records of ~390 bytes. Fewer, larger inbound batches under load; a record
-    # arriving alone waits up to 20 ms (see `manual_batch_subscriber`).
+    # What the broker gathers for a consumer's fetch before it answers (or the fetch wait
+    # passes): fewer, larger inbound batches under load (BENCHMARKS.md, fix 17).
     fetch_min_bytes: int = Field(default=3072, ge=1)
 
 

@@ -12,7 +12,7 @@ from sqlalchemy import text
 from services.common.db import create_engine
 from services.common.settings import DatabaseSettings
 from services.groups.adapters import migrate
-from services.groups.adapters.batch_statements import READ
+from services.groups.adapters.batch_writer import READ
 
 APPLIED = 30_000
 

@@ -33,7 +33,7 @@ from services.common.kafka import ensure_topics, start_producer
 from services.common.logs import configure_logging
 from services.common.settings import UnsafeSettings
 from services.export.adapters.checkpoint import FileCheckpointStore, MemoryCheckpointStore
-from services.export.adapters.export_topic import BatchPublisher
+from services.export.adapters.export_topic import ExportPublisher
 from services.export.adapters.groups_db import GroupsTables, SourceTable, open_tables
 from services.export.bootstrap import ExportSettingsBundle, record_builder_from
 from services.export.service_layer import backfill as backfill_service
@@ -204,7 +204,7 @@ async def run_backfill(settings: ExportSettingsBundle, args: argparse.Namespace)
         try:
             report = await backfill_service.backfill(
                 tables,
-                BatchPublisher(producer, topic),
+                ExportPublisher(producer, topic),
                 builder,
                 store,
                 topic=topic,

@@ -7,17 +7,17 @@ to the same last value per key.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
 from services.common.backoff import Backoff, retry_forever
 from services.common.envelope import CloudEvent, PoisonRecord, decode_cloudevent, encode_json
+from services.common.kafka import OutgoingRecord
 from services.common.records import SourceRecord, dead_letter_headers
+from services.export.adapters.export_topic import ExportPublisher
 from services.export.adapters.metrics import ExportMetrics
 from services.export.domain.records import EXPORT_SOURCE, ExportRecord, RecordBuilder
 from services.export.service_layer.translate import records_from_event
@@ -53,30 +53,6 @@ def record_value(record: ExportRecord) -> bytes:
 def record_message(record: ExportRecord) -> tuple[bytes, bytes]:
     """The record's Kafka key and value, as the live export and the backfill publish it."""
     return record.key.encode(), record_value(record)
-
-
-class RecordSender:
-    """Sends export records on one producer and waits for every acknowledgement."""
-
-    def __init__(self, producer: AIOKafkaProducer, export_topic: str) -> None:
-        self._producer = producer
-        self._topic = export_topic
-        self._pending: list[asyncio.Future[Any]] = []
-
-    async def send(self, record: ExportRecord) -> None:
-        key, value = record_message(record)
-        self._pending.append(await self._producer.send(self._topic, key=key, value=value))
-
-    async def send_raw(
-        self, topic: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]
-    ) -> None:
-        self._pending.append(
-            await self._producer.send(topic, key=key, value=value, headers=headers)
-        )
-
-    async def flush(self) -> None:
-        pending, self._pending = self._pending, []
-        await asyncio.gather(*pending)
 
 
 class ExportPipeline:
@@ -123,9 +99,10 @@ class ExportPipeline:
         await retry_forever(attempt, backoff=Backoff(cap=10.0), on_retry=on_retry)
 
     async def _process_once(self, records: Sequence[SourceRecord]) -> None:
-        sender = RecordSender(await self.producer(), self._export_topic)
+        publisher = ExportPublisher(await self.producer(), self._export_topic)
+        messages: list[tuple[bytes, bytes]] = []
+        dead_letters: list[OutgoingRecord] = []
         counts: dict[str, int] = {}
-        dead = 0
         for source in records:
             try:
                 event = decode_cloudevent(source.value, max_bytes=self._max_event_bytes)
@@ -134,13 +111,13 @@ class ExportPipeline:
                 headers = dead_letter_headers(
                     source, poison.error_code, poison.message, SERVICE_NAME
                 )
-                await sender.send_raw(self._dlq_topic, source.key, source.value, headers)
-                dead += 1
+                dead_letters.append((self._dlq_topic, source.key, source.value, headers))
                 continue
             for record in exported:
-                await sender.send(record)
+                messages.append(record_message(record))
                 counts[record.type] = counts.get(record.type, 0) + 1
-        await sender.flush()
+        acknowledged = await publisher.publish(messages, dead_letters=dead_letters)
+        await acknowledged  # before the caller commits the batch's offsets
         for type_, count in counts.items():
             self._metrics.records.labels(type_).inc(count)
-        self._metrics.dead_letters.inc(dead)
+        self._metrics.dead_letters.inc(len(dead_letters))

@@ -10,7 +10,7 @@ import orjson
 
 from services.common.db import postgres_can_store
 from services.common.records import Header, SourceRecord, dead_letter_headers
-from services.groups.adapters.batch_statements import DEAD_LETTERS, OUTBOX
+from services.groups.adapters import batch_writer
 
 
 def _b64(data: bytes) -> str:
@@ -88,18 +88,10 @@ class Outbox:
         self._rows.clear()
         self._dead_letters.clear()
 
-    def take_writes(self) -> dict[str, list[Any]]:
-        """The pending rows as array parameters of `batch_statements.WRITE`, in order
-        (outbox ids, and so the publishing order, follow it); then forgotten."""
+    def take_writes(self) -> dict[batch_writer.Columns, batch_writer.Rows]:
+        """The pending rows for `batch_writer.write`, in order (outbox ids, and so the
+        publishing order, follow it); then forgotten."""
         rows, self._rows = self._rows, []
         letters, self._dead_letters = self._dead_letters, []
         self.written += len(rows)
-        columns = {
-            bind: [row[name] for row in rows]
-            for bind, name in zip(OUTBOX.binds(), OUTBOX.names, strict=True)
-        }
-        columns.update(
-            (bind, [letter[name] for letter in letters])
-            for bind, name in zip(DEAD_LETTERS.binds(), DEAD_LETTERS.names, strict=True)
-        )
-        return columns
+        return {batch_writer.OUTBOX: rows, batch_writer.DEAD_LETTERS: letters}

@@ -3,114 +3,31 @@
 One repository serves one unit of work (one transaction) and works like an identity
 map with deferred writes: what a batch reads is loaded once, in one statement, where
 the batch says up front what it will need; every change is kept in memory, and
-`take_writes()` hands all of it to the unit of work as the array parameters of one
-write statement (see `batch_statements`). A batch of hundreds of records thus costs a
+`take_writes()` hands all of it to the unit of work as rows keyed by column name, for
+the one write statement of `batch_writer`. A batch of hundreds of records thus costs a
 handful of round trips instead of several per record.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-import orjson
 from sqlalchemy import select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.groups.adapters import batch_statements
-from services.groups.adapters.orm import (
-    catalog_groups,
-    catalog_subgroups,
-    customers,
-)
-from services.groups.domain.catalog import Catalog
+from services.groups.adapters import batch_writer, rows
+from services.groups.adapters.catalog_repository import CatalogRepository
+from services.groups.adapters.orm import customers
+from services.groups.adapters.rows import BookingRow, Changes, MembershipWrite, PromptRow
 from services.groups.domain.errors import DomainError
 from services.groups.domain.membership import Customer, Membership
 from services.groups.domain.personnummer import Personnummer
 
-
-@dataclass
-class BookingRow:
-    booking_id: str
-    unit_id: str
-    personnummer: str
-    start_time: datetime
-    vaccine_code: str | None
-    vaccine_name: str | None
-    dose: int | None
-    requested_group_code: str | None
-    requested_subgroup_code: str | None
-    status: str
-    source_event_time: datetime | None
-    updated_at: datetime
-
-    def as_values(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-
-@dataclass
-class PromptRow:
-    prompt_id: str
-    vaccination_id: str
-    personnummer: str
-    unit_id: str
-    user_id: str
-    booking_id: str | None
-    vaccine_code: str | None
-    event: bytes
-    created_at: datetime
-    closed_at: datetime | None = None
-
-
-@dataclass
-class _MembershipWrite:
-    personnummer: str
-    membership: Membership
-    user_id: str
-    unit_id: str
-    created_at: datetime | None  # set for a membership created in this unit of work
-    updated_at: datetime
-
-
-@dataclass
-class _Changes:
-    customers: dict[str, dict[str, Any]] = field(default_factory=dict)
-    bookings: dict[str, BookingRow] = field(default_factory=dict)
-    memberships: dict[str, _MembershipWrite] = field(default_factory=dict)
-    new_prompts: dict[str, PromptRow] = field(default_factory=dict)
-    closed_prompts: dict[str, datetime] = field(default_factory=dict)
-    confirmations: dict[str, dict[str, Any]] = field(default_factory=dict)
-    audit: list[dict[str, Any]] = field(default_factory=list)
-
-
-# Rows arrive as records of the table's row type (see batch_statements.READ).
-def _membership(record: Mapping[str, Any]) -> Membership:
-    return Membership(
-        membership_id=str(record["membership_id"]),
-        group_code=record["group_code"],
-        subgroup_code=record["subgroup_code"],
-        reference_code=record["reference_code"],
-        valid_from=record["valid_from"],
-        valid_to=record["valid_to"],
-        version=record["version"],
-    )
-
-
-def _booking(record: Mapping[str, Any]) -> BookingRow:
-    return BookingRow(*(record[name] for name in BookingRow.__dataclass_fields__))
-
-
-def _prompt(record: Mapping[str, Any]) -> PromptRow:
-    values = {name: record[name] for name in PromptRow.__dataclass_fields__}
-    values["prompt_id"] = str(values["prompt_id"])
-    return PromptRow(**values)
-
-
-def _json(value: Any) -> str:
-    return orjson.dumps(value).decode()
+# CatalogRepository stays importable from here, where it used to live.
+__all__ = ["BookingRow", "CatalogRepository", "GroupsRepository", "PromptRow"]
 
 
 def _valid(personnummer: str) -> bool:
@@ -122,7 +39,9 @@ def _valid(personnummer: str) -> bool:
 
 
 def _newer_or_same(current: datetime | None, incoming: datetime | None) -> bool:
-    """Event-time order of booking events; unknown times never block a change."""
+    """Event-time order of booking events; unknown times never block a change. Checked
+    here only: `current` was read under the booking's subject lock (`booking:<id>`),
+    which every writer of the booking holds, and the write then replaces the row."""
     return current is None or incoming is None or current <= incoming
 
 
@@ -136,7 +55,7 @@ class GroupsRepository:
         self._confirmation_versions: dict[str, int] = {}
         self._owners: dict[str, str] = {}  # membership id -> personnummer
         self._stored_customers: set[str] = set()  # personnummer with a customers row
-        self._changes = _Changes()
+        self._changes = Changes()
 
     # -- bulk loading ----------------------------------------------------------
 
@@ -157,31 +76,26 @@ class GroupsRepository:
         pids = sorted({p for p in prompt_ids if p not in self._prompts_by_id})
         if not (pnrs or ids or vids or pids or events):
             return set()
-        row = (
-            await self._c.execute(
-                batch_statements.READ,
-                {
-                    "inbox_topics": [topic for topic, _ in events],
-                    "inbox_ids": [event_id for _, event_id in events],
-                    "personnummer": pnrs,
-                    "booking_ids": ids,
-                    "vaccination_ids": vids,
-                    "prompt_ids": pids,
-                },
-            )
-        ).one()
+        row = await batch_writer.read(
+            self._c,
+            events=events,
+            personnummer=pnrs,
+            booking_ids=ids,
+            vaccination_ids=vids,
+            prompt_ids=pids,
+        )
         self._stored_customers.update(row.customers)
         by_pnr: dict[str, list[Membership]] = {p: [] for p in pnrs}
         for record in row.memberships:
-            by_pnr[record["personnummer"]].append(_membership(record))
+            by_pnr[record["personnummer"]].append(rows.membership(record))
         for pnr, items in by_pnr.items():
             self._customers[pnr] = Customer(Personnummer.parse(pnr), items)
             self._owners.update((m.membership_id, pnr) for m in items)
-        loaded = {record["booking_id"]: _booking(record) for record in row.bookings}
+        loaded = {record["booking_id"]: rows.booking(record) for record in row.bookings}
         for booking_id in ids:
             self._bookings[booking_id] = loaded.get(booking_id)
         for record in row.prompts:
-            self._remember_prompt(_prompt(record))
+            self._remember_prompt(rows.prompt(record))
         for vid in vids:
             self._prompts_by_vaccination.setdefault(vid, None)
         for pid in pids:
@@ -249,7 +163,7 @@ class GroupsRepository:
         unit_id: str,
         now: datetime,
     ) -> None:
-        self._changes.memberships[membership.membership_id] = _MembershipWrite(
+        self._changes.memberships[membership.membership_id] = MembershipWrite(
             personnummer.value, membership, user_id, unit_id, created_at=now, updated_at=now
         )
         self._owners[membership.membership_id] = personnummer.value
@@ -261,7 +175,7 @@ class GroupsRepository:
         if known is not None:
             known.user_id, known.unit_id, known.updated_at = user_id, unit_id, now
             return
-        self._changes.memberships[membership.membership_id] = _MembershipWrite(
+        self._changes.memberships[membership.membership_id] = MembershipWrite(
             "", membership, user_id, unit_id, created_at=None, updated_at=now
         )
 
@@ -356,215 +270,9 @@ class GroupsRepository:
 
     # -- writing -----------------------------------------------------------------------
 
-    def take_writes(self) -> tuple[dict[str, list[Any]], bool]:
-        """Every pending change as the array parameters of `batch_statements.WRITE`, and
-        whether the membership updates must run first (see UPDATE_MEMBERSHIPS); the
+    def take_writes(self) -> tuple[dict[batch_writer.Columns, batch_writer.Rows], bool]:
+        """Every pending change as rows for `batch_writer.write`, and whether the
+        membership updates must run first (see `batch_writer.UPDATE_MEMBERSHIPS`); the
         changes are then forgotten."""
-        changes, self._changes = self._changes, _Changes()
-        columns: dict[str, list[Any]] = {}
-
-        def put(table: batch_statements.Columns, rows: list[tuple[Any, ...]]) -> None:
-            by_column = list(zip(*rows, strict=True)) or [()] * len(table.names)
-            for bind, values in zip(table.binds(), by_column, strict=True):
-                columns[bind] = list(values)
-
-        put(
-            batch_statements.CUSTOMERS,
-            [
-                (c["personnummer"], c["first_name"], c["last_name"], c["updated_at"])
-                for c in changes.customers.values()
-            ],
-        )
-        put(
-            batch_statements.BOOKINGS,
-            [tuple(row.__dict__.values()) for row in changes.bookings.values()],
-        )
-        new = [w for w in changes.memberships.values() if w.created_at is not None]
-        changed = [w for w in changes.memberships.values() if w.created_at is None]
-        put(
-            batch_statements.NEW_MEMBERSHIPS,
-            [
-                (
-                    w.membership.membership_id,
-                    w.personnummer,
-                    w.membership.group_code,
-                    w.membership.subgroup_code,
-                    w.membership.reference_code,
-                    w.membership.valid_from,
-                    w.membership.valid_to,
-                    w.membership.version,
-                    w.created_at,
-                    w.updated_at,
-                    w.user_id,
-                    w.unit_id,
-                )
-                for w in new
-            ],
-        )
-        put(
-            batch_statements.CHANGED_MEMBERSHIPS,
-            [
-                (
-                    w.membership.membership_id,
-                    w.membership.subgroup_code,
-                    w.membership.reference_code,
-                    w.membership.valid_to,
-                    w.membership.version,
-                    w.updated_at,
-                    w.user_id,
-                    w.unit_id,
-                )
-                for w in changed
-            ],
-        )
-        put(
-            batch_statements.NEW_PROMPTS,
-            [
-                (
-                    p.prompt_id,
-                    p.vaccination_id,
-                    p.personnummer,
-                    p.unit_id,
-                    p.user_id,
-                    p.booking_id,
-                    p.vaccine_code,
-                    p.event,
-                    p.created_at,
-                    p.closed_at,
-                )
-                for p in changes.new_prompts.values()
-            ],
-        )
-        put(batch_statements.CLOSED_PROMPTS, list(changes.closed_prompts.items()))
-        put(
-            batch_statements.CONFIRMATIONS,
-            [
-                (
-                    v["vaccination_id"],
-                    v["prompt_id"],
-                    v["personnummer"],
-                    v["unit_id"],
-                    v["user_id"],
-                    v["command_id"],
-                    _json(v["memberships"]),
-                    v["confirmed_at"],
-                    v["version"],
-                )
-                for v in changes.confirmations.values()
-            ],
-        )
-        put(
-            batch_statements.AUDIT,
-            [
-                (
-                    a["action"],
-                    a["user_id"],
-                    a["unit_id"],
-                    a["personnummer"],
-                    a["membership_id"],
-                    _json(a["detail"]),
-                )
-                for a in changes.audit
-            ],
-        )
-        # A group ended here and started again for the same customer in this batch.
-        ended = {
-            (self._owners.get(w.membership.membership_id), w.membership.group_code)
-            for w in changed
-            if w.membership.valid_to is not None
-        }
-        restarted = any((w.personnummer, w.membership.group_code) in ended for w in new)
-        return columns, restarted
-
-
-class CatalogRepository:
-    """The catalog tables, read and written directly (rare, operator-driven)."""
-
-    def __init__(self, connection: AsyncConnection) -> None:
-        self._c = connection
-
-    async def import_catalog(self, catalog: Catalog) -> None:
-        """Upsert every group and subgroup; memberships are not touched, nothing is deleted."""
-        for position, group in enumerate(catalog.groups):
-            g = pg_insert(catalog_groups).values(
-                code=group.code,
-                name=group.name,
-                valid_from=group.valid_from,
-                valid_to=group.valid_to,
-                position=position,
-                catalog_version=catalog.version,
-            )
-            await self._c.execute(
-                g.on_conflict_do_update(
-                    index_elements=[catalog_groups.c.code],
-                    set_={
-                        k: g.excluded[k]
-                        for k in ("name", "valid_from", "valid_to", "position", "catalog_version")
-                    },
-                )
-            )
-            for sub_position, sub in enumerate(group.subgroups):
-                rule = None
-                if sub.rule is not None:
-                    rule = {
-                        "min_age": sub.rule.min_age,
-                        "max_age": sub.rule.max_age,
-                        "vaccine_codes": sorted(sub.rule.vaccine_codes),
-                    }
-                s = pg_insert(catalog_subgroups).values(
-                    group_code=group.code,
-                    code=sub.code,
-                    name=sub.name,
-                    valid_from=sub.valid_from,
-                    valid_to=sub.valid_to,
-                    position=sub_position,
-                    rule=rule,
-                )
-                await self._c.execute(
-                    s.on_conflict_do_update(
-                        index_elements=[catalog_subgroups.c.group_code, catalog_subgroups.c.code],
-                        set_={
-                            k: s.excluded[k]
-                            for k in ("name", "valid_from", "valid_to", "position", "rule")
-                        },
-                    )
-                )
-
-    async def load_catalog(self) -> Catalog | None:
-        group_rows = (
-            await self._c.execute(select(catalog_groups).order_by(catalog_groups.c.position))
-        ).all()
-        if not group_rows:
-            return None
-        sub_rows = (
-            await self._c.execute(
-                select(catalog_subgroups).order_by(
-                    catalog_subgroups.c.group_code, catalog_subgroups.c.position
-                )
-            )
-        ).all()
-        subs: dict[str, list[dict[str, Any]]] = {}
-        for s in sub_rows:
-            subs.setdefault(s.group_code, []).append(
-                {
-                    "code": s.code,
-                    "name": s.name,
-                    "valid_from": s.valid_from.isoformat(),
-                    "valid_to": s.valid_to.isoformat() if s.valid_to else None,
-                    "rule": s.rule,
-                }
-            )
-        data = {
-            "version": max(r.catalog_version for r in group_rows),
-            "groups": [
-                {
-                    "code": g.code,
-                    "name": g.name,
-                    "valid_from": g.valid_from.isoformat(),
-                    "valid_to": g.valid_to.isoformat() if g.valid_to else None,
-                    "subgroups": subs.get(g.code, []),
-                }
-                for g in group_rows
-            ],
-        }
-        return Catalog.from_dict(data)
+        changes, self._changes = self._changes, Changes()
+        return changes.rows(), changes.restarts_an_ended_group(self._owners)

@@ -184,8 +184,8 @@ class Catalog:
     version: str
     groups: tuple[Group, ...]
     notes: str | None = None
-    # selectable_on's answers: every vaccination start asks for today's, and building
-    # them (validated Group copies) cost ~20 % of a start. The catalog never changes.
+    # selectable_on's answers, cached since every start asks and building them is costly
+    # (BENCHMARKS.md, fix 4); the catalog never changes.
     _selectable: dict[date, tuple[Group, ...]] = field(
         default_factory=dict, init=False, repr=False, compare=False, hash=False
     )

@@ -12,7 +12,6 @@ Memberships are never deleted; removing one ends it and keeps it as history.
 from __future__ import annotations
 
 import enum
-import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import date, datetime
@@ -27,6 +26,7 @@ from services.groups.domain.errors import (
     MembershipNotFound,
     show,
 )
+from services.groups.domain.ids import is_canonical_uuid
 from services.groups.domain.personnummer import Personnummer, contains_personnummer
 
 REFERENCE_CODE_MAX: Final = 64
@@ -177,7 +177,7 @@ class Customer:
         same group does not block a new one.
         """
         today = _require_day(today, "today")
-        if not isinstance(membership_id, str) or not _is_canonical_uuid(membership_id):
+        if not isinstance(membership_id, str) or not is_canonical_uuid(membership_id):
             raise InvalidCommand("membership_id must be a canonical lower-case UUID string")
         if any(m.membership_id == membership_id for m in self.memberships):
             raise InvalidCommand(f"membership_id {show(membership_id)} is already used")
@@ -279,10 +279,3 @@ class Customer:
         membership.valid_to = end
         membership.version += 1
         return membership
-
-
-def _is_canonical_uuid(value: str) -> bool:
-    try:
-        return str(uuid.UUID(value)) == value
-    except ValueError:
-        return False

@@ -128,9 +128,8 @@ class Personnummer:
         return "<redacted personnummer>"
 
 
-# One customer's records meet the parser several times per batch (preload, handler,
-# view); validation (date and Luhn) cost ~5 % of the service's CPU. Valid values only
-# are cached (an invalid one raises), and the cache is bounded.
+# Cached (valid values only, bounded): a record meets the parser several times per batch
+# and validation is a visible share of CPU (BENCHMARKS.md, fix 4).
 @functools.lru_cache(maxsize=8_192)
 def _parsed(text: str) -> Personnummer:
     return Personnummer(text)

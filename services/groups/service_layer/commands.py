@@ -12,7 +12,6 @@ rejected here, before it reaches the database. Personal data stays out of `repr`
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date
@@ -21,6 +20,7 @@ from typing import Annotated, Any, ClassVar
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
 from services.common.db import postgres_can_store
+from services.groups.domain.ids import is_canonical_uuid
 
 # No control characters (PostgreSQL text cannot even hold NUL): rejected here, clearly.
 _PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
@@ -62,12 +62,7 @@ def _loadable(text: str | None) -> list[str]:
 
 
 def _canonical_uuid(text: str | None) -> list[str]:
-    if text is None:
-        return []
-    try:
-        return [text] if str(uuid.UUID(text)) == text else []
-    except ValueError:
-        return []
+    return [text] if text is not None and is_canonical_uuid(text) else []
 
 
 def _raw(data: Any, *path: str) -> Any:

@@ -11,7 +11,6 @@ in `outgoing`.
 from __future__ import annotations
 
 import functools
-import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any, TypeVar
@@ -24,6 +23,7 @@ from services.groups.domain.errors import (
     PromptNotFound,
     Unauthorized,
 )
+from services.groups.domain.ids import is_canonical_uuid
 from services.groups.domain.membership import UNCHANGED, Membership
 from services.groups.domain.personnummer import Personnummer
 from services.groups.domain.suggestions import suggestions_for
@@ -350,11 +350,7 @@ async def _require_prompt(
     personnummer: Personnummer,
     vaccination_id: str | None,
 ) -> Any:
-    try:
-        canonical = str(uuid.UUID(prompt_id))
-    except ValueError:
-        canonical = None
-    prompt = await uow.repo.get_prompt(canonical) if canonical == prompt_id else None
+    prompt = await uow.repo.get_prompt(prompt_id) if is_canonical_uuid(prompt_id) else None
     if (
         prompt is None
         or prompt.personnummer != personnummer.value

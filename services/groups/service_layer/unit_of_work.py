@@ -14,17 +14,10 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Protocol, Self
 
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncTransaction
 
 from services.common.records import SourceRecord
-from services.groups.adapters.batch_statements import (
-    CHANGED_MEMBERSHIPS,
-    INBOX,
-    UPDATE_MEMBERSHIPS,
-    WRITE,
-    WRITE_WITHOUT_MEMBERSHIP_UPDATES,
-)
+from services.groups.adapters import batch_writer
 from services.groups.adapters.outbox import Outbox
 from services.groups.adapters.repository import (
     BookingRow,
@@ -178,23 +171,12 @@ class UnitOfWork:
 
     async def flush(self) -> None:
         """Write every pending change in one statement (two when a group ended in this
-        batch starts again, see `batch_statements.UPDATE_MEMBERSHIPS`)."""
-        columns, memberships_first = self.repo.take_writes()
-        columns.update(self.outbox.take_writes())
+        batch starts again, see `batch_writer.UPDATE_MEMBERSHIPS`)."""
+        rows, memberships_first = self.repo.take_writes()
+        rows.update(self.outbox.take_writes())
         inbox_rows, self._newly_processed = self._newly_processed, []
-        columns[INBOX.binds()[0]] = [topic for topic, _ in inbox_rows]
-        columns[INBOX.binds()[1]] = [event_id for _, event_id in inbox_rows]
-        if not any(columns.values()):
-            return
-        statement = WRITE
-        if memberships_first:
-            await self.connection.execute(
-                UPDATE_MEMBERSHIPS, {bind: columns[bind] for bind in CHANGED_MEMBERSHIPS.binds()}
-            )
-            for bind in CHANGED_MEMBERSHIPS.binds():
-                del columns[bind]
-            statement = WRITE_WITHOUT_MEMBERSHIP_UPDATES
-        await self.connection.execute(statement, columns)
+        rows[batch_writer.INBOX] = [{"topic": t, "event_id": e} for t, e in inbox_rows]
+        await batch_writer.write(self.connection, rows, memberships_first=memberships_first)
 
     async def commit(self) -> None:
         assert self._transaction is not None
@@ -204,16 +186,7 @@ class UnitOfWork:
 
     async def lock_subjects(self, subjects: Sequence[str]) -> None:
         """Transaction-scoped advisory locks, taken in one fixed order (by hash)."""
-        if not subjects:
-            return
-        await self.connection.execute(
-            text(
-                "SELECT pg_advisory_xact_lock(h) FROM ("
-                " SELECT DISTINCT hashtextextended(s, 0) AS h"
-                " FROM unnest(CAST(:subjects AS text[])) AS s ORDER BY h) AS ordered"
-            ),
-            {"subjects": list(subjects)},
-        )
+        await batch_writer.lock_subjects(self.connection, subjects)
 
     async def preload(
         self,

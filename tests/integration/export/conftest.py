@@ -314,7 +314,7 @@ async def backfill_in_process(
     """The backfill service function with this process's adapters (what the CLI wires)."""
     from services.common.kafka import ensure_topics, start_producer
     from services.export.adapters.checkpoint import MemoryCheckpointStore
-    from services.export.adapters.export_topic import BatchPublisher
+    from services.export.adapters.export_topic import ExportPublisher
     from services.export.service_layer.backfill import backfill
 
     await ensure_topics(settings.topics, settings.kafka)
@@ -323,7 +323,7 @@ async def backfill_in_process(
     try:
         return await backfill(
             lambda: open_tables(engine, consistent=False),
-            BatchPublisher(producer, settings.topics.export),
+            ExportPublisher(producer, settings.topics.export),
             record_builder_from(settings),
             store if store is not None else MemoryCheckpointStore(),
             topic=settings.topics.export,
