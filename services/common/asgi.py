@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, MutableMapping
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
 
-from faststream.asgi import AsyncAPIRoute
+from faststream.asgi import AsgiFastStream, AsyncAPIRoute
+from faststream.kafka import KafkaBroker
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -98,3 +100,29 @@ def asyncapi_docs() -> AsyncAPIRoute:
     """The AsyncAPI page and JSON, without FastStream's "try it out" route: that route
     publishes whatever an HTTP caller sends, which no production service should offer."""
     return AsyncAPIRoute("/asyncapi", try_it_out_path=None)
+
+
+Hook = Callable[[], Awaitable[None]]
+
+
+def service_app(
+    broker: KafkaBroker,
+    routes: Sequence[tuple[str, ASGIApp]],
+    *,
+    on_startup: Sequence[Hook],
+    after_startup: Sequence[Hook],
+    on_shutdown: Sequence[Hook],
+    after_shutdown: Sequence[Hook],
+) -> AsgiFastStream:
+    """A service process: its consumer and its HTTP routes in one ASGI app, with the
+    AsyncAPI document (see `asyncapi_docs`)."""
+    return AsgiFastStream(
+        broker,
+        asgi_routes=list(routes),
+        asyncapi_path=asyncapi_docs(),
+        logger=logging.getLogger("services.faststream.app"),
+        on_startup=list(on_startup),
+        after_startup=list(after_startup),
+        on_shutdown=list(on_shutdown),
+        after_shutdown=list(after_shutdown),
+    )

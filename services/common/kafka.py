@@ -41,7 +41,8 @@ from faststream.security import (
 
 from services.common.backoff import Backoff, retry_forever
 from services.common.records import keep_raw_bytes
-from services.common.settings import KafkaSettings, TopicSettings
+from services.common.settings import KafkaSettings, ServiceSettings, TopicSettings
+from services.common.telemetry import telemetry_middlewares
 
 log = logging.getLogger(__name__)
 
@@ -81,18 +82,18 @@ def client_kwargs(settings: KafkaSettings) -> dict[str, Any]:
     return kwargs
 
 
-def build_broker(
-    settings: KafkaSettings, *, client_id: str, middlewares: Sequence[Any] = ()
-) -> KafkaBroker:
+def build_broker(settings: ServiceSettings, *, client_id: str) -> KafkaBroker:
+    """The service's FastStream broker, with tracing when the settings turn it on."""
+    kafka = settings.kafka
     return KafkaBroker(
-        settings.bootstrap_servers,
+        kafka.bootstrap_servers,
         client_id=client_id,
-        security=build_security(settings),
+        security=build_security(kafka),
         allow_auto_create_topics=False,
         enable_idempotence=True,
         acks="all",
-        max_request_size=settings.max_message_bytes,
-        middlewares=tuple(middlewares),
+        max_request_size=kafka.max_message_bytes,
+        middlewares=tuple(telemetry_middlewares(settings.app, client_id)),
         # FastStream's logger bypasses our JSON and redaction and is loud at INFO
         # (BENCHMARKS.md, fix 4): ours instead, with the per-message lines at DEBUG.
         logger=logging.getLogger("services.faststream.broker"),

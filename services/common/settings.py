@@ -5,6 +5,7 @@ Every variable is documented in the README; `docker-compose.yml` wires the same 
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Literal
 
 from pydantic import Field, SecretStr
@@ -160,3 +161,14 @@ class UnsafeSettings(RuntimeError):
 def refuse_unsafe(service: str, problems: list[str]) -> None:
     if problems:
         raise UnsafeSettings(service, problems)
+
+
+@dataclass
+class ServiceSettings:
+    """What every service process reads: its mode, the broker, the topics, the database.
+    Each service's bundle adds its own sections."""
+
+    app: AppSettings = field(default_factory=AppSettings)
+    kafka: KafkaSettings = field(default_factory=KafkaSettings)
+    topics: TopicSettings = field(default_factory=TopicSettings)
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)

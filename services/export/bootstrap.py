@@ -18,15 +18,11 @@ from services.common.kafka import (
     wait_for_topics,
 )
 from services.common.settings import (
-    AppSettings,
-    DatabaseSettings,
     ExportSettings,
     GroupsSettings,
-    KafkaSettings,
-    TopicSettings,
+    ServiceSettings,
     refuse_unsafe,
 )
-from services.common.telemetry import telemetry_middlewares
 from services.export.adapters.metrics import ExportMetrics
 from services.export.domain.records import Pseudonymizer, RecordBuilder
 from services.export.service_layer.pipeline import SERVICE_NAME, ExportPipeline
@@ -35,13 +31,11 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class ExportSettingsBundle:
-    app: AppSettings = field(default_factory=AppSettings)
-    kafka: KafkaSettings = field(default_factory=KafkaSettings)
-    topics: TopicSettings = field(default_factory=TopicSettings)
+class ExportSettingsBundle(ServiceSettings):
+    """`database`: only the backfill and the snapshot read the groups database; the
+    service does not."""
+
     export: ExportSettings = field(default_factory=ExportSettings)
-    # Only the backfill and the snapshot read the groups database; the service does not.
-    database: DatabaseSettings = field(default_factory=DatabaseSettings)
     # GROUPS_TIMEZONE: the zone the groups service writes instants in. Records format
     # every instant in it, so a record built from a row equals the one built from the event.
     timezone: str = field(default_factory=lambda: GroupsSettings().timezone)
@@ -89,11 +83,7 @@ class ExportService:
             metrics=self.metrics,
             max_event_bytes=s.kafka.max_message_bytes,
         )
-        self.broker: KafkaBroker = build_broker(
-            s.kafka,
-            client_id=SERVICE_NAME,
-            middlewares=telemetry_middlewares(s.app, SERVICE_NAME),
-        )
+        self.broker: KafkaBroker = build_broker(s, client_id=SERVICE_NAME)
         self.offset_commits = OffsetCommits()
         self.ready = False
 

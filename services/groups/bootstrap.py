@@ -25,15 +25,11 @@ from services.common.kafka import (
     wait_for_topics,
 )
 from services.common.settings import (
-    AppSettings,
     AuthSettings,
-    DatabaseSettings,
     GroupsSettings,
-    KafkaSettings,
-    TopicSettings,
+    ServiceSettings,
     refuse_unsafe,
 )
-from services.common.telemetry import telemetry_middlewares
 from services.groups.adapters import migrate
 from services.groups.adapters.access_tokens import AccessTokenVerifier
 from services.groups.adapters.audit_sealer import AuditSealer
@@ -60,11 +56,7 @@ def read_catalog_file(path: Path) -> Catalog:
 
 
 @dataclass
-class GroupsSettingsBundle:
-    app: AppSettings = field(default_factory=AppSettings)
-    kafka: KafkaSettings = field(default_factory=KafkaSettings)
-    topics: TopicSettings = field(default_factory=TopicSettings)
-    database: DatabaseSettings = field(default_factory=DatabaseSettings)
+class GroupsSettingsBundle(ServiceSettings):
     groups: GroupsSettings = field(default_factory=GroupsSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
 
@@ -147,11 +139,7 @@ class GroupsService:
         self.pipeline = BatchPipeline(
             self.processor, depth=s.groups.batches_in_flight, on_failure=self._stop_serving
         )
-        self.broker: KafkaBroker = build_broker(
-            s.kafka,
-            client_id=SERVICE_NAME,
-            middlewares=telemetry_middlewares(s.app, SERVICE_NAME),
-        )
+        self.broker: KafkaBroker = build_broker(s, client_id=SERVICE_NAME)
         self.offset_commits = OffsetCommits()
         self.ready = False
         self._catalog_task: asyncio.Task[None] | None = None

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import logging
-
 from faststream.asgi import AsgiFastStream
 
-from services.common.asgi import asyncapi_docs
+from services.common.asgi import service_app
 from services.common.gc_tuning import settle_after_start
 from services.export.bootstrap import ExportService
 from services.export.entrypoints.consumer import register_consumer
@@ -16,11 +14,9 @@ from services.export.entrypoints.http import build_routes
 def build_app(service: ExportService | None = None) -> AsgiFastStream:
     service = service or ExportService()
     register_consumer(service.broker, service)
-    return AsgiFastStream(
+    return service_app(
         service.broker,
-        asgi_routes=build_routes(service),
-        asyncapi_path=asyncapi_docs(),
-        logger=logging.getLogger("services.faststream.app"),
+        build_routes(service),
         on_startup=[service.prepare],
         after_startup=[service.mark_ready, settle_after_start],
         # Before the broker closes its consumer: the last applied offsets still commit.

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import logging
-
 from faststream.asgi import AsgiFastStream
 
-from services.common.asgi import asyncapi_docs
+from services.common.asgi import service_app
 from services.common.gc_tuning import settle_after_start
 from services.groups.bootstrap import GroupsService
 from services.groups.entrypoints.consumer import register_consumer
@@ -16,11 +14,9 @@ from services.groups.entrypoints.http import build_routes
 def build_app(service: GroupsService | None = None) -> AsgiFastStream:
     service = service or GroupsService()
     register_consumer(service.broker, service)
-    return AsgiFastStream(
+    return service_app(
         service.broker,
-        asgi_routes=build_routes(service),
-        asyncapi_path=asyncapi_docs(),
-        logger=logging.getLogger("services.faststream.app"),
+        build_routes(service),
         on_startup=[service.prepare],
         after_startup=[service.start_background, settle_after_start],
         # Before the broker closes its consumer: batches in flight finish and their
