@@ -38,7 +38,7 @@ from services.groups.adapters.outbox_relay import OutboxRelay
 from services.groups.adapters.repository import CatalogRepository
 from services.groups.catalog import default_catalog_path
 from services.groups.domain.authorization import Authorization
-from services.groups.domain.catalog import Catalog
+from services.groups.domain.catalog import Catalog, version_key
 from services.groups.service_layer import messagebus
 from services.groups.service_layer.applier import BatchApplier, BatchOutcome
 from services.groups.service_layer.context import CatalogHolder, Clock, Dependencies
@@ -194,7 +194,9 @@ class GroupsService:
         async with self.new_uow() as uow:
             in_database = await uow.catalog.load_catalog()
             # Never roll back a newer catalog that an operator imported.
-            if in_database is None or self.catalog.current.version >= in_database.version:
+            if in_database is None or version_key(self.catalog.current.version) >= version_key(
+                in_database.version
+            ):
                 await uow.catalog.import_catalog(self.catalog.current)
             await uow.commit()
         await self.reload_catalog()

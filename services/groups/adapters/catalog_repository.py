@@ -10,7 +10,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.groups.adapters.orm import catalog_groups, catalog_subgroups
-from services.groups.domain.catalog import Catalog
+from services.groups.domain.catalog import Catalog, version_key
 
 
 class CatalogRepository:
@@ -91,7 +91,7 @@ class CatalogRepository:
                 }
             )
         data = {
-            "version": max(r.catalog_version for r in group_rows),
+            "version": max((r.catalog_version for r in group_rows), key=version_key),
             "groups": [
                 {
                     "code": g.code,

@@ -177,6 +177,22 @@ class Suggestion:
             raise ValueError(f"unknown suggestion reason {self.reason!r}")
 
 
+_VERSION = re.compile(r"[0-9]+(-[0-9]+)*(\.[0-9]+(-[0-9]+)*)*")
+
+
+def version_key(version: str) -> tuple[tuple[int, ...], ...]:
+    """The order of catalog versions (contract: dot-separated numbers and dates, compared
+    part by part as numbers), so `2026-11-26.10` is newer than `2026-11-26.9`.
+
+    Raises ValueError for a version of any other form."""
+    if not _VERSION.fullmatch(version):
+        raise ValueError(
+            f"catalog version {version[:40]!r} is not dot-separated numbers and dates "
+            "(e.g. 2026-11-26.1)"
+        )
+    return tuple(tuple(int(n) for n in part.split("-")) for part in version.split("."))
+
+
 @dataclass(frozen=True, slots=True)
 class Catalog:
     """A versioned, validated set of groups, in display order."""
@@ -193,6 +209,7 @@ class Catalog:
     def __post_init__(self) -> None:
         if not isinstance(self.version, str) or not self.version.strip():
             raise ValueError("catalog version must be a non-empty string")
+        version_key(self.version)
         if not isinstance(self.groups, tuple):
             raise ValueError("catalog groups must be a tuple")
         _check_unique((g.code for g in self.groups), "group code")

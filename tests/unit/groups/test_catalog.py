@@ -19,6 +19,7 @@ from services.groups.domain.catalog import (
     Subgroup,
     Suggestion,
     SuggestionRule,
+    version_key,
 )
 from services.groups.domain.errors import GroupNotSelectable, UnknownGroup, UnknownSubgroup
 from tests.unit.groups.conftest import TODAY
@@ -369,7 +370,24 @@ def test_not_a_mapping_is_a_value_error() -> None:
 
 def test_optional_fields_default() -> None:
     catalog = Catalog.from_dict(
-        {"version": "v", "groups": [{"code": "G", "name": "G", "valid_from": "2020-01-01"}]}
+        {"version": "1", "groups": [{"code": "G", "name": "G", "valid_from": "2020-01-01"}]}
     )
     assert catalog.groups == (Group("G", "G", date(2020, 1, 1)),)
     assert catalog.notes is None
+
+
+def test_versions_compare_part_by_part_as_numbers() -> None:
+    assert version_key("2026-11-26.10") > version_key("2026-11-26.9")
+    assert version_key("2026-12-01.1") > version_key("2026-11-30.99")
+    assert version_key("2027-01-01") > version_key("2026-12-31.5")
+    assert version_key("1.10") > version_key("1.9") > version_key("1")
+    assert "2026-11-26.10" < "2026-11-26.9", "as strings they would not"
+
+
+@pytest.mark.parametrize("version", ["v", "2026-11-26.x", "1..2", "1.", "-1", "2026_11_26"])
+def test_a_version_that_is_not_numbers_and_dates_is_refused(version: str) -> None:
+    with pytest.raises(ValueError, match="dot-separated numbers and dates"):
+        version_key(version)
+    data = {"version": version, "groups": [{"code": "G", "name": "G", "valid_from": "2020-01-01"}]}
+    with pytest.raises(ValueError):
+        Catalog.from_dict(data)

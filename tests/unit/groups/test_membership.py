@@ -338,7 +338,7 @@ def test_correct_errors(customer: Customer, catalog: Catalog) -> None:
 
 def _catalog_with_retired_subgroup() -> Catalog:
     return Catalog(
-        "t",
+        "1",
         (
             Group(
                 "G",
