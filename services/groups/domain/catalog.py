@@ -248,6 +248,22 @@ class Catalog:
             )
         return group, subgroup
 
+    def last_day(self, group_code: str, subgroup_code: str | None) -> date | None:
+        """The last day a membership in this group (and subgroup) can apply: the earlier
+        of the group's and the subgroup's `valid_to`, or None while both are open.
+
+        A code the catalog does not know never ends here (None): the catalog keeps every
+        code it ever had, so an unknown one is a data error to report, not a retirement.
+        The contract's retirement rule: such a membership ends on this day, or on its own
+        `valid_from` if that is later."""
+        try:
+            group = self.group(group_code)
+            subgroup = None if subgroup_code is None else group.subgroup(subgroup_code)
+        except (UnknownGroup, UnknownSubgroup):
+            return None
+        ends = [d for d in (group.valid_to, subgroup.valid_to if subgroup else None) if d]
+        return min(ends) if ends else None
+
     def selectable_on(self, day: date) -> tuple[Group, ...]:
         """Groups selectable on `day`, each trimmed to its subgroups selectable that day."""
         selectable = self._selectable.get(day)

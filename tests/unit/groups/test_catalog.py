@@ -391,3 +391,48 @@ def test_a_version_that_is_not_numbers_and_dates_is_refused(version: str) -> Non
     data = {"version": version, "groups": [{"code": "G", "name": "G", "valid_from": "2020-01-01"}]}
     with pytest.raises(ValueError):
         Catalog.from_dict(data)
+
+
+def test_last_day_is_the_earlier_end_of_group_and_subgroup() -> None:
+    catalog = Catalog.from_dict(
+        {
+            "version": "1",
+            "groups": [
+                {
+                    "code": "G",
+                    "name": "G",
+                    "valid_from": "2020-01-01",
+                    "valid_to": "2025-06-30",
+                    "subgroups": [
+                        {
+                            "code": "EARLY",
+                            "name": "Early",
+                            "valid_from": "2020-01-01",
+                            "valid_to": "2024-12-31",
+                        },
+                        {"code": "OPEN", "name": "Open", "valid_from": "2020-01-01"},
+                    ],
+                },
+                {
+                    "code": "H",
+                    "name": "H",
+                    "valid_from": "2020-01-01",
+                    "subgroups": [
+                        {
+                            "code": "ENDS",
+                            "name": "Ends",
+                            "valid_from": "2020-01-01",
+                            "valid_to": "2023-03-01",
+                        }
+                    ],
+                },
+            ],
+        }
+    )
+    assert catalog.last_day("G", None) == date(2025, 6, 30)
+    assert catalog.last_day("G", "OPEN") == date(2025, 6, 30)
+    assert catalog.last_day("G", "EARLY") == date(2024, 12, 31)
+    assert catalog.last_day("H", None) is None
+    assert catalog.last_day("H", "ENDS") == date(2023, 3, 1)
+    assert catalog.last_day("NOPE", None) is None
+    assert catalog.last_day("H", "NOPE") is None
