@@ -9,9 +9,10 @@ import sys
 
 import pytest
 
-from services.common.settings import AppSettings, UnsafeSettings
+from services.common.settings import AppSettings, AuthSettings, GroupsSettings, UnsafeSettings
 from services.export.bootstrap import ExportSettingsBundle, pseudonymizer_from
 from services.groups.bootstrap import GroupsService, GroupsSettingsBundle
+from services.groups.catalog import example_catalog_path
 
 
 def _without_app_env() -> dict[str, str]:
@@ -62,3 +63,34 @@ def test_dev_mode_pseudonymises_with_a_key_of_its_own() -> None:
     first, second = pseudonymizer_from(dev), pseudonymizer_from(dev)
     assert first.subject_id("191212121212") != second.subject_id("191212121212")
     assert first.key_id != second.key_id
+
+
+def test_an_example_catalog_is_refused_outside_dev_and_test() -> None:
+    example = GroupsSettings(allowed_units="unit-1", catalog_file=str(example_catalog_path()))
+    auth = AuthSettings(issuer="https://idp", audience="groups", jwks_url="https://idp/jwks")
+    with pytest.raises(UnsafeSettings, match="GROUPS_CATALOG_FILE is an example catalog") as info:
+        GroupsService(
+            GroupsSettingsBundle(app=AppSettings(app_env="prod"), groups=example, auth=auth)
+        )
+    assert info.value.problems == [
+        "GROUPS_CATALOG_FILE is an example catalog (example.json): set it to the region's catalog"
+    ]
+    shipped = GroupsSettings(allowed_units="unit-1")
+    GroupsService(GroupsSettingsBundle(app=AppSettings(app_env="prod"), groups=shipped, auth=auth))
+    for env in ("dev", "test"):
+        GroupsService(GroupsSettingsBundle(app=AppSettings(app_env=env), groups=example))
+
+
+def test_the_example_catalog_is_not_imported_in_production() -> None:
+    env = {**_without_app_env(), "DATABASE_URL": "postgresql+asyncpg://nobody@127.0.0.1:1/none"}
+    done = subprocess.run(
+        [sys.executable, "-m", "services.groups", "import-catalog", str(example_catalog_path())],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "example catalog" in done.stderr and "APP_ENV" in done.stderr
+    assert "Traceback" not in done.stderr
