@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 from datetime import date
+from pathlib import Path
 
 import pytest
 
@@ -11,10 +12,14 @@ from services.groups.domain.catalog import Catalog
 TODAY = date(2026, 11, 26)
 
 
+def _file_data(path: Path) -> dict[str, object]:
+    data: dict[str, object] = json.loads(path.read_text(encoding="utf-8"))
+    return data
+
+
 @pytest.fixture(scope="session")
 def catalog_data() -> dict[str, object]:
-    data: dict[str, object] = json.loads(default_catalog_path().read_text(encoding="utf-8"))
-    return data
+    return _file_data(default_catalog_path())
 
 
 @pytest.fixture(scope="session")
@@ -25,8 +30,7 @@ def catalog(catalog_data: dict[str, object]) -> Catalog:
 
 @pytest.fixture(scope="session")
 def example_catalog_data() -> dict[str, object]:
-    data: dict[str, object] = json.loads(example_catalog_path().read_text(encoding="utf-8"))
-    return data
+    return _file_data(example_catalog_path())
 
 
 @pytest.fixture(scope="session")
