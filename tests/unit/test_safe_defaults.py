@@ -81,6 +81,28 @@ def test_an_example_catalog_is_refused_outside_dev_and_test() -> None:
         GroupsService(GroupsSettingsBundle(app=AppSettings(app_env=env), groups=example))
 
 
+def test_the_service_with_an_example_catalog_refuses_to_start_naming_the_setting() -> None:
+    env = {
+        **_without_app_env(),
+        "GROUPS_ALLOWED_UNITS": "unit-1",
+        "AUTH_ISSUER": "https://idp",
+        "AUTH_AUDIENCE": "groups",
+        "AUTH_JWKS_URL": "https://idp/jwks",
+        "GROUPS_CATALOG_FILE": str(example_catalog_path()),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "services.groups"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "refuses to start: GROUPS_CATALOG_FILE is an example catalog" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def test_the_example_catalog_is_not_imported_in_production() -> None:
     env = {**_without_app_env(), "DATABASE_URL": "postgresql+asyncpg://nobody@127.0.0.1:1/none"}
     done = subprocess.run(
