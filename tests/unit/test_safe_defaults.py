@@ -20,6 +20,17 @@ def _without_app_env() -> dict[str, str]:
     return {k: v for k, v in env.items() if not k.startswith("EXPORT_")}
 
 
+def _run(module: str, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
 def test_no_app_env_means_production(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("APP_ENV", raising=False)
     assert AppSettings().app_env == "prod" and not AppSettings().dev_mode
@@ -37,14 +48,7 @@ def test_an_unknown_app_env_is_refused() -> None:
 def test_a_service_without_app_env_refuses_to_start_naming_the_setting(
     module: str, setting: str
 ) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", module],
-        env=_without_app_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = _run(module, env=_without_app_env())
     assert done.returncode == 2, done.stderr[-2000:]
     assert "refuses to start" in done.stderr and setting in done.stderr
     assert "Traceback" not in done.stderr, "a clear message, not a crash"
@@ -90,14 +94,7 @@ def test_the_service_with_an_example_catalog_refuses_to_start_naming_the_setting
         "AUTH_JWKS_URL": "https://idp/jwks",
         "GROUPS_CATALOG_FILE": str(example_catalog_path()),
     }
-    done = subprocess.run(
-        [sys.executable, "-m", "services.groups"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = _run("services.groups", env=env)
     assert done.returncode == 2, done.stderr[-2000:]
     assert "refuses to start: GROUPS_CATALOG_FILE is an example catalog" in done.stderr
     assert "Traceback" not in done.stderr
@@ -105,14 +102,7 @@ def test_the_service_with_an_example_catalog_refuses_to_start_naming_the_setting
 
 def test_the_example_catalog_is_not_imported_in_production() -> None:
     env = {**_without_app_env(), "DATABASE_URL": "postgresql+asyncpg://nobody@127.0.0.1:1/none"}
-    done = subprocess.run(
-        [sys.executable, "-m", "services.groups", "import-catalog", str(example_catalog_path())],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = _run("services.groups", "import-catalog", str(example_catalog_path()), env=env)
     assert done.returncode == 2, done.stderr[-2000:]
     assert "example catalog" in done.stderr and "APP_ENV" in done.stderr
     assert "Traceback" not in done.stderr
