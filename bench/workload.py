@@ -37,11 +37,12 @@ VACCINES = [
     {"code": "J07AL02", "name": "Prevenar 13"},
     {"code": "J07BA01", "name": "TicoVac"},
 ]
-SEED_GROUP = ("INFLUENSA", "RISKGRUPP")
-HISTORICAL_GROUP = "COVID_19"
+# Codes of the shipped catalog (the user guide's groups).
+SEED_GROUP = ("INFLUENSA", "ALDER_65_PLUS")
+HISTORICAL_GROUP = ("COVID", "OVRIG_ALLMANHET_18_64")
 # Groups a customer can be added to in the measured mix (never the seeded active one).
 ADDABLE = [
-    ("COVID_19", "RISKGRUPP"),
+    ("COVID_19", "REKOMMENDERAD"),
     ("PNEUMOKOCK", "ALDER_65_PLUS"),
     ("OVRIGT", "RESEVACCINATIONER"),
 ]
@@ -135,9 +136,8 @@ class Workload:
             if i % 2 == 0:
                 memberships.append(
                     (
-                        seed_membership_id(i, "historical"), pnr, HISTORICAL_GROUP,
-                        "RISKGRUPP", None, date(2024, 1, 1), date(2024, 12, 31), 2, now, now,
-                        user, unit,
+                        seed_membership_id(i, "historical"), pnr, *HISTORICAL_GROUP,
+                        None, date(2022, 10, 1), date(2023, 9, 27), 2, now, now, user, unit,
                     )
                 )  # fmt: skip
             vaccine = VACCINES[i % len(VACCINES)]
@@ -234,7 +234,7 @@ class Workload:
             "vaccine": {**vaccine, "dose": 1 + self._sequence % 3},
         }
         if self._sequence % 4 == 0:
-            data["requested_group"] = {"group_code": "COVID_19", "subgroup_code": "RISKGRUPP"}
+            data["requested_group"] = {"group_code": "COVID_19", "subgroup_code": "REKOMMENDERAD"}
         return Record(
             "bookings",
             self.people[i].encode(),

@@ -92,9 +92,9 @@ def acl_set(
             p.groups,
             ("WRITE",),
             "topic",
-            (topics.prompts, topics.events, topics.dlq, *inbound),
-            "outbox relay: prompts, events, dead letters, and dead-letter replay back to "
-            "the inbound topic the record came from",
+            (topics.prompts, topics.events, topics.dlq, *inbound, topics.catalog),
+            "outbox relay: prompts, events, dead letters, dead-letter replay back to "
+            "the inbound topic the record came from, and the catalog",
         ),
         Acl(p.export, ("READ",), "topic", (topics.events,), "consumes the groups events"),
         Acl(p.export, ("READ",), "group", (export_consumer_group,), "its consumer group"),
@@ -107,6 +107,13 @@ def acl_set(
         ),
         Acl(p.booking_system, ("WRITE",), "topic", (topics.bookings,), "publishes bookings"),
         Acl(
+            p.booking_system,
+            ("READ",),
+            "topic",
+            (topics.catalog,),
+            "reads the catalog (the groups a patient may choose when booking online)",
+        ),
+        Acl(
             p.vaccination_client,
             ("WRITE",),
             "topic",
@@ -117,8 +124,8 @@ def acl_set(
             p.vaccination_client,
             ("READ",),
             "topic",
-            (topics.prompts, topics.events),
-            "reads prompts and events",
+            (topics.prompts, topics.events, topics.catalog),
+            "reads prompts, events and the catalog",
         ),
         Acl(
             p.vaccination_client,

@@ -122,6 +122,9 @@ def topic_specs(topics: TopicSettings, kafka: KafkaSettings) -> list[TopicSpec]:
             inbound,
             {"cleanup.policy": "compact", "min.compaction.lag.ms": "0"},
         ),
+        # Compacted and small (one record per group): a reader takes the whole catalog
+        # from the start of its one partition.
+        TopicSpec(topics.catalog, 1, {"cleanup.policy": "compact", "min.compaction.lag.ms": "0"}),
         # A dead letter is the original record plus error headers: the topic takes it
         # even when the original was at the broker's limit.
         TopicSpec(
@@ -137,7 +140,7 @@ def topic_specs(topics: TopicSettings, kafka: KafkaSettings) -> list[TopicSpec]:
 
 def groups_topic_names(topics: TopicSettings) -> tuple[str, ...]:
     """The topics the groups service reads or writes."""
-    return (*topics.inbound, topics.prompts, topics.events, topics.dlq)
+    return (*topics.inbound, topics.prompts, topics.events, topics.dlq, topics.catalog)
 
 
 def export_topic_names(topics: TopicSettings) -> tuple[str, ...]:

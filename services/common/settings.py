@@ -24,6 +24,7 @@ class TopicSettings(BaseSettings):
     events: str = "customer-groups.events.v1"
     export: str = "customer-groups.export.v1"
     dlq: str = "customer-groups.dlq.v1"
+    catalog: str = "customer-groups.catalog.v1"
 
     @property
     def inbound(self) -> tuple[str, str, str]:

@@ -38,8 +38,8 @@ from services.groups.adapters.outbox_relay import OutboxRelay
 from services.groups.adapters.repository import CatalogRepository
 from services.groups.catalog import default_catalog_path
 from services.groups.domain.authorization import Authorization
-from services.groups.domain.catalog import Catalog, version_key
-from services.groups.service_layer import messagebus
+from services.groups.domain.catalog import Catalog
+from services.groups.service_layer import messagebus, operations
 from services.groups.service_layer.applier import BatchApplier, BatchOutcome
 from services.groups.service_layer.context import CatalogHolder, Clock, Dependencies
 from services.groups.service_layer.messagebus import MessageBus
@@ -55,17 +55,27 @@ def read_catalog_file(path: Path) -> Catalog:
     return Catalog.from_dict(json.loads(path.read_text(encoding="utf-8")))
 
 
+def catalog_path_of(settings: GroupsSettings) -> Path:
+    """GROUPS_CATALOG_FILE, or the catalog shipped with the service."""
+    return Path(settings.catalog_file or default_catalog_path())
+
+
 @dataclass
 class GroupsSettingsBundle(ServiceSettings):
     groups: GroupsSettings = field(default_factory=GroupsSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
 
 
-def unsafe_settings(settings: GroupsSettingsBundle) -> list[str]:
+def unsafe_settings(settings: GroupsSettingsBundle, catalog: Catalog | None = None) -> list[str]:
     """What a production process may not run with (dev conveniences need APP_ENV=dev)."""
     if settings.app.dev_mode:
         return []
     problems = []
+    if catalog is not None and catalog.example:
+        problems.append(
+            f"GROUPS_CATALOG_FILE is an example catalog ({catalog_path_of(settings.groups).name}): "
+            "set it to the region's catalog"
+        )
     if not settings.groups.allowed_unit_set:
         problems.append(
             "GROUPS_ALLOWED_UNITS is empty: list the units allowed to act ('*' opens it on purpose)"
@@ -102,15 +112,13 @@ class GroupsService:
     ) -> None:
         self.settings = settings or GroupsSettingsBundle()
         s = self.settings
-        refuse_unsafe(SERVICE_NAME, unsafe_settings(s))
+        self.catalog_file = catalog_path_of(s.groups)
+        shipped = read_catalog_file(self.catalog_file)
+        refuse_unsafe(SERVICE_NAME, unsafe_settings(s, shipped))
         self.metrics = GroupsMetrics()
         self.engine: AsyncEngine = create_engine(s.database)
         self.clock = clock or Clock(s.groups.timezone)
-        catalog_path = (
-            Path(s.groups.catalog_file) if s.groups.catalog_file else (default_catalog_path())
-        )
-        self.catalog_file = catalog_path
-        self.catalog = CatalogHolder(read_catalog_file(catalog_path))
+        self.catalog = CatalogHolder(shipped)
         # One allowlist for commands and HTTP reads.
         self.authorization = authorization_from(s)
         self.access_tokens = access_tokens_from(s)
@@ -192,13 +200,13 @@ class GroupsService:
         else:  # the service's role runs no DDL: the deployment runs `migrate`
             await migrate.wait_for_head(self.engine)
         async with self.new_uow() as uow:
-            in_database = await uow.catalog.load_catalog()
-            # Never roll back a newer catalog that an operator imported.
-            if in_database is None or version_key(self.catalog.current.version) >= version_key(
-                in_database.version
-            ):
-                await uow.catalog.import_catalog(self.catalog.current)
-            await uow.commit()
+            await operations.catalog_on_start(
+                uow,
+                self.catalog.current,
+                today=self.clock.today(),
+                now=self.clock.now(),
+                catalog_topic=topics.catalog,
+            )
         await self.reload_catalog()
         log.info("catalog %s loaded", self.catalog.current.version)
 

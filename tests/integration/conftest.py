@@ -24,6 +24,7 @@ from services.common.settings import (
 )
 from services.groups.adapters.orm import bookings
 from services.groups.bootstrap import GroupsService, GroupsSettingsBundle
+from services.groups.catalog import example_catalog_path
 from services.groups.entrypoints.consumer import register_consumer
 from tests.kafka_tools import KafkaTestClient, TopicCollector, cloudevent
 from tests.schema_validation import validate_event
@@ -39,14 +40,22 @@ def unique_topics(suffix: str) -> TopicSettings:
 
 
 @pytest.fixture
-def groups_settings(infra: Infrastructure, database_url: str) -> GroupsSettingsBundle:
+def groups_settings(
+    infra: Infrastructure, database_url: str, request: pytest.FixtureRequest
+) -> GroupsSettingsBundle:
+    """The shipped catalog (the guide's), or with `@pytest.mark.example_catalog` the
+    example one (more subgroups, suggestion rules)."""
     suffix = uuid.uuid4().hex[:8]
+    example = request.node.get_closest_marker("example_catalog") is not None
     return GroupsSettingsBundle(
         app=AppSettings(app_env="test"),
         kafka=KafkaSettings(bootstrap_servers=infra.kafka_bootstrap, inbound_partitions=3),
         topics=unique_topics(suffix),
         database=DatabaseSettings(database_url=database_url),
-        groups=GroupsSettings(consumer_group=f"groups-{suffix}"),
+        groups=GroupsSettings(
+            consumer_group=f"groups-{suffix}",
+            catalog_file=str(example_catalog_path()) if example else None,
+        ),
     )
 
 
@@ -75,6 +84,11 @@ async def groups_service(groups_settings: GroupsSettingsBundle) -> AsyncIterator
 async def kafka(infra: Infrastructure) -> AsyncIterator[KafkaTestClient]:
     async with KafkaTestClient(infra.kafka_bootstrap) as client:
         yield client
+
+
+def topic_env(topics: TopicSettings) -> dict[str, str]:
+    """The `TOPIC_*` variables naming a test's own topics, for a CLI run."""
+    return {f"TOPIC_{name.upper()}": getattr(topics, name) for name in TopicSettings.model_fields}
 
 
 async def groups_cli(

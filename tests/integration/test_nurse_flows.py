@@ -90,18 +90,17 @@ async def test_without_popup_add_correct_remove_history(
         "add",
         PNR,
         group_code="PNEUMOKOCK",
-        subgroup_code="RISKGRUPP",
         reference_code="REF-1",
         valid_from=back_dated,
     )
     membership = added["data"]["membership"]
     assert membership["valid_from"] == back_dated and membership["version"] == 1
-    # Wrong subgroup: correct it in place (the pen).
+    # Subgroup missing: correct it in place (the pen).
     updated = await nurse.command(
         "update", PNR, membership_id=membership["membership_id"], subgroup_code="ALDER_65_PLUS"
     )
     assert updated["type"] == "customer_group.updated"
-    assert updated["data"]["previous"]["subgroup_code"] == "RISKGRUPP"
+    assert updated["data"]["previous"]["subgroup_code"] is None
     assert updated["data"]["membership"]["subgroup_code"] == "ALDER_65_PLUS"
     assert updated["data"]["membership"]["reference_code"] == "REF-1", "absent field unchanged"
     assert updated["data"]["membership"]["version"] == 2

@@ -11,7 +11,7 @@ from sqlalchemy import select
 from services.groups.adapters.orm import dead_letters
 from services.groups.bootstrap import GroupsService
 from services.groups.catalog import default_catalog_path
-from tests.integration.conftest import NurseClient, groups_cli
+from tests.integration.conftest import NurseClient, groups_cli, topic_env
 from tests.kafka_tools import TopicCollector
 
 PNR = "191212121212"
@@ -22,7 +22,7 @@ async def cli(
 ) -> subprocess.CompletedProcess[str]:
     settings = service.settings
     return await groups_cli(
-        settings.database.database_url, *args, stdin=stdin, env={"TOPIC_DLQ": settings.topics.dlq}
+        settings.database.database_url, *args, stdin=stdin, env=topic_env(settings.topics)
     )
 
 
@@ -75,7 +75,7 @@ async def test_audit_extract_reads_the_personnummer_from_stdin(
 async def test_catalog_reimport_changes_the_catalog_not_the_memberships(
     nurse: NurseClient, groups_service: GroupsService, tmp_path: Path
 ) -> None:
-    added = await nurse.command("add", PNR, group_code="OVRIGT", subgroup_code="TBE")
+    added = await nurse.command("add", PNR, group_code="OVRIGT", subgroup_code="RESEVACCINATIONER")
     catalog = json.loads(default_catalog_path().read_text(encoding="utf-8"))
     catalog["version"] = "2099-01-01.1"
     for group in catalog["groups"]:

@@ -67,7 +67,7 @@ async def test_every_input_type_redelivered_has_one_effect(
         PNR,
         command_id="cmd-add",
         group_code="OVRIGT",
-        subgroup_code="TBE",
+        subgroup_code="RESEVACCINATIONER",
         prompt_id=prompt_id,
     )
     membership_id = added["data"]["membership"]["membership_id"]
@@ -85,7 +85,7 @@ async def test_every_input_type_redelivered_has_one_effect(
 
     # Every command delivered a second time, with the same id.
     for command_id, type_, fields in [
-        ("cmd-add", "add", {"group_code": "OVRIGT", "subgroup_code": "TBE"}),
+        ("cmd-add", "add", {"group_code": "OVRIGT", "subgroup_code": "RESEVACCINATIONER"}),
         ("cmd-update", "update", {"membership_id": membership_id, "reference_code": "R1"}),
         ("cmd-close", "prompt_close", {"prompt_id": prompt_id, "vaccination_id": "v-redeliver"}),
         ("cmd-remove", "remove", {"membership_id": membership_id}),

@@ -218,7 +218,7 @@ class BadInputGenerator:
             "personnummer": pnr,
             "actor": {"user_id": "nurse-1", "unit_id": self.rng.choice(ALLOWED_UNITS)},
             "group_code": "OVRIGT",
-            "subgroup_code": "TBE",
+            "subgroup_code": "RESEVACCINATIONER",
             "valid_from": (self.today - timedelta(days=3)).isoformat(),
         }
         data.update(fields)

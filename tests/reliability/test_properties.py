@@ -177,7 +177,7 @@ def commands(draw: st.DrawFn, harness: Harness) -> tuple[str, Any]:
         groups = ["COVID_19", "INFLUENSA", "PNEUMOKOCK", "OVRIGT", "COVID", "NOPE"]
         data["group_code"] = pick(st.sampled_from(groups), st.one_of(text, st.integers()))
         if draw(st.booleans()):
-            subgroups = ["REKOMMENDERAD", "RISKGRUPP", "TBE", "ALDER_65_PLUS", "GRAVID", "NOPE"]
+            subgroups = ["REKOMMENDERAD", "ALDER_65_PLUS", "RESEVACCINATIONER", "NOPE"]
             data["subgroup_code"] = pick(st.sampled_from(subgroups), st.one_of(text, st.none()))
         if draw(st.booleans()):
             data["reference_code"] = pick(st.text(max_size=20), st.text(min_size=60, max_size=70))
@@ -196,7 +196,7 @@ def commands(draw: st.DrawFn, harness: Harness) -> tuple[str, Any]:
         if type_ == "customer_group.update":
             if draw(st.booleans()):
                 data["subgroup_code"] = pick(
-                    st.sampled_from(["RISKGRUPP", "TBE", "GRAVID", "NOPE"]), st.none()
+                    st.sampled_from(["ALDER_65_PLUS", "RESEVACCINATIONER", "NOPE"]), st.none()
                 )
             if draw(st.integers(0, 3)) > 0:
                 data["reference_code"] = pick(st.one_of(st.none(), st.text(max_size=20)), text)

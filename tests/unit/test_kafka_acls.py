@@ -51,12 +51,13 @@ def test_least_privilege_per_principal() -> None:
     export = _granted(rules, p.export)
     assert export == {t.events: {"READ"}, t.export: {"WRITE"}, t.dlq: {"WRITE"}}
     assert set(export) == set(export_topic_names(t))
-    assert _granted(rules, p.booking_system) == {t.bookings: {"WRITE"}}
+    assert _granted(rules, p.booking_system) == {t.bookings: {"WRITE"}, t.catalog: {"READ"}}
     assert _granted(rules, p.vaccination_client) == {
         t.started: {"WRITE"},
         t.commands: {"WRITE"},
         t.prompts: {"READ"},
         t.events: {"READ"},
+        t.catalog: {"READ"},
     }
     (client_group,) = [r for r in rules if r.principal == p.vaccination_client and r.prefixed]
     assert client_group.resource == "group" and client_group.operations == ("READ",)

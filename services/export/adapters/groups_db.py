@@ -19,12 +19,14 @@ from typing import Any, cast
 from sqlalchemy import ColumnElement, Select, and_, func, select, true
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from services.groups.adapters.catalog_repository import CatalogRepository
 from services.groups.adapters.orm import (
     catalog_groups,
     catalog_subgroups,
     memberships,
     vaccination_confirmations,
 )
+from services.groups.domain.catalog import Catalog
 
 Row = Mapping[str, Any]
 
@@ -107,6 +109,11 @@ class GroupsTables:
             _base_select(table).where(_where(table, after, since)).subquery()
         )
         return int((await self._c.execute(statement)).scalar_one())
+
+    async def catalog(self) -> Catalog | None:
+        """The catalog in the tables (every code, retired ones included); None before the
+        groups service first started."""
+        return await CatalogRepository(self._c).load_catalog()
 
     async def chunks(
         self,

@@ -1,8 +1,9 @@
 """Export records as files: one Parquet and one CSV file per record type.
 
 Parquet is typed for the warehouse (dates as date32, instants as timestamps in the
-clinics' zone, `groups` as list<struct>); CSV keeps every value exactly as the topic's
-JSON has it (`groups` as a JSON string, null as an empty field). Both are written under
+clinics' zone, `groups` and the catalog's `subgroups` as list<struct>); CSV keeps every
+value exactly as the topic's JSON has it (lists as JSON strings, null as an empty field).
+The catalog table has the fields of `customer_group.catalog_group`. Both are written under
 a `.partial` name and renamed on commit, so a reader never sees half a snapshot.
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
@@ -62,6 +63,32 @@ def membership_columns(zone: str, *, include_personnummer: bool) -> list[Column]
     return columns
 
 
+def _subgroups(value: Any) -> Any:
+    return [
+        {**s, "valid_from": _date(s["valid_from"]), "valid_to": _date(s["valid_to"])} for s in value
+    ]
+
+
+def catalog_columns() -> list[Column]:
+    """The catalog table: one row per group, as `customer_group.catalog_group` has it."""
+    subgroup = pa.struct(
+        [
+            ("subgroup_code", pa.string()),
+            ("name", pa.string()),
+            ("valid_from", pa.date32()),
+            ("valid_to", pa.date32()),
+        ]
+    )
+    return [
+        Column("group_code", pa.string(), _same),
+        Column("name", pa.string(), _same),
+        Column("valid_from", pa.date32(), _date),
+        Column("valid_to", pa.date32(), _date),
+        Column("subgroups", pa.list_(subgroup), _subgroups),
+        Column("catalog_version", pa.string(), _same),
+    ]
+
+
 def vaccination_columns(zone: str, *, include_personnummer: bool) -> list[Column]:
     columns = [
         Column("vaccination_id", pa.string(), _same),
@@ -108,9 +135,12 @@ class ParquetCsvFile:
         self._closed = False
 
     def write(self, records: Sequence[ExportRecord]) -> None:
-        if not records:
+        self.write_rows([r.data for r in records])
+
+    def write_rows(self, data: Sequence[Mapping[str, Any]]) -> None:
+        """Rows as the topics' JSON has them (the catalog's are not export records)."""
+        if not data:
             return
-        data = [r.data for r in records]
         arrays = [
             pa.array([c.to_parquet(d.get(c.name)) for d in data], type=c.type) for c in self.columns
         ]

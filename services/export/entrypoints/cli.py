@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     back.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     snap = commands.add_parser(
-        "snapshot", help="write the export's records to Parquet and CSV files"
+        "snapshot", help="write the export's records and the catalog to Parquet and CSV files"
     )
     snap.add_argument("--out", type=Path, required=True, help="directory for the files")
     snap.add_argument(
@@ -245,6 +245,9 @@ async def run_snapshot(settings: ExportSettingsBundle, args: argparse.Namespace)
             tables,
             builder,
             files,
+            catalog_file=record_files.ParquetCsvFile(
+                out, snapshot_service.CATALOG_TABLE, record_files.catalog_columns()
+            ),
             batch_size=args.batch_size,
             progress=_progress(not args.no_progress),
         )

@@ -1,5 +1,5 @@
 """Snapshot: the export's records, built from the groups database, written to files
-(Parquet and CSV per record type) instead of the topic.
+(Parquet and CSV per record type, and a catalog table) instead of the topic.
 
 The records are the backfill's (same `RecordBuilder`), so a snapshot equals the state of
 a fully caught-up export topic. All tables are read in one REPEATABLE READ transaction:
@@ -24,6 +24,7 @@ from services.export.service_layer.backfill import (
     build_record,
     no_progress,
 )
+from services.groups.service_layer import messages
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,19 @@ class RecordFile(Protocol):
     def commit(self) -> None: ...
 
     def abort(self) -> None: ...
+
+
+class RowFile(Protocol):
+    """The catalog's output: rows as `customer_group.catalog_group` data."""
+
+    def write_rows(self, data: Sequence[Mapping[str, Any]]) -> None: ...
+
+    def commit(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+
+CATALOG_TABLE = "catalog_groups"
 
 
 @dataclass(frozen=True)
@@ -60,13 +74,17 @@ async def snapshot(
     builder: RecordBuilder,
     files: Mapping[SourceTable, RecordFile],
     *,
+    catalog_file: RowFile,
     batch_size: int = DEFAULT_BATCH_SIZE,
     progress: ProgressFactory = no_progress,
 ) -> SnapshotReport:
+    """Every export record, and the catalog (every group, retired ones included) so the
+    codes in the records resolve to names and periods as of the same moment."""
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     began = time.monotonic()
     rows: dict[str, int] = {}
+    outputs: list[RecordFile | RowFile] = [*files.values(), catalog_file]
     try:
         async with open_consistent_tables() as tables:
             for table in SourceTable:
@@ -82,12 +100,16 @@ async def snapshot(
                             bar.update(len(chunk))
                 finally:
                     bar.close()
+            catalog = await tables.catalog()
+            groups = [] if catalog is None else messages.catalog_document(catalog)["groups"]
+            catalog_file.write_rows(groups)
+            rows[CATALOG_TABLE] = len(groups)
     except BaseException:
-        for file in files.values():
-            file.abort()
+        for output in outputs:
+            output.abort()
         raise
-    for file in files.values():
-        file.commit()
+    for output in outputs:
+        output.commit()
     report = SnapshotReport(rows, time.monotonic() - began)
     log.info("snapshot written", extra={f"ctx_{k}": v for k, v in report.summary().items()})
     return report

@@ -3,13 +3,14 @@ batch write path of `repository` and `batch_writer`."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncGenerator, Collection
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import RowMapping, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.groups.adapters.orm import catalog_groups, catalog_subgroups
+from services.groups.adapters.orm import catalog_groups, catalog_subgroups, memberships
 from services.groups.domain.catalog import Catalog, version_key
 
 
@@ -20,7 +21,10 @@ class CatalogRepository:
         self._c = connection
 
     async def import_catalog(self, catalog: Catalog) -> None:
-        """Upsert every group and subgroup; memberships are not touched, nothing is deleted."""
+        """Upsert every group and subgroup; memberships are not touched, nothing is deleted.
+
+        `catalog` must hold every code the tables hold (`Catalog.keeping_codes_of`), so
+        each row gets its place and the version of this import."""
         for position, group in enumerate(catalog.groups):
             g = pg_insert(catalog_groups).values(
                 code=group.code,
@@ -68,14 +72,18 @@ class CatalogRepository:
 
     async def load_catalog(self) -> Catalog | None:
         group_rows = (
-            await self._c.execute(select(catalog_groups).order_by(catalog_groups.c.position))
+            await self._c.execute(
+                select(catalog_groups).order_by(catalog_groups.c.position, catalog_groups.c.code)
+            )
         ).all()
         if not group_rows:
             return None
         sub_rows = (
             await self._c.execute(
                 select(catalog_subgroups).order_by(
-                    catalog_subgroups.c.group_code, catalog_subgroups.c.position
+                    catalog_subgroups.c.group_code,
+                    catalog_subgroups.c.position,
+                    catalog_subgroups.c.code,
                 )
             )
         ).all()
@@ -104,3 +112,20 @@ class CatalogRepository:
             ],
         }
         return Catalog.from_dict(data)
+
+    async def active_memberships_in(
+        self, group_codes: Collection[str], *, chunk: int = 1000
+    ) -> AsyncGenerator[RowMapping, None]:
+        """Active memberships (no `valid_to`) in these groups, in id order, streamed:
+        `membership_id`, `group_code`, `subgroup_code`, `valid_from` and nothing about
+        the customer (a catalog dry run prints them)."""
+        m = memberships.c
+        statement = (
+            select(m.membership_id, m.group_code, m.subgroup_code, m.valid_from)
+            .where(m.valid_to.is_(None), m.group_code.in_(sorted(group_codes)))
+            .order_by(m.membership_id)
+            .execution_options(yield_per=chunk)
+        )
+        async with self._c.stream(statement) as result:
+            async for row in result.mappings():
+                yield row

@@ -200,6 +200,9 @@ class Catalog:
     version: str
     groups: tuple[Group, ...]
     notes: str | None = None
+    # An example catalog (its file says `"example": true`): for development and tests
+    # only, a production process refuses it (bootstrap).
+    example: bool = False
     # selectable_on's answers, cached since every start asks and building them is costly
     # (BENCHMARKS.md, fix 4); the catalog never changes.
     _selectable: dict[date, tuple[Group, ...]] = field(
@@ -212,6 +215,8 @@ class Catalog:
         version_key(self.version)
         if not isinstance(self.groups, tuple):
             raise ValueError("catalog groups must be a tuple")
+        if not isinstance(self.example, bool):
+            raise ValueError("catalog example must be true or false")
         _check_unique((g.code for g in self.groups), "group code")
         _check_unique((g.name for g in self.groups), "group name")
 
@@ -287,25 +292,90 @@ class Catalog:
             if subgroup.rule is not None and subgroup.rule.matches(age, vaccine_code)
         ]
 
+    def keeping_codes_of(self, previous: Catalog | None, day: date) -> Catalog:
+        """What importing this catalog on `day` leaves in force: this catalog, then every
+        group of `previous` it no longer lists, and in each group every subgroup it no
+        longer lists, ended on `day` if open or ending later (contract: codes in old
+        records can always be resolved).
+
+        A period cannot end before it starts, so a dropped code that had not started yet
+        ends on its first day. A dropped code whose name a listed one now uses is
+        refused (ValueError): the file must list it, ended, under a name of its own."""
+        if previous is None:
+            return self
+        before = {g.code: g for g in previous.groups}
+        listed = {g.code for g in self.groups}
+        groups = [
+            g if g.code not in before else _with_dropped_subgroups(g, before[g.code], day)
+            for g in self.groups
+        ]
+        names = {g.name: g.code for g in self.groups}
+        for old in previous.groups:
+            if old.code in listed:
+                continue
+            if old.name in names:
+                raise ValueError(_renamed("group", old.code, old.name, names[old.name]))
+            subgroups = tuple(_ended(s, day) for s in old.subgroups)
+            groups.append(replace(_ended(old, day), subgroups=subgroups))
+        return replace(self, groups=tuple(groups))
+
     # -- (de)serialisation -------------------------------------------------
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Catalog:
         """Parse and validate the catalog file's JSON structure; ValueError names the spot."""
-        obj = _mapping(data, "catalog", {"version", "groups", "notes"}, {"version", "groups"})
+        obj = _mapping(
+            data, "catalog", {"version", "groups", "notes", "example"}, {"version", "groups"}
+        )
         version = _str(obj["version"], "version")
         items = _sequence(obj["groups"], "groups")
         groups = tuple(_group_from(g, f"groups[{i}]") for i, g in enumerate(items))
         notes = _opt_str(obj.get("notes"), "notes")
-        return _build("catalog", lambda: cls(version, groups, notes))
+        example = obj.get("example", False)
+        if not isinstance(example, bool):
+            raise ValueError("example: expected true or false")
+        return _build("catalog", lambda: cls(version, groups, notes, example))
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON structure `from_dict` reads (round-trips exactly)."""
         out: dict[str, Any] = {"version": self.version}
+        if self.example:
+            out["example"] = True
         if self.notes is not None:
             out["notes"] = self.notes
         out["groups"] = [_group_to(g) for g in self.groups]
         return out
+
+
+_Dated = TypeVar("_Dated", Group, Subgroup)
+
+
+def _ended(item: _Dated, day: date) -> _Dated:
+    """`item` ended on `day` unless it ends earlier; never before its own start."""
+    end = day if item.valid_to is None else min(item.valid_to, day)
+    return replace(item, valid_to=max(end, item.valid_from))
+
+
+def _renamed(what: str, code: str, name: str, other: str) -> str:
+    return (
+        f"{what} {code} is no longer listed and is kept, ended, but {other} now has its "
+        f"name {name!r}: list {code} in the file, ended, under a name of its own"
+    )
+
+
+def _with_dropped_subgroups(group: Group, before: Group, day: date) -> Group:
+    listed = {s.code for s in group.subgroups}
+    names = {s.name: s.code for s in group.subgroups}
+    dropped = []
+    for old in before.subgroups:
+        if old.code in listed:
+            continue
+        if old.name in names:
+            raise ValueError(
+                _renamed(f"subgroup of {group.code}", old.code, old.name, names[old.name])
+            )
+        dropped.append(_ended(old, day))
+    return replace(group, subgroups=group.subgroups + tuple(dropped)) if dropped else group
 
 
 def _period(valid_from: date, valid_to: date | None) -> str:
@@ -436,8 +506,9 @@ def _subgroup_to(s: Subgroup) -> dict[str, Any]:
         "name": s.name,
         "valid_from": s.valid_from.isoformat(),
         "valid_to": None if s.valid_to is None else s.valid_to.isoformat(),
-        "rule": None if s.rule is None else _rule_to(s.rule),
     }
+    if s.rule is not None:
+        out["rule"] = _rule_to(s.rule)
     if s.notes is not None:
         out["notes"] = s.notes
     return out

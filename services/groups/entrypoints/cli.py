@@ -28,11 +28,12 @@ from services.common.settings import (
     UnsafeSettings,
 )
 from services.groups.adapters import migrate
-from services.groups.bootstrap import SERVICE_NAME, read_catalog_file
-from services.groups.catalog import default_catalog_path
+from services.groups.bootstrap import SERVICE_NAME, catalog_path_of, read_catalog_file
+from services.groups.domain.catalog import Catalog
 from services.groups.domain.errors import DomainError
 from services.groups.domain.personnummer import Personnummer
 from services.groups.service_layer import operations
+from services.groups.service_layer.context import Clock
 from services.groups.service_layer.unit_of_work import UnitOfWork
 
 T = TypeVar("T")
@@ -99,11 +100,58 @@ def migrate_command() -> int:
 
 def import_catalog(path: Path) -> int:
     catalog = read_catalog_file(path)
-    _with_uow(lambda uow: operations.import_catalog(uow, catalog))
-    print(
-        f"catalog {catalog.version} imported ({len(catalog.groups)} groups); running "
-        "services pick it up within a minute"
+    if catalog.example and not AppSettings().dev_mode:
+        print(
+            f"error: {path.name} is an example catalog; only APP_ENV=dev or test imports one",
+            file=sys.stderr,
+        )
+        return 2
+    clock = Clock(GroupsSettings().timezone)
+    in_force = _with_uow(
+        lambda uow: operations.import_catalog(
+            uow,
+            catalog,
+            today=clock.today(),
+            now=clock.now(),
+            catalog_topic=TopicSettings().catalog,
+        )
     )
+    kept = _codes(in_force) - _codes(catalog)
+    groups = sum(1 for _, subgroup in kept if subgroup is None)
+    print(
+        f"catalog {catalog.version} imported ({len(catalog.groups)} groups"
+        + (
+            f"; {groups} group(s) and {len(kept) - groups} subgroup(s) no longer listed are "
+            "kept, ended"
+            if kept
+            else ""
+        )
+        + "); running services pick it up within a minute"
+    )
+    return 0
+
+
+def _codes(catalog: Catalog) -> set[tuple[str, str | None]]:
+    return {(g.code, None) for g in catalog.groups} | {
+        (g.code, s.code) for g in catalog.groups for s in g.subgroups
+    }
+
+
+def catalog_dry_run(path: Path) -> int:
+    """One JSON line per active membership the import would end, then the count; no
+    personnummer, and nothing is written."""
+    catalog = read_catalog_file(path)
+    today = Clock(GroupsSettings().timezone).today()
+
+    async def collect(uow: UnitOfWork) -> int:
+        count = 0
+        async for ended in operations.catalog_dry_run(uow, catalog, today=today):
+            _print_json(asdict(ended))
+            count += 1
+        return count
+
+    count = _with_uow(collect)
+    _print_json({"catalog_version": catalog.version, "memberships_ended": count})
     return 0
 
 
@@ -176,7 +224,17 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("serve", help="run the groups service (the default)")
     commands.add_parser("migrate", help="create the topics and migrate the schema")
     catalog = commands.add_parser("import-catalog", help="load a catalog file into the database")
-    catalog.add_argument("file", type=Path, nargs="?", default=default_catalog_path())
+    catalog.add_argument(
+        "file",
+        type=Path,
+        nargs="?",
+        help="default: GROUPS_CATALOG_FILE, else the catalog shipped with the service",
+    )
+    catalog.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="load nothing; list the active memberships the import would end",
+    )
     extract = commands.add_parser(
         "audit-extract",
         help="PDL log extract: one patient (personnummer on stdin), or --by-user/--by-unit",
@@ -216,7 +274,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "migrate":
         return migrate_command()
     if args.command == "import-catalog":
-        return import_catalog(args.file)
+        path = args.file or catalog_path_of(GroupsSettings())
+        try:
+            return catalog_dry_run(path) if args.dry_run else import_catalog(path)
+        except (OSError, ValueError) as error:  # unreadable or invalid: nothing was loaded
+            print(f"error: catalog {path}: {error}", file=sys.stderr)
+            return 2
     if args.command == "audit-extract":
         return audit_extract(
             operations.Operator(args.user, args.unit), args.by_user, args.by_unit, args.since

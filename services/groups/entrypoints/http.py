@@ -1,4 +1,5 @@
-"""HTTP routes of the groups process: health, metrics and the nurse's read views.
+"""HTTP routes of the groups process: health, metrics, the catalog and the nurse's read
+views.
 
 Patient-data routes need `Authorization: Bearer <access token>`; the user and unit
 come from the token, never from the request, and every answer is written to the PDL
@@ -21,7 +22,7 @@ from services.groups.bootstrap import GroupsService
 from services.groups.domain.errors import DomainError, Unauthorized
 from services.groups.domain.personnummer import Personnummer
 from services.groups.entrypoints.openapi import openapi_document
-from services.groups.service_layer import views
+from services.groups.service_layer import messages, views
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +111,10 @@ def build_routes(service: GroupsService) -> list[tuple[str, ASGIApp]]:
     async def openapi(_request: Request) -> Response:
         return Response.json(200, document)
 
+    async def catalog(_request: Request) -> Response:
+        # The catalog in force (reloaded from the tables), no patient data: no token.
+        return Response.json(200, messages.catalog_document(service.catalog.current))
+
     async def customer_card(request: Request, identity: Identity) -> Response:
         try:
             payload = request.json()
@@ -154,6 +159,7 @@ def build_routes(service: GroupsService) -> list[tuple[str, ASGIApp]]:
         ("/readyz", route(readyz)),
         ("/metrics", route(metrics)),
         ("/openapi.json", route(openapi)),
+        ("/catalog", route(catalog)),
         (
             "/customer-card",
             route(patient_data("/customer-card", customer_card), methods=("POST",)),

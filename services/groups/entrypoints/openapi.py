@@ -30,6 +30,46 @@ def _refusals() -> dict[str, Any]:
     }
 
 
+_CATALOG_GROUP_SCHEMA_ID = (
+    "https://schemas.customer-groups.example/v1/customer_group.catalog_group.schema.json"
+)
+
+
+def _period(required: list[str], extra: dict[str, Any]) -> dict[str, Any]:
+    date = {"type": "string", "format": "date"}
+    return {
+        "type": "object",
+        "required": [*required, "valid_from", "valid_to"],
+        "properties": {
+            **extra,
+            "valid_from": date,
+            "valid_to": {**date, "type": ["string", "null"]},
+        },
+    }
+
+
+def _catalog_schema() -> dict[str, Any]:
+    """The answer of GET /catalog; each group is a `customer_group.catalog_group`'s data
+    (schemas/customer_group.catalog_group.schema.json)."""
+    text = {"type": "string"}
+    subgroup = _period(["subgroup_code", "name"], {"subgroup_code": text, "name": text})
+    group = _period(
+        ["group_code", "name", "subgroups", "catalog_version"],
+        {
+            "group_code": text,
+            "name": text,
+            "subgroups": {"type": "array", "items": subgroup},
+            "catalog_version": text,
+        },
+    )
+    group["description"] = f"a customer_group.catalog_group's data ({_CATALOG_GROUP_SCHEMA_ID})"
+    return {
+        "type": "object",
+        "required": ["catalog_version", "groups"],
+        "properties": {"catalog_version": text, "groups": {"type": "array", "items": group}},
+    }
+
+
 def openapi_document() -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
@@ -37,7 +77,8 @@ def openapi_document() -> dict[str, Any]:
             "title": "Customer groups: groups service",
             "version": "1",
             "description": (
-                "Operational routes and the nurse's read views. Patient-data routes need an "
+                "Operational routes, the catalog and the nurse's read views. Patient-data "
+                "routes need an "
                 "OIDC access token; user and unit come from its claims, and every answer "
                 "is written to the PDL audit log."
             ),
@@ -80,6 +121,17 @@ def openapi_document() -> dict[str, Any]:
                 "get": {
                     "summary": "this document",
                     "responses": {"200": _json("OpenAPI 3.1")},
+                }
+            },
+            "/catalog": {
+                "get": {
+                    "summary": "every customer group and subgroup with its validity",
+                    "description": (
+                        "The catalog in force, retired groups and subgroups included (codes "
+                        "in old records always resolve). No patient data, so no token; the "
+                        "same groups as the topic customer-groups.catalog.v1."
+                    ),
+                    "responses": {"200": _json("the catalog", _catalog_schema())},
                 }
             },
             "/customer-card": {

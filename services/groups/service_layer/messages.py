@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import date
 from typing import Any
 
 from services.groups.domain.catalog import Catalog, Group, Suggestion
@@ -16,6 +17,7 @@ REMOVED = "customer_group.removed"
 REJECTED = "customer_group.command_rejected"
 CONFIRMED = "customer_group.vaccination_groups_confirmed"
 PROMPT = "customer_group.prompt"
+CATALOG_GROUP = "customer_group.catalog_group"
 
 
 def membership_view(membership: Membership, catalog: Catalog) -> dict[str, Any]:
@@ -64,6 +66,40 @@ def catalog_view(groups: tuple[Group, ...]) -> list[dict[str, Any]]:
         }
         for g in groups
     ]
+
+
+def _iso(day: date | None) -> str | None:
+    return None if day is None else day.isoformat()
+
+
+def catalog_group_view(group: Group, catalog_version: str) -> dict[str, Any]:
+    """A `customer_group.catalog_group`: the group with its whole validity and every
+    subgroup, retired ones included (unlike the prompt's `catalog`, which lists what is
+    selectable today)."""
+    return {
+        "group_code": group.code,
+        "name": group.name,
+        "valid_from": group.valid_from.isoformat(),
+        "valid_to": _iso(group.valid_to),
+        "subgroups": [
+            {
+                "subgroup_code": s.code,
+                "name": s.name,
+                "valid_from": s.valid_from.isoformat(),
+                "valid_to": _iso(s.valid_to),
+            }
+            for s in group.subgroups
+        ],
+        "catalog_version": catalog_version,
+    }
+
+
+def catalog_document(catalog: Catalog) -> dict[str, Any]:
+    """What `GET /catalog` answers: every group of the catalog in force."""
+    return {
+        "catalog_version": catalog.version,
+        "groups": [catalog_group_view(g, catalog.version) for g in catalog.groups],
+    }
 
 
 def suggestion_view(suggestion: Suggestion) -> dict[str, Any]:

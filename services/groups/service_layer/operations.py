@@ -1,10 +1,12 @@
-"""Operator tasks: catalog import, the PDL log extract, dead-letter listing and replay."""
+"""Operator tasks: catalog import (and its dry run), the PDL log extract, dead-letter
+listing and replay."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select, update
@@ -14,18 +16,79 @@ from services.groups.adapters import audit_store
 from services.groups.adapters.orm import dead_letters
 from services.groups.adapters.outbox import decode_headers
 from services.groups.domain.audit_chain import ChainBreak, ChainWalk
-from services.groups.domain.catalog import Catalog
+from services.groups.domain.catalog import Catalog, version_key
 from services.groups.domain.personnummer import Personnummer
+from services.groups.service_layer.outgoing import publish_catalog
 from services.groups.service_layer.unit_of_work import UnitOfWork
 
 DLQ_HEADER_PREFIX = "dlq-"
 AUDIT_EXTRACT = "audit_extract"
 
 
-async def import_catalog(uow: UnitOfWork, catalog: Catalog) -> None:
-    """Upsert the catalog; memberships are never touched and nothing is deleted."""
-    await uow.catalog.import_catalog(catalog)
+async def import_catalog(
+    uow: UnitOfWork, catalog: Catalog, *, today: date, now: datetime, catalog_topic: str
+) -> Catalog:
+    """Load `catalog` into the tables and publish the catalog then in force, in one
+    transaction; returns it. Nothing is deleted: a code the tables hold and `catalog`
+    no longer lists stays, ended on `today` (if open or ending later). Memberships are
+    not touched here: the retirement sweep ends those whose group has ended."""
+    in_force = catalog.keeping_codes_of(await uow.catalog.load_catalog(), today)
+    await uow.catalog.import_catalog(in_force)
+    await publish_catalog(uow.outbox, in_force, topic=catalog_topic, now=now)
     await uow.commit()
+    return in_force
+
+
+async def catalog_on_start(
+    uow: UnitOfWork, shipped: Catalog, *, today: date, now: datetime, catalog_topic: str
+) -> None:
+    """A starting service imports its catalog file unless the database holds a newer
+    catalog (an operator's import is never rolled back), and publishes the catalog in
+    force either way, so the topic is whole even if an earlier publication was lost."""
+    in_database = await uow.catalog.load_catalog()
+    if in_database is None or version_key(shipped.version) >= version_key(in_database.version):
+        await import_catalog(uow, shipped, today=today, now=now, catalog_topic=catalog_topic)
+        return
+    await publish_catalog(uow.outbox, in_database, topic=catalog_topic, now=now)
+    await uow.commit()
+
+
+@dataclass(frozen=True)
+class EndedByCatalog:
+    """An active membership a catalog gives an end: `valid_to` is the day it would end
+    (its group's or subgroup's last day, never before its own `valid_from`)."""
+
+    membership_id: str
+    group_code: str
+    subgroup_code: str | None
+    valid_from: date
+    valid_to: date
+
+
+async def catalog_dry_run(
+    uow: UnitOfWork, catalog: Catalog, *, today: date
+) -> AsyncGenerator[EndedByCatalog, None]:
+    """The active memberships that importing `catalog` on `today` would end, changing
+    nothing (the unit of work is never committed). Names no customer."""
+    in_force = catalog.keeping_codes_of(await uow.catalog.load_catalog(), today)
+    ending = {
+        g.code
+        for g in in_force.groups
+        if g.valid_to is not None or any(s.valid_to is not None for s in g.subgroups)
+    }
+    if not ending:
+        return
+    async with aclosing(uow.catalog.active_memberships_in(ending)) as rows:
+        async for row in rows:
+            last = in_force.last_day(row["group_code"], row["subgroup_code"])
+            if last is not None:
+                yield EndedByCatalog(
+                    membership_id=str(row["membership_id"]),
+                    group_code=row["group_code"],
+                    subgroup_code=row["subgroup_code"],
+                    valid_from=row["valid_from"],
+                    valid_to=max(last, row["valid_from"]),
+                )
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
 """What handlers send and record: deterministic ids, events (keyed by the customer),
-refusals and rejections of commands, and the PDL audit row of an accepted command."""
+refusals and rejections of commands, the PDL audit row of an accepted command, and the
+catalog feed."""
 
 from __future__ import annotations
 
@@ -7,15 +8,16 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from services.common.envelope import new_event
+from services.common.envelope import encode_json, new_event
 from services.common.ids import Uuid5Namespace
 from services.groups.domain.authorization import UNAUTHORIZED_MESSAGE
+from services.groups.domain.catalog import Catalog
 from services.groups.domain.errors import DomainError, Unauthorized
 from services.groups.domain.personnummer import Personnummer
 from services.groups.service_layer import messages
 from services.groups.service_layer.commands import Command
 from services.groups.service_layer.context import Context
-from services.groups.service_layer.unit_of_work import AbstractUnitOfWork
+from services.groups.service_layer.unit_of_work import AbstractUnitOfWork, OutgoingRecords
 
 # Deterministic ids: reprocessing the same input yields the same ids, never a second one.
 _PROMPT_IDS = Uuid5Namespace(uuid.UUID("6f1d7a52-1c1e-4b7e-9a57-5d0c6f0b7f01"))
@@ -111,3 +113,21 @@ async def record_change(
         detail={"command_id": ctx.event_id, **detail},
     )
     await emit(uow, ctx, _EVENT_OF_ACTION[action], personnummer, data, now=now)
+
+
+async def publish_catalog(
+    outbox: OutgoingRecords, catalog: Catalog, *, topic: str, now: datetime
+) -> None:
+    """One `customer_group.catalog_group` per group, keyed by its code, in the transaction
+    of the caller. The id covers the data only: the same group published again (every
+    start, every import) has the same id, so a repeat is harmless."""
+    for group in catalog.groups:
+        data = messages.catalog_group_view(group, catalog.version)
+        event = new_event(
+            messages.CATALOG_GROUP,
+            messages.EVENT_SOURCE,
+            data,
+            event_id=event_id(messages.CATALOG_GROUP, encode_json(data).decode()),
+            time=now,
+        )
+        await outbox.add(topic, group.code.encode(), event.to_bytes())

@@ -247,12 +247,12 @@ async def mixed_scenario(nurse: NurseClient, today: date) -> Scenario:
         reference_code="R-1",
         prompt_id=prompt_a,
     )
-    await add("a_flu", PNR_A, group_code="INFLUENSA", subgroup_code="ALDER_65_PLUS")
+    await add("a_flu", PNR_A, group_code="INFLUENSA")
     await ok(
         "update",
         PNR_A,
         membership_id=s.memberships["a_flu"],
-        subgroup_code="RISKGRUPP",
+        subgroup_code="ALDER_65_PLUS",
         reference_code="R-2",
     )
     await ok("remove", PNR_A, membership_id=s.memberships["a_covid"])
@@ -260,7 +260,7 @@ async def mixed_scenario(nurse: NurseClient, today: date) -> Scenario:
     rejected = await nurse.command("add", PNR_A, group_code="INFLUENSA")  # ALREADY_ACTIVE
     assert rejected["type"] == "customer_group.command_rejected"
     s.rejected += 1
-    await add("a_covid_again", PNR_A, group_code="COVID_19", subgroup_code="RISKGRUPP")
+    await add("a_covid_again", PNR_A, group_code="COVID_19", subgroup_code="REKOMMENDERAD")
     await ok("prompt_close", PNR_A, prompt_id=prompt_a, vaccination_id="v-a1")  # version 2
     s.vaccinations.append("v-a1")
 
@@ -278,7 +278,13 @@ async def mixed_scenario(nurse: NurseClient, today: date) -> Scenario:
     )
 
     prompt_c = (await nurse.start("v-c1", PNR_C))["data"]["prompt_id"]
-    await add("c_tbe", PNR_C, group_code="OVRIGT", subgroup_code="TBE", prompt_id=prompt_c)
+    await add(
+        "c_travel",
+        PNR_C,
+        group_code="OVRIGT",
+        subgroup_code="RESEVACCINATIONER",
+        prompt_id=prompt_c,
+    )
     await ok("prompt_close", PNR_C, prompt_id=prompt_c, vaccination_id="v-c1")
     s.vaccinations.append("v-c1")
     prompt_c2 = (await nurse.start("v-c2", PNR_C))["data"]["prompt_id"]
@@ -287,7 +293,7 @@ async def mixed_scenario(nurse: NurseClient, today: date) -> Scenario:
 
     await add("d_flu", PNR_D, group_code="INFLUENSA", reference_code="X-9")
     await ok("update", PNR_D, membership_id=s.memberships["d_flu"], reference_code=None)
-    await ok("update", PNR_D, membership_id=s.memberships["d_flu"], subgroup_code="GRAVID")
+    await ok("update", PNR_D, membership_id=s.memberships["d_flu"], subgroup_code="ALDER_65_PLUS")
     unknown = await nurse.command(
         "remove", PNR_D, membership_id=str(uuid.uuid4())
     )  # MEMBERSHIP_NOT_FOUND

@@ -67,7 +67,7 @@ async def test_sigkilled_export_process_converges_to_the_database_state(
             flu[pnr] = membership_id_for(
                 await send("add", pnr, group_code="INFLUENSA", reference_code=f"K-{i}")
             )
-            await send("update", pnr, membership_id=flu[pnr], subgroup_code="RISKGRUPP")
+            await send("update", pnr, membership_id=flu[pnr], subgroup_code="ALDER_65_PLUS")
             if i % 2 == 0:
                 await send("remove", pnr, membership_id=flu[pnr])
         await kafka.read_until(settings.topics.export, lambda rs: len(rs) >= 10)
@@ -76,7 +76,7 @@ async def test_sigkilled_export_process_converges_to_the_database_state(
         # (session timeout, ~10 s), meanwhile more changes arrive.
         restarted = asyncio.create_task(asyncio.to_thread(export.start))
         for i, pnr in enumerate(pnrs):
-            await send("add", pnr, group_code="COVID_19", subgroup_code="RISKGRUPP")
+            await send("add", pnr, group_code="COVID_19", subgroup_code="REKOMMENDERAD")
             if i % 2 == 1:
                 await send("remove", pnr, membership_id=flu[pnr])
         await nurse.events.wait_for(lambda e: e["data"].get("command_id") in sent, count=len(sent))

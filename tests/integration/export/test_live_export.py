@@ -61,7 +61,10 @@ async def test_adds_corrections_removals_and_doses_become_records(
     }
     # A correction in place: same key, next version, new subgroup and reference.
     assert m["a_flu"]["version"] == 2
-    assert (m["a_flu"]["subgroup_code"], m["a_flu"]["subgroup_name"]) == ("RISKGRUPP", "Riskgrupp")
+    assert (m["a_flu"]["subgroup_code"], m["a_flu"]["subgroup_name"]) == (
+        "ALDER_65_PLUS",
+        "11. 65 år och äldre",
+    )
     assert m["a_flu"]["reference_code"] == "R-2" and m["a_flu"]["status"] == "active"
     # A removal: historical with its period, never deleted.
     assert m["a_covid"]["status"] == "historical" and m["a_covid"]["version"] == 2
@@ -72,21 +75,28 @@ async def test_adds_corrections_removals_and_doses_become_records(
     assert m["b_pneumo"]["subgroup_code"] is None and m["b_pneumo"]["subgroup_name"] is None
     # The same group again after removal is a new membership, active.
     assert m["a_covid_again"]["status"] == "active" and m["a_covid_again"]["version"] == 1
-    assert m["a_covid_again"]["subgroup_name"] == "Riskgrupp 18-74 år"
+    assert m["a_covid_again"]["subgroup_name"] == "Rekommenderad"
     assert m["d_flu"]["version"] == 3 and m["d_flu"]["reference_code"] is None
-    assert m["d_flu"]["subgroup_code"] == "GRAVID"
-    for label, pnr in (("a_flu", PNR_A), ("b_pneumo", PNR_B), ("c_tbe", PNR_C), ("d_flu", PNR_D)):
+    assert m["d_flu"]["subgroup_code"] == "ALDER_65_PLUS"
+    for label, pnr in (
+        ("a_flu", PNR_A),
+        ("b_pneumo", PNR_B),
+        ("c_travel", PNR_C),
+        ("d_flu", PNR_D),
+    ):
         assert m[label]["subject_id"] == subject(pnr)
         assert "personnummer" not in m[label]
     # Doses: the groups active when the popup closed; a second close replaces the first.
     v_a1 = state["v-a1"]["data"]
     assert v_a1["version"] == 2 and v_a1["subject_id"] == subject(PNR_A)
     assert sorted(v_a1["groups"], key=lambda g: g["group_code"]) == [
-        {"group_code": "COVID_19", "subgroup_code": "RISKGRUPP", "reference_code": None},
-        {"group_code": "INFLUENSA", "subgroup_code": "RISKGRUPP", "reference_code": "R-2"},
+        {"group_code": "COVID_19", "subgroup_code": "REKOMMENDERAD", "reference_code": None},
+        {"group_code": "INFLUENSA", "subgroup_code": "ALDER_65_PLUS", "reference_code": "R-2"},
     ]
-    tbe = [{"group_code": "OVRIGT", "subgroup_code": "TBE", "reference_code": None}]
-    assert state["v-c1"]["data"]["groups"] == tbe and state["v-c2"]["data"]["groups"] == tbe
+    travel = [
+        {"group_code": "OVRIGT", "subgroup_code": "RESEVACCINATIONER", "reference_code": None}
+    ]
+    assert state["v-c1"]["data"]["groups"] == travel and state["v-c2"]["data"]["groups"] == travel
     assert state["v-c1"]["data"]["unit_id"] == "unit-1"
     for record in records:  # every record ever sent, not only the last per key
         validate_event(json.loads(record.value))

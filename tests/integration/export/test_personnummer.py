@@ -76,7 +76,7 @@ async def test_include_personnummer_is_an_explicit_opt_in(
     async with running_export_service(settings):
         await nurse.command("add", PNR_A, group_code="INFLUENSA")
         prompt = (await nurse.start("v-opt-in", PNR_C))["data"]["prompt_id"]
-        await nurse.command("add", PNR_C, group_code="OVRIGT", subgroup_code="TBE")
+        await nurse.command("add", PNR_C, group_code="OVRIGT", subgroup_code="RESEVACCINATIONER")
         await nurse.command("prompt_close", PNR_C, prompt_id=prompt, vaccination_id="v-opt-in")
         expected = await db_records(settings)
         live = last_values(await wait_for_state(kafka, settings.topics.export, expected))

@@ -12,7 +12,8 @@ from zoneinfo import ZoneInfo
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from services.groups.bootstrap import GroupsSettingsBundle
+from services.groups.bootstrap import GroupsService, GroupsSettingsBundle
+from services.groups.service_layer import messages
 from tests.integration.conftest import NurseClient
 from tests.integration.export.conftest import (
     comparable,
@@ -32,13 +33,17 @@ KEYS = {"membership_records": "membership_id", "vaccination_records": "vaccinati
 
 
 def parquet_state(path: Path, key: str, zone: str) -> dict[str, dict[str, Any]]:
-    """Rows back in the topic's JSON form: dates and instants as ISO text."""
+    """Rows back in the topic's JSON form: dates and instants as ISO text, nested too."""
 
     def plain(value: Any) -> Any:
         if isinstance(value, datetime):
             return value.astimezone(ZoneInfo(zone)).isoformat()
         if isinstance(value, date):
             return value.isoformat()
+        if isinstance(value, list):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
         return value
 
     rows = pq.read_table(path).to_pylist()
@@ -64,6 +69,7 @@ def as_csv(data: dict[str, Any]) -> dict[str, str]:
 
 async def test_snapshot_equals_the_topic_state(
     nurse: NurseClient,
+    groups_service: GroupsService,
     groups_settings: GroupsSettingsBundle,
     kafka: KafkaTestClient,
     tmp_path: Path,
@@ -80,11 +86,15 @@ async def test_snapshot_equals_the_topic_state(
     assert result.returncode == 0, result.stderr
     assert result.summary is not None
     memberships, doses = len(scenario.memberships), len(scenario.vaccinations)
+    catalog = messages.catalog_document(groups_service.catalog.current)["groups"]
     assert result.summary["rows"] == {
         "memberships": memberships,
         "vaccination_confirmations": doses,
+        "catalog_groups": len(catalog),
     }
     assert sorted(p.name for p in out.iterdir()) == [
+        "catalog_groups.csv",
+        "catalog_groups.parquet",
         "membership_records.csv",
         "membership_records.parquet",
         "vaccination_records.csv",
@@ -112,3 +122,11 @@ async def test_snapshot_equals_the_topic_state(
     for key, value in topic.items():
         live = comparable(value)["data"]
         assert {k: v for k, v in snapshot[key].items() if k in live} == live
+    # The catalog table: every group (retired ones too) as GET /catalog and the catalog
+    # topic give it, so the codes in the records resolve as of the same moment.
+    by_code = {g["group_code"]: g for g in catalog}
+    assert parquet_state(out / "catalog_groups.parquet", "group_code", settings.timezone) == by_code
+    assert csv_state(out / "catalog_groups.csv", "group_code") == {
+        code: as_csv(g) for code, g in by_code.items()
+    }
+    assert by_code["COVID"]["valid_to"] == "2023-09-27"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from datetime import UTC, date, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -12,10 +13,14 @@ import pyarrow.parquet as pq
 
 from services.export.adapters.record_files import (
     ParquetCsvFile,
+    catalog_columns,
     membership_columns,
     vaccination_columns,
 )
 from services.export.domain.records import ExportRecord, Pseudonymizer, RecordBuilder
+from services.groups.bootstrap import read_catalog_file
+from services.groups.catalog import default_catalog_path
+from services.groups.service_layer import messages
 
 ZONE = "Europe/Stockholm"
 BUILDER = RecordBuilder(Pseudonymizer(b"unit-test-pseudonym-key-0123456789"), ZoneInfo(ZONE))
@@ -37,7 +42,7 @@ def test_each_write_is_a_row_group_and_values_keep_their_meaning(tmp_path: Path)
     file = ParquetCsvFile(
         tmp_path, "vaccination_records", vaccination_columns(ZONE, include_personnummer=False)
     )
-    group = {"group_code": "OVRIGT", "subgroup_code": "TBE", "reference_code": None}
+    group = {"group_code": "OVRIGT", "subgroup_code": "RESEVACCINATIONER", "reference_code": None}
     file.write([dose(1, [group]), dose(2, [])])
     file.write([dose(3, [group, {**group, "group_code": "INFLUENSA"}])])
     file.commit()
@@ -54,7 +59,7 @@ def test_each_write_is_a_row_group_and_values_keep_their_meaning(tmp_path: Path)
     assert text_rows[0]["confirmed_at"] == "2026-11-26T13:00:00.123456+01:00"
     assert (
         text_rows[0]["groups"]
-        == '[{"group_code":"OVRIGT","subgroup_code":"TBE","reference_code":null}]'
+        == '[{"group_code":"OVRIGT","subgroup_code":"RESEVACCINATIONER","reference_code":null}]'
     )
     assert text_rows[1]["groups"] == "[]" and text_rows[0]["version"] == "1"
     assert sorted(p.name for p in tmp_path.iterdir()) == [
@@ -128,3 +133,30 @@ def test_csv_cells_a_spreadsheet_would_run_are_text_and_parquet_keeps_the_value(
     parquet = pq.read_table(tmp_path / "membership_records.parquet").to_pylist()
     assert [r["reference_code"] for r in parquet] == formulas
     assert {r["key_id"] for r in parquet} == {BUILDER.pseudonymizer.key_id}
+
+
+def test_the_catalog_table_has_the_catalog_groups_fields(tmp_path: Path) -> None:
+    catalog = read_catalog_file(default_catalog_path())
+    groups = messages.catalog_document(catalog)["groups"]
+    file = ParquetCsvFile(tmp_path, "catalog_groups", catalog_columns())
+    file.write_rows(groups)
+    file.commit()
+    rows = pq.read_table(tmp_path / "catalog_groups.parquet").to_pylist()
+    assert [list(r) for r in rows] == [list(g) for g in groups]
+    covid = next(r for r in rows if r["group_code"] == "COVID")
+    assert (covid["valid_from"], covid["valid_to"]) == (date(1901, 1, 1), date(2023, 9, 27))
+    assert covid["subgroups"] == [
+        {
+            "subgroup_code": "OVRIG_ALLMANHET_18_64",
+            "name": "08. Övrig allmänhet 18-64 år",
+            "valid_from": date(1901, 1, 1),
+            "valid_to": date(2023, 9, 27),
+        }
+    ]
+    with (tmp_path / "catalog_groups.csv").open(encoding="utf-8", newline="") as handle:
+        text = {row["group_code"]: row for row in csv.DictReader(handle)}
+    assert json.loads(text["COVID"]["subgroups"]) == next(
+        g["subgroups"] for g in groups if g["group_code"] == "COVID"
+    )
+    assert text["INFLUENSA"]["valid_to"] == "" and text["COVID"]["valid_to"] == "2023-09-27"
+    assert text["COVID"]["catalog_version"] == catalog.version

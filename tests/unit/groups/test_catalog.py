@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.groups.catalog import default_catalog_path
+from services.groups.catalog import default_catalog_path, example_catalog_path
 from services.groups.domain.catalog import (
     CATALOG_RULE,
     CODE_PATTERN,
@@ -49,15 +49,27 @@ def _by_name(
 
 
 def test_shipped_catalog_loads(catalog: Catalog) -> None:
-    assert catalog.version == "2026-11-26.1"
+    assert catalog.version == "2026-11-30.1"
     assert default_catalog_path().name == "catalog.json"
-    assert catalog.notes and "Historiska kundgrupper" in catalog.notes
+    assert not catalog.example
+    assert catalog.notes and "user guide" in catalog.notes
+    assert "Historiska kundgrupper" in catalog.notes
 
 
 def test_shipped_catalog_is_utf8_with_swedish_letters() -> None:
     raw = default_catalog_path().read_bytes().decode("utf-8")
     for word in ("Övrigt", "år", "äldre", "SÄBO", "hemsjukvård", "hemtjänst"):
         assert word in raw
+
+
+def test_the_shipped_catalog_holds_only_what_the_guide_shows(catalog: Catalog) -> None:
+    """Every group and subgroup is one of the guide's rows, and the guide shows no rules."""
+    shown = {(group, subgroup) for group, subgroup, _ in GUIDE_ENTRIES}
+    groups_without_subgroups = {(g.name, None) for g in catalog.groups if not g.subgroups}
+    listed = {(g.name, s.name) for g in catalog.groups for s in g.subgroups}
+    assert listed | groups_without_subgroups == shown
+    assert all(s.rule is None for g in catalog.groups for s in g.subgroups)
+    assert catalog.suggestions(80, "J07BB02", TODAY) == []
 
 
 @pytest.mark.parametrize(("group_name", "subgroup_name", "ends"), GUIDE_ENTRIES)
@@ -68,6 +80,8 @@ def test_guide_groups_are_present(
     assert CODE_PATTERN.fullmatch(group.code)
     assert subgroup is None or CODE_PATTERN.fullmatch(subgroup.code)
     sub_code = None if subgroup is None else subgroup.code
+    # The guide's periods start 1901-01-01 (the start of everything migrated).
+    assert group.valid_from == date(1901, 1, 1)
     if ends is None:
         assert catalog.require_selectable(group.code, sub_code, TODAY) == (group, subgroup)
     else:
@@ -82,20 +96,16 @@ def test_guide_groups_are_present(
 
 def test_exact_codes_of_the_guide_groups(catalog: Catalog) -> None:
     codes = {(g.code, s.code) for g in catalog.groups for s in g.subgroups}
-    assert {
+    assert codes == {
         ("COVID_19", "REKOMMENDERAD"),
         ("INFLUENSA", "ALDER_65_PLUS"),
         ("PNEUMOKOCK", "ALDER_65_PLUS"),
         ("OVRIGT", "RESEVACCINATIONER"),
         ("COVID", "OVRIG_ALLMANHET_18_64"),
-    } <= codes
+    }
+    # The guide names no group for "02 …" and "06. …": kept as groups of their own.
     assert catalog.group("HAR_HEMSJUKVARD_HEMTJANST").subgroups == ()
     assert catalog.group("ALDER_65_PLUS_EJ_SABO_HEMTJANST").subgroups == ()
-
-
-def test_covid_19_offers_five_subgroups_like_the_guide(catalog: Catalog) -> None:
-    (covid,) = [g for g in catalog.selectable_on(TODAY) if g.code == "COVID_19"]
-    assert len(covid.subgroups) == 5
 
 
 def test_selectable_today(catalog: Catalog) -> None:
@@ -108,8 +118,8 @@ def test_selectable_today(catalog: Catalog) -> None:
 
 def test_selectable_before_the_retirements(catalog: Catalog) -> None:
     codes = [g.code for g in catalog.selectable_on(date(2023, 9, 27))]
-    assert "COVID" in codes and "COVID_19" not in codes
-    assert "HAR_HEMSJUKVARD_HEMTJANST" in codes
+    assert "COVID" in codes and "HAR_HEMSJUKVARD_HEMTJANST" in codes
+    assert "COVID" not in [g.code for g in catalog.selectable_on(date(2023, 9, 28))]
     codes = [g.code for g in catalog.selectable_on(date(2024, 3, 14))]
     assert "ALDER_65_PLUS_EJ_SABO_HEMTJANST" not in codes
     assert "HAR_HEMSJUKVARD_HEMTJANST" in codes
@@ -118,10 +128,38 @@ def test_selectable_before_the_retirements(catalog: Catalog) -> None:
     ]
 
 
-def test_round_trip(catalog: Catalog, catalog_data: dict[str, object]) -> None:
+@pytest.mark.parametrize("which", ["shipped", "example"])
+def test_round_trip(which: str, request: pytest.FixtureRequest) -> None:
+    data = request.getfixturevalue(f"{'' if which == 'shipped' else 'example_'}catalog_data")
+    catalog = Catalog.from_dict(data)
     assert Catalog.from_dict(catalog.to_dict()) == catalog
     assert json.loads(json.dumps(catalog.to_dict())) == catalog.to_dict()
-    assert catalog.to_dict() == catalog_data
+    assert catalog.to_dict() == data
+
+
+# -- the example file ----------------------------------------------------------
+
+
+def test_the_example_catalog_says_it_is_one(example_catalog: Catalog) -> None:
+    assert example_catalog_path().name == "example.json"
+    assert example_catalog.example
+    assert example_catalog.notes and example_catalog.notes.startswith("AN EXAMPLE")
+
+
+def test_the_example_keeps_the_guide_codes_and_names(
+    catalog: Catalog, example_catalog: Catalog
+) -> None:
+    for group in catalog.groups:
+        assert example_catalog.group(group.code).name == group.name
+        for subgroup in group.subgroups:
+            assert example_catalog.subgroup(group.code, subgroup.code).name == subgroup.name
+
+
+@pytest.mark.parametrize("value", ["yes", 1, None])
+def test_example_is_true_or_false(catalog_data: dict[str, Any], value: object) -> None:
+    with pytest.raises(ValueError, match="example"):
+        Catalog.from_dict({**catalog_data, "example": value})
+    assert not Catalog.from_dict({**catalog_data, "example": False}).example
 
 
 def test_catalog_is_hashable_and_immutable(catalog: Catalog) -> None:
@@ -204,25 +242,25 @@ def test_selectable_on_does_not_change_the_catalog() -> None:
         (None, "J07BA01", [("OVRIGT", "TBE")]),
         (None, "J07AP03", [("OVRIGT", "RESEVACCINATIONER")]),
         (None, "J07BB02", []),  # age unknown: no age rule fits
-        (80, None, []),  # vaccine unknown: every shipped rule needs a vaccine
+        (80, None, []),  # vaccine unknown: every example rule needs a vaccine
         (80, "J07B", []),  # a shorter code is not a match
         (80, "", []),
         (None, None, []),
     ],
 )
 def test_suggestions_today(
-    catalog: Catalog, age: int | None, vaccine: str | None, expected: list[tuple[str, str]]
+    example_catalog: Catalog, age: int | None, vaccine: str | None, expected: list[tuple[str, str]]
 ) -> None:
-    suggestions = catalog.suggestions(age, vaccine, TODAY)
+    suggestions = example_catalog.suggestions(age, vaccine, TODAY)
     assert [(s.group_code, s.subgroup_code) for s in suggestions] == expected
     assert all(s.reason == CATALOG_RULE for s in suggestions)
 
 
-def test_suggestions_only_from_selectable_subgroups(catalog: Catalog) -> None:
-    assert catalog.suggestions(40, "J07BN01", date(2023, 9, 27)) == [
+def test_suggestions_only_from_selectable_subgroups(example_catalog: Catalog) -> None:
+    assert example_catalog.suggestions(40, "J07BN01", date(2023, 9, 27)) == [
         Suggestion("COVID", "OVRIG_ALLMANHET_18_64", CATALOG_RULE)
     ]
-    assert catalog.suggestions(40, "J07BN01", TODAY) == []
+    assert example_catalog.suggestions(40, "J07BN01", TODAY) == []
 
 
 def test_suggestions_are_in_catalog_order() -> None:
@@ -248,7 +286,7 @@ def test_suggestions_are_in_catalog_order() -> None:
     st.sampled_from(["J07BB02", "J07AL02", "J07BN01", "X"]) | st.none(),
 )
 def test_suggestions_are_deterministic_and_selectable(age: int | None, vaccine: str | None) -> None:
-    catalog = Catalog.from_dict(json.loads(default_catalog_path().read_text(encoding="utf-8")))
+    catalog = Catalog.from_dict(json.loads(example_catalog_path().read_text(encoding="utf-8")))
     first = catalog.suggestions(age, vaccine, TODAY)
     assert first == catalog.suggestions(age, vaccine, TODAY)
     for s in first:
@@ -350,14 +388,17 @@ BROKEN_FILES = {
 
 
 @pytest.mark.parametrize("change", BROKEN_FILES.values(), ids=BROKEN_FILES.keys())
-def test_bad_catalog_data_is_a_value_error(catalog_data: dict[str, Any], change: Any) -> None:
+def test_bad_catalog_data_is_a_value_error(
+    example_catalog_data: dict[str, Any], change: Any
+) -> None:
     with pytest.raises(ValueError):
-        Catalog.from_dict(_broken(catalog_data, change))
+        Catalog.from_dict(_broken(example_catalog_data, change))
 
 
-def test_value_errors_say_where(catalog_data: dict[str, Any]) -> None:
+def test_value_errors_say_where(example_catalog_data: dict[str, Any]) -> None:
     data = _broken(
-        catalog_data, lambda d: d["groups"][2]["subgroups"][1].update(valid_to="1900-01-01")
+        example_catalog_data,
+        lambda d: d["groups"][2]["subgroups"][1].update(valid_to="1900-01-01"),
     )
     with pytest.raises(ValueError, match=r"groups\[2\]\.subgroups\[1\]"):
         Catalog.from_dict(data)
@@ -436,3 +477,72 @@ def test_last_day_is_the_earlier_end_of_group_and_subgroup() -> None:
     assert catalog.last_day("H", "ENDS") == date(2023, 3, 1)
     assert catalog.last_day("NOPE", None) is None
     assert catalog.last_day("H", "NOPE") is None
+
+
+# -- an import keeps every code ------------------------------------------------
+
+IMPORT_DAY = date(2026, 11, 30)
+
+
+def _catalog(version: str, *groups: dict[str, Any]) -> Catalog:
+    return Catalog.from_dict({"version": version, "groups": list(groups)})
+
+
+def _group(code: str, *subgroups: dict[str, Any], **fields: Any) -> dict[str, Any]:
+    return {
+        "code": code,
+        "name": code.title(),
+        "valid_from": "2020-01-01",
+        "subgroups": list(subgroups),
+        **fields,
+    }
+
+
+def _sub(code: str, **fields: Any) -> dict[str, Any]:
+    return {"code": code, "name": code.title(), "valid_from": "2020-01-01", **fields}
+
+
+def test_an_import_keeps_dropped_codes_ended_on_its_day() -> None:
+    before = _catalog(
+        "1",
+        _group("KEPT", _sub("STAYS"), _sub("DROPPED"), _sub("ENDED", valid_to="2025-01-31")),
+        _group("GONE", _sub("WITH_IT")),
+        _group("RETIRED", valid_to="2024-03-18"),
+        _group("LATER", valid_to="2030-01-01"),
+    )
+    new = _catalog("2", _group("NEW"), _group("KEPT", _sub("STAYS")))
+    kept = new.keeping_codes_of(before, IMPORT_DAY)
+    assert kept.version == "2"
+    assert [g.code for g in kept.groups] == ["NEW", "KEPT", "GONE", "RETIRED", "LATER"]
+    assert [(s.code, s.valid_to) for s in kept.group("KEPT").subgroups] == [
+        ("STAYS", None),
+        ("DROPPED", IMPORT_DAY),
+        ("ENDED", date(2025, 1, 31)),  # ended earlier: its end stays
+    ]
+    assert kept.group("GONE").valid_to == IMPORT_DAY
+    assert kept.subgroup("GONE", "WITH_IT").valid_to == IMPORT_DAY
+    assert kept.group("RETIRED").valid_to == date(2024, 3, 18)
+    assert kept.group("LATER").valid_to == IMPORT_DAY  # ended later: the import's day
+    assert kept.last_day("GONE", "WITH_IT") == IMPORT_DAY
+    assert kept.last_day("KEPT", "DROPPED") == IMPORT_DAY
+    assert kept.last_day("KEPT", "STAYS") is None
+    # What the new file says about a listed code wins, and a repeat changes nothing.
+    assert kept.keeping_codes_of(kept, IMPORT_DAY + timedelta(days=5)) == kept
+    assert new.keeping_codes_of(None, IMPORT_DAY) == new
+
+
+def test_a_dropped_code_that_has_not_started_ends_on_its_first_day() -> None:
+    before = _catalog("1", _group("FUTURE", valid_from="2027-01-01"))
+    kept = _catalog("2", _group("NEW")).keeping_codes_of(before, IMPORT_DAY)
+    future = kept.group("FUTURE")
+    assert (future.valid_from, future.valid_to) == (date(2027, 1, 1), date(2027, 1, 1))
+
+
+def test_a_dropped_code_whose_name_a_listed_one_took_is_refused() -> None:
+    before = _catalog("1", _group("OLD", name="Covid"), _group("G", _sub("OLD_SUB", name="X")))
+    renamed = _catalog("2", _group("NEW", name="Covid"), _group("G", _sub("OLD_SUB", name="X")))
+    with pytest.raises(ValueError, match=r"OLD is no longer listed.*'Covid'"):
+        renamed.keeping_codes_of(before, IMPORT_DAY)
+    recoded = _catalog("2", _group("OLD", name="Covid"), _group("G", _sub("NEW_SUB", name="X")))
+    with pytest.raises(ValueError, match="OLD_SUB is no longer listed"):
+        recoded.keeping_codes_of(before, IMPORT_DAY)

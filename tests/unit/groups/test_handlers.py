@@ -104,7 +104,7 @@ def rejection(answer: dict[str, Any]) -> tuple[str, str | None, bytes | None]:
 
 # -- commands: one rejection per reason code -----------------------------------------
 
-COVID = {"group_code": "COVID_19", "subgroup_code": "RISKGRUPP"}
+COVID = {"group_code": "COVID_19", "subgroup_code": "REKOMMENDERAD"}
 REJECTED_COMMANDS: dict[str, tuple[str, dict[str, Any]]] = {
     "INVALID_COMMAND": ("add", {"group_code": 7}),
     "UNKNOWN_GROUP": ("add", {"group_code": "NO_SUCH_GROUP"}),
@@ -242,14 +242,14 @@ async def test_a_booking_request_becomes_the_first_suggestion(service: Service) 
         "unit_id": "unit-1",
         "start_time": "2026-11-26T10:00:00+01:00",
         "customer": {"personnummer": PNR, "first_name": "Tolvan"},
-        "requested_group": {"group_code": "INFLUENSA", "subgroup_code": "RISKGRUPP"},
+        "requested_group": {"group_code": "INFLUENSA", "subgroup_code": "ALDER_65_PLUS"},
     }
     assert (await service.send(TOPICS.bookings, "booking.created", booking)).processed == 1
     await service.start("v-1", booking_id="b-1")
     prompt = json.loads(service.uow.outbox.records[0][2] or b"")
     assert prompt["data"]["suggestions"][0] == {
         "group_code": "INFLUENSA",
-        "subgroup_code": "RISKGRUPP",
+        "subgroup_code": "ALDER_65_PLUS",
         "reason": "REQUESTED_AT_BOOKING",
     }
     await service.send(TOPICS.bookings, "booking.cancelled", {"booking_id": "b-1", "unit_id": "u"})

@@ -10,9 +10,12 @@ import pytest
 from devinfra.tokens import TokenIssuer, bearer
 from services.common.asgi import ASGIApp
 from services.common.settings import AppSettings, AuthSettings, GroupsSettings
-from services.groups.bootstrap import GroupsService, GroupsSettingsBundle
+from services.groups.bootstrap import GroupsService, GroupsSettingsBundle, read_catalog_file
+from services.groups.catalog import default_catalog_path
 from services.groups.entrypoints.http import PATIENT_DATA_ROUTES, build_routes
+from services.groups.service_layer import messages
 from tests.http_tools import call
+from tests.schema_validation import validate_data
 
 PNR = "191212121212"
 
@@ -105,3 +108,23 @@ async def test_openapi_describes_every_served_route(routes: dict[str, ASGIApp]) 
                 assert {"401", "403"} <= set(operation["responses"]), path
             else:
                 assert "security" not in operation, path
+
+
+async def test_the_catalog_needs_no_token_and_lists_every_group(
+    routes: dict[str, ASGIApp],
+) -> None:
+    status, headers, document = await call(routes["/catalog"])
+    assert status == 200 and headers["content-type"] == "application/json"
+    catalog = read_catalog_file(default_catalog_path())
+    assert document == messages.catalog_document(catalog)
+    assert [g["group_code"] for g in document["groups"]] == [g.code for g in catalog.groups]
+    retired = {g["group_code"]: g["valid_to"] for g in document["groups"] if g["valid_to"]}
+    assert retired == {
+        "HAR_HEMSJUKVARD_HEMTJANST": "2024-03-18",
+        "ALDER_65_PLUS_EJ_SABO_HEMTJANST": "2024-03-13",
+        "COVID": "2023-09-27",
+    }
+    for group in document["groups"]:
+        validate_data(messages.CATALOG_GROUP, group)
+    status, _, _ = await call(routes["/catalog"], "POST")
+    assert status == 405

@@ -201,11 +201,11 @@ def test_retired_groups_are_judged_on_today_not_valid_from(
 def test_one_active_membership_per_group(customer: Customer, catalog: Catalog) -> None:
     first = add(customer, catalog, "INFLUENSA", "ALDER_65_PLUS")
     with pytest.raises(AlreadyActive):
-        add(customer, catalog, "INFLUENSA", "RISKGRUPP")
+        add(customer, catalog, "INFLUENSA", "ALDER_65_PLUS")
     with pytest.raises(AlreadyActive):
         add(customer, catalog, "INFLUENSA", None)
     customer.remove(membership_id=first.membership_id, today=TODAY)
-    second = add(customer, catalog, "INFLUENSA", "RISKGRUPP")
+    second = add(customer, catalog, "INFLUENSA", None)
     assert customer.active() == [second]
     assert customer.historical() == [first]
 
@@ -248,16 +248,14 @@ def test_a_clock_reading_is_a_bug(customer: Customer, catalog: Catalog) -> None:
 
 
 def test_correct_subgroup(customer: Customer, catalog: Catalog) -> None:
-    m = add(customer, catalog, "INFLUENSA", "ALDER_65_PLUS", reference_code="R1")
+    m = add(customer, catalog, "INFLUENSA", None, reference_code="R1")
     previous, current = customer.correct(
-        catalog, membership_id=m.membership_id, subgroup_code="RISKGRUPP", today=TODAY
+        catalog, membership_id=m.membership_id, subgroup_code="ALDER_65_PLUS", today=TODAY
     )
-    assert previous == Membership(
-        m.membership_id, "INFLUENSA", "ALDER_65_PLUS", "R1", TODAY, None, 1
-    )
+    assert previous == Membership(m.membership_id, "INFLUENSA", None, "R1", TODAY, None, 1)
     assert current is customer.get(m.membership_id)
     assert (current.subgroup_code, current.reference_code, current.version) == (
-        "RISKGRUPP",
+        "ALDER_65_PLUS",
         "R1",
         2,
     )
@@ -282,11 +280,15 @@ def test_correct_reference_code_only_and_clear(customer: Customer, catalog: Cata
     _, current = customer.correct(
         catalog,
         membership_id=m.membership_id,
-        subgroup_code="GRAVID",
+        subgroup_code="ALDER_65_PLUS",
         reference_code="",
         today=TODAY,
     )
-    assert (current.subgroup_code, current.reference_code, current.version) == ("GRAVID", None, 5)
+    assert (current.subgroup_code, current.reference_code, current.version) == (
+        "ALDER_65_PLUS",
+        None,
+        5,
+    )
 
 
 def test_correction_that_changes_nothing_still_bumps_the_version(
