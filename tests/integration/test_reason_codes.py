@@ -10,8 +10,8 @@ from devinfra.provider import Infrastructure
 from services.common.settings import GroupsSettings
 from services.groups.bootstrap import GroupsSettingsBundle
 from services.groups.domain.authorization import UNAUTHORIZED_MESSAGE
-from tests.integration.conftest import NurseClient, running_groups_service
-from tests.kafka_tools import KafkaTestClient, TopicCollector, cloudevent
+from tests.integration.conftest import NurseClient, nurse_client, running_groups_service
+from tests.kafka_tools import KafkaTestClient, cloudevent
 
 PNR = "191212121212"
 
@@ -181,11 +181,8 @@ async def test_unit_not_on_the_allowlist_is_unauthorized(
     )
     async with running_groups_service(groups_settings) as service:
         topics = service.settings.topics
-        async with (
-            TopicCollector(infra.kafka_bootstrap, topics.events) as events,
-            TopicCollector(infra.kafka_bootstrap, topics.prompts) as prompts,
-        ):
-            nurse = NurseClient(kafka, topics, events, prompts)
+        async with nurse_client(service, kafka, infra) as nurse:
+            events, prompts = nurse.events, nurse.prompts
             outsider = {"user_id": "someone", "unit_id": "unit-2"}
             for type_, fields in [
                 ("add", {"group_code": "COVID_19"}),

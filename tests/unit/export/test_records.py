@@ -28,6 +28,7 @@ from services.export.domain.records import (
 )
 from services.export.service_layer.pipeline import record_value
 from services.export.service_layer.translate import records_from_event
+from services.groups.adapters.rows import MembershipWrite
 from services.groups.catalog import default_catalog_path
 from services.groups.domain.catalog import Catalog
 from services.groups.domain.membership import Actor, Membership, MembershipStatus
@@ -72,21 +73,11 @@ def row_of(m: Membership, updated_at: datetime = NOW) -> dict[str, Any]:
         if group.code == m.group_code:
             group_name = group.name
             sub_name = next((s.name for s in group.subgroups if s.code == m.subgroup_code), None)
+    row = MembershipWrite(PNR, m, new=True, updated_at=updated_at).row()
     return {
-        "membership_id": m.membership_id,
-        "personnummer": PNR,
-        "group_code": m.group_code,
-        "subgroup_code": m.subgroup_code,
-        "reference_code": m.reference_code,
-        "valid_from": m.valid_from,
-        "valid_to": m.valid_to,
-        "version": m.version,
-        "status": m.status.value,
-        "created_at": m.created_at.astimezone(UTC),  # asyncpg hands out timestamptz in UTC
-        "created_by_user": m.created_by.user_id if m.created_by else None,
-        "created_by_unit": m.created_by.unit_id if m.created_by else None,
-        "updated_by_user": m.updated_by.user_id if m.updated_by else None,
-        "updated_by_unit": m.updated_by.unit_id if m.updated_by else None,
+        **row,  # the columns as the groups service writes them
+        # asyncpg hands out timestamptz in UTC
+        "created_at": m.created_at.astimezone(UTC),
         "updated_at": updated_at.astimezone(UTC),
         "catalog_group_name": group_name,
         "catalog_subgroup_name": sub_name,

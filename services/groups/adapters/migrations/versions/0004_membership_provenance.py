@@ -28,6 +28,18 @@ depends_on = None
 _INDEX = "ux_memberships_one_active_per_group"
 
 
+def _one_active_per_group(active: str) -> None:
+    """The index behind ALREADY_ACTIVE, over the rows `active` holds for."""
+    op.drop_index(_INDEX, table_name="memberships")
+    op.create_index(
+        _INDEX,
+        "memberships",
+        ["personnummer", "group_code"],
+        unique=True,
+        postgresql_where=sa.text(active),
+    )
+
+
 def upgrade() -> None:
     op.add_column("memberships", sa.Column("status", sa.String(length=16), nullable=True))
     op.execute(
@@ -45,14 +57,7 @@ def upgrade() -> None:
         "memberships",
         "status = 'entered_in_error' OR (status = 'active') = (valid_to IS NULL)",
     )
-    op.drop_index(_INDEX, table_name="memberships")
-    op.create_index(
-        _INDEX,
-        "memberships",
-        ["personnummer", "group_code"],
-        unique=True,
-        postgresql_where=sa.text("status = 'active'"),
-    )
+    _one_active_per_group("status = 'active'")
 
     op.add_column("memberships", sa.Column("created_by_user", sa.Text(), nullable=True))
     op.add_column("memberships", sa.Column("created_by_unit", sa.Text(), nullable=True))
@@ -95,14 +100,7 @@ def downgrade() -> None:
     op.alter_column("memberships", "updated_by_unit", nullable=False)
     op.drop_column("memberships", "created_by_unit")
     op.drop_column("memberships", "created_by_user")
-    op.drop_index(_INDEX, table_name="memberships")
-    op.create_index(
-        _INDEX,
-        "memberships",
-        ["personnummer", "group_code"],
-        unique=True,
-        postgresql_where=sa.text("valid_to IS NULL"),
-    )
+    _one_active_per_group("valid_to IS NULL")
     op.drop_constraint("ck_memberships_status_period", "memberships", type_="check")
     op.drop_constraint("ck_memberships_status", "memberships", type_="check")
     op.drop_column("memberships", "status")
