@@ -130,14 +130,16 @@ class Workload:
             memberships.append(
                 (
                     seed_membership_id(i, "active"), pnr, SEED_GROUP[0], SEED_GROUP[1],
-                    f"REF-{i:07d}", date(2025, 1, 1), None, 1, now, now, user, unit,
+                    f"REF-{i:07d}", date(2025, 1, 1), None, 1, "active", now, now, user, unit,
+                    None, None,
                 )
             )  # fmt: skip
             if i % 2 == 0:
                 memberships.append(
                     (
                         seed_membership_id(i, "historical"), pnr, *HISTORICAL_GROUP,
-                        None, date(2022, 10, 1), date(2023, 9, 27), 2, now, now, user, unit,
+                        None, date(2022, 10, 1), date(2023, 9, 27), 2, "historical",
+                        now, now, user, unit, user, unit,
                     )
                 )  # fmt: skip
             vaccine = VACCINES[i % len(VACCINES)]
@@ -170,8 +172,9 @@ class Workload:
                     records=memberships,
                     columns=[
                         "membership_id", "personnummer", "group_code", "subgroup_code",
-                        "reference_code", "valid_from", "valid_to", "version", "created_at",
-                        "updated_at", "updated_by_user", "updated_by_unit",
+                        "reference_code", "valid_from", "valid_to", "version", "status",
+                        "created_at", "updated_at", "created_by_user", "created_by_unit",
+                        "updated_by_user", "updated_by_unit",
                     ],
                 )  # fmt: skip
                 await connection.copy_records_to_table(

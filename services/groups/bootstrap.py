@@ -153,7 +153,12 @@ class GroupsService:
         self._catalog_task: asyncio.Task[None] | None = None
 
     def new_uow(self) -> UnitOfWork:
-        return UnitOfWork(self.engine, dlq_topic=self.settings.topics.dlq, service=SERVICE_NAME)
+        return UnitOfWork(
+            self.engine,
+            dlq_topic=self.settings.topics.dlq,
+            service=SERVICE_NAME,
+            timezone=self.settings.groups.timezone,
+        )
 
     async def _new_producer(self) -> AIOKafkaProducer:
         # The outbox also holds dead letters, which may be larger than the inbound limit.

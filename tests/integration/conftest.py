@@ -198,16 +198,25 @@ class NurseClient:
         return event
 
 
-@pytest.fixture
-async def nurse(
-    groups_service: GroupsService, kafka: KafkaTestClient, infra: Infrastructure
+@contextlib.asynccontextmanager
+async def nurse_client(
+    service: GroupsService, kafka: KafkaTestClient, infra: Infrastructure
 ) -> AsyncIterator[NurseClient]:
-    topics = groups_service.settings.topics
+    """A nurse's client of `service`, reading its events and prompts."""
+    topics = service.settings.topics
     async with (
         TopicCollector(infra.kafka_bootstrap, topics.events) as events,
         TopicCollector(infra.kafka_bootstrap, topics.prompts) as prompts,
     ):
         yield NurseClient(kafka, topics, events, prompts)
-        # Every message the service emitted during the test matches the published schemas.
+        # Every message the service emitted meanwhile matches the published schemas.
         for event in events.events + prompts.events:
             validate_event(event)
+
+
+@pytest.fixture
+async def nurse(
+    groups_service: GroupsService, kafka: KafkaTestClient, infra: Infrastructure
+) -> AsyncIterator[NurseClient]:
+    async with nurse_client(groups_service, kafka, infra) as client:
+        yield client

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from devinfra.provider import Infrastructure
 from devinfra.tokens import TokenIssuer, bearer
 from services.common.asgi import ASGIApp
 from services.common.settings import AuthSettings, GroupsSettings
@@ -18,8 +19,13 @@ from services.groups.adapters.orm import audit_log
 from services.groups.bootstrap import GroupsService, GroupsSettingsBundle
 from services.groups.entrypoints.http import build_routes
 from tests.http_tools import JwksServer, call, forged_tokens
-from tests.integration.conftest import running_groups_service, wait_until_booked
-from tests.kafka_tools import KafkaTestClient, cloudevent
+from tests.integration.conftest import (
+    ACTOR,
+    NurseClient,
+    running_groups_service,
+    wait_until_booked,
+)
+from tests.kafka_tools import KafkaTestClient, TopicCollector, cloudevent
 
 PNR = "191212121212"
 BOOKING = "http-b1"
@@ -156,3 +162,42 @@ async def test_a_unit_off_the_allowlist_gets_403_audited_without_patient_data(
         ("access_refused", "SE-HSA-nurse-2", "unit-2", None, "/customer-card"),
         ("access_refused", "SE-HSA-nurse-2", "unit-2", None, "/booking"),
     ]
+
+
+async def test_the_card_shows_who_added_and_changed_a_group_and_not_one_entered_in_error(
+    service: GroupsService,
+    routes: dict[str, ASGIApp],
+    issuer: TokenIssuer,
+    kafka: KafkaTestClient,
+    infra: Infrastructure,
+) -> None:
+    topics = service.settings.topics
+    async with TopicCollector(infra.kafka_bootstrap, topics.events) as events:
+        nurse = NurseClient(kafka, topics, events, events)
+        kept = await nurse.command("add", PNR, group_code="COVID_19")
+        membership_id = kept["data"]["membership"]["membership_id"]
+        other = {"user_id": "nurse-3", "unit_id": "unit-3"}
+        await nurse.command("update", PNR, other, membership_id=membership_id, reference_code="R")
+        ended = await nurse.command("add", PNR, group_code="PNEUMOKOCK")
+        await nurse.command(
+            "remove", PNR, membership_id=ended["data"]["membership"]["membership_id"]
+        )
+        mistake = await nurse.command("add", PNR, group_code="INFLUENSA")
+        voided = await nurse.command(
+            "remove",
+            PNR,
+            membership_id=mistake["data"]["membership"]["membership_id"],
+            reason="entered_in_error",
+        )
+        assert voided["data"]["membership"]["status"] == "entered_in_error"
+    token = bearer(issuer.token("SE-HSA-nurse-1", "unit-1"))
+    status, _, card = await call(
+        routes["/customer-card"], "POST", headers=token, json_body={"personnummer": PNR}
+    )
+    assert status == 200
+    [active] = card["active"]
+    assert (active["membership_id"], active["reference_code"]) == (membership_id, "R")
+    assert (active["created_by"], active["updated_by"]) == (ACTOR, other)
+    assert active["created_at"] == kept["data"]["membership"]["created_at"]
+    assert [m["group_code"] for m in card["historical"]] == ["PNEUMOKOCK"]
+    assert "INFLUENSA" not in json.dumps(card), "entered in error: in neither list"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from sqlalchemy import select
 
 from services.common.db import create_engine
@@ -88,16 +89,41 @@ async def test_a_failing_record_is_isolated_and_the_rest_applied(database_url: s
     assert sorted(processed) == ["e0", "e2"], "a dead-lettered record stays replayable"
 
 
-async def test_a_group_ended_and_started_again_in_one_batch(
-    groups_settings: GroupsSettingsBundle,
+COVID = {"group_code": "COVID_19", "subgroup_code": "REKOMMENDERAD"}
+FLU = {"group_code": "INFLUENSA", "subgroup_code": "ALDER_65_PLUS"}
+FIRST, SECOND = membership_id_for("command-1"), membership_id_for("command-2")
+# Stored before the batch: COVID_19 (command-1) and INFLUENSA (command-2), both active.
+# Each batch frees an active place in a group that another of its rows takes.
+FREEING_BATCHES: dict[str, list[tuple[str, dict[str, object]]]] = {
+    "ended, then added again": [("remove", {"membership_id": FIRST}), ("add", COVID)],
+    "entered in error, then added again": [
+        ("remove", {"membership_id": FIRST, "reason": "entered_in_error"}),
+        ("add", COVID),
+    ],
+    "corrected into another group, then added again": [
+        ("remove", {"membership_id": SECOND}),
+        ("update", {"membership_id": FIRST, **FLU}),
+        ("add", COVID),
+    ],
+    "ended, then another corrected into its group": [
+        ("remove", {"membership_id": SECOND}),
+        ("update", {"membership_id": FIRST, **FLU}),
+    ],
+}
+
+
+@pytest.mark.parametrize("batch", list(FREEING_BATCHES))
+async def test_a_batch_that_frees_an_active_place_another_row_takes(
+    groups_settings: GroupsSettingsBundle, batch: str
 ) -> None:
-    """The batch's writes go out in one statement, except that a membership ended here
-    must be written before its group starts again (one active row per group)."""
+    """The batch's writes go out in one statement, except that a membership leaving its
+    group's one active place must be written before another takes it (one active row per
+    customer and group), in one attempt, not by the applier's one-by-one replay."""
     service = GroupsService(groups_settings)
     await service.prepare()
     commands = service.settings.topics.commands
 
-    def command(offset: int, type_: str, **fields: object) -> SourceRecord:
+    def command(offset: int, type_: str, fields: dict[str, object]) -> SourceRecord:
         event = cloudevent(
             f"customer_group.{type_}",
             {"personnummer": PNR, "actor": ACTOR, **fields},
@@ -105,21 +131,18 @@ async def test_a_group_ended_and_started_again_in_one_batch(
         )
         return SourceRecord(commands, 0, offset, PNR.encode(), json.dumps(event).encode(), ())
 
-    covid = {"group_code": "COVID_19", "subgroup_code": "REKOMMENDERAD"}
+    steps = FREEING_BATCHES[batch]
     try:
-        first = await service.processor.process([command(1, "add", **covid)])
+        first = await service.processor.process([command(1, "add", COVID), command(2, "add", FLU)])
         again = await service.processor.process(
-            [
-                command(2, "remove", membership_id=membership_id_for("command-1")),
-                command(3, "add", **covid),
-            ]
+            [command(offset, type_, fields) for offset, (type_, fields) in enumerate(steps, 3)]
         )
         async with service.engine.connect() as connection:
-            rows = (
+            active = (
                 await connection.execute(
-                    select(memberships.c.membership_id, memberships.c.valid_to)
-                    .where(memberships.c.personnummer == PNR)
-                    .order_by(memberships.c.created_at)
+                    select(memberships.c.group_code, memberships.c.membership_id)
+                    .where(memberships.c.personnummer == PNR, memberships.c.status == "active")
+                    .order_by(memberships.c.group_code)
                 )
             ).all()
             answers = (
@@ -127,17 +150,21 @@ async def test_a_group_ended_and_started_again_in_one_batch(
                     select(outbox.c.value).where(outbox.c.topic == service.settings.topics.events)
                 )
             ).scalars()
-            types = sorted(json.loads(value)["type"] for value in answers)
+            types = [json.loads(value)["type"] for value in answers]
     finally:
         await service.engine.dispose()
 
-    assert (first.processed, again.processed, again.dead_lettered) == (1, 2, 0)
-    assert [(row.membership_id, row.valid_to is None) for row in rows] == [
-        (membership_id_for("command-1"), False),
-        (membership_id_for("command-3"), True),
-    ]
-    assert types == [
-        "customer_group.added",
-        "customer_group.added",
-        "customer_group.removed",
-    ]
+    assert (first.processed, again.processed, again.dead_lettered) == (2, len(steps), 0)
+    assert again.attempts == 1, "applied as one batch"
+    assert "customer_group.command_rejected" not in types
+    readded = membership_id_for(f"command-{len(steps) + 2}")
+    expected = {
+        "ended, then added again": [("COVID_19", readded), ("INFLUENSA", SECOND)],
+        "entered in error, then added again": [("COVID_19", readded), ("INFLUENSA", SECOND)],
+        "corrected into another group, then added again": [
+            ("COVID_19", readded),
+            ("INFLUENSA", FIRST),
+        ],
+        "ended, then another corrected into its group": [("INFLUENSA", FIRST)],
+    }[batch]
+    assert [tuple(row) for row in active] == expected

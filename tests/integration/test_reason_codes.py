@@ -10,8 +10,8 @@ from devinfra.provider import Infrastructure
 from services.common.settings import GroupsSettings
 from services.groups.bootstrap import GroupsSettingsBundle
 from services.groups.domain.authorization import UNAUTHORIZED_MESSAGE
-from tests.integration.conftest import NurseClient, running_groups_service
-from tests.kafka_tools import KafkaTestClient, TopicCollector, cloudevent
+from tests.integration.conftest import NurseClient, nurse_client, running_groups_service
+from tests.kafka_tools import KafkaTestClient, cloudevent
 
 PNR = "191212121212"
 
@@ -59,6 +59,11 @@ async def test_business_rule_reason_codes(nurse: NurseClient) -> None:
         ),
         "INVALID_PERIOD",
     )
+    # 191212121212 was born on 1912-12-12: no membership before that.
+    rejected(
+        await nurse.command("add", PNR, group_code="INFLUENSA", valid_from="1912-12-11"),
+        "INVALID_PERIOD",
+    )
     rejected(
         await nurse.command("add", PNR, group_code="COVID_19", prompt_id=str(uuid.uuid4())),
         "PROMPT_NOT_FOUND",
@@ -99,10 +104,54 @@ async def test_business_rule_reason_codes(nurse: NurseClient) -> None:
     removed = await nurse.command("remove", PNR, membership_id=membership_id)
     assert removed["type"] == "customer_group.removed"
     rejected(await nurse.command("remove", PNR, membership_id=membership_id), "ALREADY_HISTORICAL")
+    corrected = await nurse.command("update", PNR, membership_id=membership_id, reference_code="B")
+    assert corrected["type"] == "customer_group.updated", "a historical one can be corrected"
+    # The group of a correction follows the rules of add, on the membership's valid_from.
+    flu = await nurse.command("add", PNR, group_code="INFLUENSA")
+    flu_id = flu["data"]["membership"]["membership_id"]
+    await nurse.command("add", PNR, group_code="PNEUMOKOCK")
     rejected(
-        await nurse.command("update", PNR, membership_id=membership_id, reference_code="B"),
-        "ALREADY_HISTORICAL",
+        await nurse.command("update", PNR, membership_id=flu_id, group_code="PNEUMOKOCK"),
+        "ALREADY_ACTIVE",
     )
+    rejected(
+        await nurse.command("update", PNR, membership_id=flu_id, group_code="COVID"),
+        "GROUP_NOT_SELECTABLE",
+    )
+    rejected(
+        await nurse.command("update", PNR, membership_id=flu_id, group_code="NOPE"),
+        "UNKNOWN_GROUP",
+    )
+    rejected(
+        await nurse.command("update", PNR, membership_id=flu_id, group_code=None),
+        "INVALID_COMMAND",
+    )
+    rejected(
+        await nurse.command("remove", PNR, membership_id=flu_id, reason="deleted"),
+        "INVALID_COMMAND",
+    )
+    rejected(
+        await nurse.command(
+            "remove", PNR, membership_id=flu_id, reason="entered_in_error", valid_to=str(today)
+        ),
+        "INVALID_COMMAND",
+    )
+    # Entered in error: never again removed, nor corrected.
+    for removable in (membership_id, flu_id):  # a historical one and an active one
+        voided = await nurse.command(
+            "remove", PNR, membership_id=removable, reason="entered_in_error"
+        )
+        assert voided["data"]["membership"]["status"] == "entered_in_error"
+    for reason in ("entered_in_error", "ended"):
+        rejected(
+            await nurse.command("remove", PNR, membership_id=flu_id, reason=reason),
+            "ALREADY_HISTORICAL",
+        )
+    data = rejected(
+        await nurse.command("update", PNR, membership_id=flu_id, reference_code="C"),
+        "INVALID_COMMAND",
+    )
+    assert "entered in error" in str(data["message"])
     rejected(
         await nurse.command(
             "prompt_close", PNR, prompt_id=str(uuid.uuid4()), vaccination_id="v-none"
@@ -132,11 +181,8 @@ async def test_unit_not_on_the_allowlist_is_unauthorized(
     )
     async with running_groups_service(groups_settings) as service:
         topics = service.settings.topics
-        async with (
-            TopicCollector(infra.kafka_bootstrap, topics.events) as events,
-            TopicCollector(infra.kafka_bootstrap, topics.prompts) as prompts,
-        ):
-            nurse = NurseClient(kafka, topics, events, prompts)
+        async with nurse_client(service, kafka, infra) as nurse:
+            events, prompts = nurse.events, nurse.prompts
             outsider = {"user_id": "someone", "unit_id": "unit-2"}
             for type_, fields in [
                 ("add", {"group_code": "COVID_19"}),

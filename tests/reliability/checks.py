@@ -15,7 +15,8 @@ from tests.reliability.model import Model
 _SQL = {
     "memberships": (
         "SELECT membership_id::text, personnummer, group_code, subgroup_code, reference_code,"
-        " valid_from, valid_to, version FROM memberships"
+        " valid_from, valid_to, version, status, created_by_user, created_by_unit,"
+        " updated_by_user, updated_by_unit FROM memberships"
     ),
     "bookings": (
         "SELECT booking_id, unit_id, personnummer, start_time, vaccine_code, vaccine_name, dose,"

@@ -27,7 +27,7 @@ from typing import Any
 
 from services.groups.domain.catalog import Catalog
 from services.groups.domain.errors import DomainError, PromptNotFound, Unauthorized
-from services.groups.domain.membership import UNCHANGED, Customer
+from services.groups.domain.membership import UNCHANGED, Actor, Customer, RemovalReason
 from services.groups.domain.personnummer import Personnummer, luhn_check_digit
 from services.groups.service_layer import messages
 from services.groups.service_layer.outgoing import event_id as _event_id
@@ -79,6 +79,18 @@ def unique_personnummer(rng: random.Random, count: int) -> list[str]:
     while len(found) < count:
         found[make_personnummer(rng, coordination=rng.random() < 0.05)] = None
     return list(found)
+
+
+_MODEL_NOW = BASE_TIME
+
+
+def _actor(data: dict[str, Any]) -> Actor:
+    return Actor(data["actor"]["user_id"], data["actor"]["unit_id"])
+
+
+def _columns(actor: Actor | None) -> tuple[str | None, str | None]:
+    """An actor as its two columns (`memberships.created_by_*` / `updated_by_*`)."""
+    return (actor.user_id, actor.unit_id) if actor else (None, None)
 
 
 @dataclass(frozen=True)
@@ -220,13 +232,16 @@ class Model:
             if data.get("prompt_id") is not None:
                 self._prompt(data["prompt_id"], personnummer, None)
             customer = self._ensure_customer(personnummer)
+            valid_from = data.get("valid_from")
             membership = customer.add_group(
                 self.catalog,
                 membership_id=membership_id_for(command_id),
                 group_code=data["group_code"],
                 subgroup_code=data.get("subgroup_code"),
                 reference_code=data.get("reference_code"),
-                valid_from=date.fromisoformat(data["valid_from"]),
+                valid_from=date.fromisoformat(valid_from) if valid_from else None,
+                actor=_actor(data),
+                now=_MODEL_NOW,  # created_at is not compared: the service's clock sets it
                 today=self.today,
             )
             self.membership_owner[membership.membership_id] = personnummer
@@ -236,8 +251,10 @@ class Model:
             customer.correct(
                 self.catalog,
                 membership_id=data["membership_id"],
+                group_code=data["group_code"] if "group_code" in data else UNCHANGED,
                 subgroup_code=data["subgroup_code"] if "subgroup_code" in data else UNCHANGED,
                 reference_code=data["reference_code"] if "reference_code" in data else UNCHANGED,
+                actor=_actor(data),
                 today=self.today,
             )
             return messages.UPDATED
@@ -246,6 +263,8 @@ class Model:
             customer.remove(
                 membership_id=data["membership_id"],
                 valid_to=date.fromisoformat(valid_to) if valid_to else None,
+                reason=RemovalReason(data.get("reason") or RemovalReason.ENDED),
+                actor=_actor(data),
                 today=self.today,
             )
             return messages.REMOVED
@@ -291,6 +310,9 @@ class Model:
                     m.valid_from,
                     m.valid_to,
                     m.version,
+                    m.status.value,
+                    *_columns(m.created_by),
+                    *_columns(m.updated_by),
                 )
         return rows
 
@@ -620,6 +642,9 @@ class StreamGenerator:
 
     def _do_remove(self, state: _CustomerState) -> Input:
         membership = self.rng.choice(self.model.customers[state.personnummer].active())
+        if self.rng.random() < 0.15:  # added by mistake: never applied, period kept
+            fields = {"membership_id": membership.membership_id, "reason": "entered_in_error"}
+            return self._command(state, "remove", fields)
         span = (self.today - membership.valid_from).days
         valid_to = membership.valid_from + timedelta(days=self.rng.randrange(0, span + 1))
         return self._command(
@@ -629,7 +654,8 @@ class StreamGenerator:
         )
 
     def _do_touch_historical(self, state: _CustomerState) -> Input:
-        """Update or remove a historical membership: ALREADY_HISTORICAL."""
+        """Remove a historical membership (ALREADY_HISTORICAL) or correct it (accepted
+        since contract revision 2)."""
         membership = self.rng.choice(self.model.customers[state.personnummer].historical())
         if self.rng.random() < 0.5:
             return self._command(state, "remove", {"membership_id": membership.membership_id})
@@ -672,7 +698,8 @@ class StreamGenerator:
         elif kind == "unknown_subgroup":
             fields.update(subgroup_code="NO_SUCH_SUBGROUP")
         elif kind == "retired_group" and self.retired:
-            fields = {"group_code": rng.choice(self.retired), "valid_from": "2020-01-01"}
+            # today (no valid_from): not selectable; on a day it applied it would be taken
+            fields = {"group_code": rng.choice(self.retired)}
         elif kind == "future":
             fields["valid_from"] = (self.today + timedelta(days=5)).isoformat()
         elif kind == "long_reference":

@@ -236,7 +236,7 @@ async def test_commands_from_units_off_the_allowlist_are_all_rejected(
         for i, kind in expected.items()
         if kind == "allowed" and answers.get(i, {}).get("type") == "customer_group.added"
     ]
-    memberships = await stack.rows("SELECT updated_by_unit, count(*) FROM memberships GROUP BY 1")
+    memberships = await stack.rows("SELECT created_by_unit, count(*) FROM memberships GROUP BY 1")
     check.record(
         "allowlist",
         "Commands from units off GROUPS_ALLOWED_UNITS",

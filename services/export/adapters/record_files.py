@@ -25,6 +25,8 @@ from services.export.domain.records import MEMBERSHIP_FIELDS, ExportRecord
 GROUP_STRUCT = pa.struct(
     [("group_code", pa.string()), ("subgroup_code", pa.string()), ("reference_code", pa.string())]
 )
+# created_by / updated_by: a struct in Parquet, the JSON object (or empty) in CSV.
+ACTOR_STRUCT = pa.struct([("user_id", pa.string()), ("unit_id", pa.string())])
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,9 @@ def membership_columns(zone: str, *, include_personnummer: bool) -> list[Column]
         "valid_from": (pa.date32(), _date),
         "valid_to": (pa.date32(), _date),
         "version": (pa.int32(), _same),
+        "created_at": (pa.timestamp("us", tz=zone), _instant),
+        "created_by": (ACTOR_STRUCT, _same),
+        "updated_by": (ACTOR_STRUCT, _same),
     }
     columns = [Column(n, *types.get(n, (pa.string(), _same))) for n in MEMBERSHIP_FIELDS]
     columns += [

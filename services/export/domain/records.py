@@ -34,6 +34,9 @@ MEMBERSHIP_FIELDS = (
     "valid_to",
     "status",
     "version",
+    "created_at",
+    "created_by",
+    "updated_by",
 )
 
 _RECORD_NS = uuid.UUID("3d5c2b8e-4f61-4a0e-9e7d-2c1b0a9f8e07")
@@ -135,9 +138,13 @@ def local_instant(value: datetime, zone: tzinfo) -> str:
     return value.astimezone(zone).isoformat()
 
 
-def membership_from_row(row: Mapping[str, Any]) -> dict[str, Any]:
+def _actor(user_id: str | None, unit_id: str | None) -> dict[str, str] | None:
+    return None if user_id is None or unit_id is None else {"user_id": user_id, "unit_id": unit_id}
+
+
+def membership_from_row(row: Mapping[str, Any], zone: tzinfo) -> dict[str, Any]:
     """A `memberships` row, joined with the catalog names, as the groups service's
-    `membership_view` shows it (the "membership" of its events).
+    `membership_view` shows it (the "membership" of its events), `created_at` in `zone`.
 
     `catalog_group_name` / `catalog_subgroup_name` are None where the code is not in the
     catalog; the view then shows the code itself, and so does this.
@@ -154,8 +161,11 @@ def membership_from_row(row: Mapping[str, Any]) -> dict[str, Any]:
         "reference_code": row["reference_code"],
         "valid_from": row["valid_from"].isoformat(),
         "valid_to": valid_to.isoformat() if valid_to is not None else None,
-        "status": "active" if valid_to is None else "historical",
+        "status": row["status"],
         "version": int(row["version"]),
+        "created_at": local_instant(row["created_at"], zone),
+        "created_by": _actor(row["created_by_user"], row["created_by_unit"]),
+        "updated_by": _actor(row["updated_by_user"], row["updated_by_unit"]),
     }
 
 
@@ -171,8 +181,18 @@ class RecordBuilder:
     def membership(
         self, membership: Mapping[str, Any], personnummer: str, updated_at: datetime
     ) -> ExportRecord:
+        """`membership` as an event or `membership_from_row` shows it; its `created_at`
+        (an instant, as text or datetime) is written in this zone, like `updated_at`."""
+        created_at = membership.get("created_at")
+        if isinstance(created_at, str):
+            created_at = datetime.fromisoformat(created_at)
         return membership_record(
-            membership,  # only read: the record's data is a new dict
+            {
+                **membership,
+                "created_at": (
+                    local_instant(created_at, self.zone) if created_at is not None else None
+                ),
+            },
             personnummer,
             local_instant(updated_at, self.zone),
             self.pseudonymizer,
@@ -202,7 +222,9 @@ class RecordBuilder:
 
     def membership_from_row(self, row: Mapping[str, Any]) -> ExportRecord:
         """A `memberships` row (see `membership_from_row`); its updated_at is the change's time."""
-        return self.membership(membership_from_row(row), row["personnummer"], row["updated_at"])
+        return self.membership(
+            membership_from_row(row, self.zone), row["personnummer"], row["updated_at"]
+        )
 
     def vaccination_from_row(self, row: Mapping[str, Any]) -> ExportRecord:
         """A `vaccination_confirmations` row: the JSONB `memberships` holds the same

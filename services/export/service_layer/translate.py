@@ -57,7 +57,12 @@ def records_from_event(event: CloudEvent, builder: RecordBuilder) -> list[Export
         return []
     if event.type in MEMBERSHIP_EVENTS:
         data = _require(event.data, "personnummer", "membership")
-        membership = _require(data["membership"], "membership_id", "group_code", "version")
+        # created_at names an event of contract revision 2 or later; an older one lacks
+        # the provenance a record carries (the backfill republishes it from the database).
+        membership = _require(
+            data["membership"], "membership_id", "group_code", "version", "created_at"
+        )
+        _instant(membership["created_at"], "created_at")
         # updated_at is the event's time: the event carries no other instant of the change.
         return [builder.membership(membership, str(data["personnummer"]), _time(event))]
     if event.type == CONFIRMED:

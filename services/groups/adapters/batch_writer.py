@@ -175,9 +175,18 @@ class Columns:
 CUSTOMERS = Columns.of(customers, "c", omit=("created_at",))
 BOOKINGS = Columns.of(bookings, "b")
 NEW_MEMBERSHIPS = Columns.of(memberships, "m")
-# A change never moves a membership to another customer or group, nor its start.
+# A change never moves a membership to another customer, nor changes its start or how it
+# was created (a correction may change its group).
 CHANGED_MEMBERSHIPS = Columns.of(
-    memberships, "mu", omit=("personnummer", "group_code", "valid_from", "created_at")
+    memberships,
+    "mu",
+    omit=(
+        "personnummer",
+        "valid_from",
+        "created_at",
+        "created_by_user",
+        "created_by_unit",
+    ),
 )
 NEW_PROMPTS = Columns.of(prompts, "p")
 CLOSED_PROMPTS = Columns.of(prompts, "pc", only=("prompt_id", "closed_at"))
@@ -230,9 +239,14 @@ def _update(columns: Columns) -> str:
 
 _UPDATE_MEMBERSHIPS = _update(CHANGED_MEMBERSHIPS)
 
-# Changed memberships go first on their own when a group ended in this batch is started
-# again for the same customer: the new active row must not meet the old one in the
-# one-active-row-per-group index, and CTEs of one statement run in no set order.
+# Changed memberships go first on their own when one of them frees a customer's active
+# place in a group (ended, entered in error, or corrected into another group) that another
+# row of this batch takes: the new active row must not meet the old one in the
+# one-active-row-per-group index, and CTEs of one statement run in no set order. Those
+# no longer active are updated first, then the rest, so a correction into a group ended
+# in the same batch also finds the place free. (A chain of corrections between active
+# groups may still meet in the index; the applier then replays the batch one record at a
+# time, which is correct, only slower.)
 UPDATE_MEMBERSHIPS: TextClause = text(_UPDATE_MEMBERSHIPS)
 
 
@@ -281,9 +295,11 @@ async def write(
         return
     statement, parts = WRITE, ALL
     if memberships_first:
-        await connection.execute(
-            UPDATE_MEMBERSHIPS, CHANGED_MEMBERSHIPS.arrays(rows.get(CHANGED_MEMBERSHIPS, ()))
-        )
+        changed = rows.get(CHANGED_MEMBERSHIPS, ())
+        for active in (False, True):
+            subset = [row for row in changed if (row["status"] == "active") is active]
+            if subset:
+                await connection.execute(UPDATE_MEMBERSHIPS, CHANGED_MEMBERSHIPS.arrays(subset))
         statement, parts = WRITE_WITHOUT_MEMBERSHIP_UPDATES, _WITHOUT_MEMBERSHIP_UPDATES
     arrays: dict[str, list[Any]] = {}
     for part in parts:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    CheckConstraint,
     Column,
     Date,
     DateTime,
@@ -71,10 +72,23 @@ memberships = Table(
     Column("valid_from", Date, nullable=False),
     Column("valid_to", Date),
     Column("version", Integer, nullable=False),
+    # active | historical | entered_in_error (stored: entered in error keeps its period)
+    Column("status", String(16), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
-    Column("updated_by_user", Text, nullable=False),
-    Column("updated_by_unit", Text, nullable=False),
+    # Provenance (migration 0004): who created it and who changed it last; null for what
+    # the service did itself, and updated_by null until the first change.
+    Column("created_by_user", Text),
+    Column("created_by_unit", Text),
+    Column("updated_by_user", Text),
+    Column("updated_by_unit", Text),
+    CheckConstraint(
+        "status IN ('active', 'historical', 'entered_in_error')", name="ck_memberships_status"
+    ),
+    CheckConstraint(
+        "status = 'entered_in_error' OR (status = 'active') = (valid_to IS NULL)",
+        name="ck_memberships_status_period",
+    ),
     Index("ix_memberships_personnummer", "personnummer"),
     # The database backs ALREADY_ACTIVE: one active membership per customer and group.
     Index(
@@ -82,7 +96,7 @@ memberships = Table(
         "personnummer",
         "group_code",
         unique=True,
-        postgresql_where=text("valid_to IS NULL"),
+        postgresql_where=text("status = 'active'"),
     ),
     Index("ix_memberships_updated_at", "updated_at"),
 )

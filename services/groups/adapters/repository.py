@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, tzinfo
 from typing import Any
 
 from sqlalchemy import select
@@ -46,14 +46,16 @@ def _newer_or_same(current: datetime | None, incoming: datetime | None) -> bool:
 
 
 class GroupsRepository:
-    def __init__(self, connection: AsyncConnection) -> None:
+    def __init__(self, connection: AsyncConnection, *, zone: tzinfo) -> None:
         self._c = connection
+        self._zone = zone  # the service's: instants read back are shown in it
         self._customers: dict[str, Customer] = {}
         self._bookings: dict[str, BookingRow | None] = {}
         self._prompts_by_vaccination: dict[str, PromptRow | None] = {}
         self._prompts_by_id: dict[str, PromptRow | None] = {}
         self._confirmation_versions: dict[str, int] = {}
-        self._owners: dict[str, str] = {}  # membership id -> personnummer
+        # membership id -> (personnummer, group_code) of each membership read as active
+        self._stored_active: dict[str, tuple[str, str]] = {}
         self._stored_customers: set[str] = set()  # personnummer with a customers row
         self._changes = Changes()
 
@@ -87,10 +89,12 @@ class GroupsRepository:
         self._stored_customers.update(row.customers)
         by_pnr: dict[str, list[Membership]] = {p: [] for p in pnrs}
         for record in row.memberships:
-            by_pnr[record["personnummer"]].append(rows.membership(record))
+            by_pnr[record["personnummer"]].append(rows.membership(record, self._zone))
         for pnr, items in by_pnr.items():
             self._customers[pnr] = Customer(Personnummer.parse(pnr), items)
-            self._owners.update((m.membership_id, pnr) for m in items)
+            self._stored_active.update(
+                (m.membership_id, (pnr, m.group_code)) for m in items if m.is_active
+            )
         loaded = {record["booking_id"]: rows.booking(record) for record in row.bookings}
         for booking_id in ids:
             self._bookings[booking_id] = loaded.get(booking_id)
@@ -155,28 +159,21 @@ class GroupsRepository:
         return self._customers[personnummer.value]
 
     async def insert_membership(
-        self,
-        personnummer: Personnummer,
-        membership: Membership,
-        *,
-        user_id: str,
-        unit_id: str,
-        now: datetime,
+        self, personnummer: Personnummer, membership: Membership, *, now: datetime
     ) -> None:
+        """A new membership, written with its provenance; `now` is its updated_at."""
         self._changes.memberships[membership.membership_id] = MembershipWrite(
-            personnummer.value, membership, user_id, unit_id, created_at=now, updated_at=now
+            personnummer.value, membership, new=True, updated_at=now
         )
-        self._owners[membership.membership_id] = personnummer.value
 
-    async def save_membership(
-        self, membership: Membership, *, user_id: str, unit_id: str, now: datetime
-    ) -> None:
+    async def save_membership(self, membership: Membership, *, now: datetime) -> None:
+        """A changed membership (its entity holds `updated_by`); `now` is its updated_at."""
         known = self._changes.memberships.get(membership.membership_id)
         if known is not None:
-            known.user_id, known.unit_id, known.updated_at = user_id, unit_id, now
+            known.updated_at = now
             return
         self._changes.memberships[membership.membership_id] = MembershipWrite(
-            "", membership, user_id, unit_id, created_at=None, updated_at=now
+            "", membership, new=False, updated_at=now
         )
 
     # -- bookings ------------------------------------------------------------------
@@ -275,4 +272,4 @@ class GroupsRepository:
         membership updates must run first (see `batch_writer.UPDATE_MEMBERSHIPS`); the
         changes are then forgotten."""
         changes, self._changes = self._changes, Changes()
-        return changes.rows(), changes.restarts_an_ended_group(self._owners)
+        return changes.rows(), changes.frees_a_slot_taken(self._stored_active)

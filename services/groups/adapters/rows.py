@@ -7,14 +7,14 @@ column name: what the repository loads (records of a table's row type, see
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import datetime, tzinfo
 from typing import Any
 
 import orjson
 
 from services.groups.adapters import batch_writer
-from services.groups.domain.membership import Membership
+from services.groups.domain.membership import Actor, Membership, MembershipStatus
 
 
 @dataclass
@@ -51,14 +51,26 @@ class PromptRow:
     closed_at: datetime | None = None
 
 
-# The domain's membership fields are `memberships` columns of the same names.
-_MEMBERSHIP_FIELDS = tuple(f.name for f in fields(Membership))
+def _actor(user_id: str | None, unit_id: str | None) -> Actor | None:
+    return None if user_id is None or unit_id is None else Actor(user_id, unit_id)
 
 
-def membership(record: Mapping[str, Any]) -> Membership:
-    values = {name: record[name] for name in _MEMBERSHIP_FIELDS}
-    values["membership_id"] = str(values["membership_id"])
-    return Membership(**values)
+def membership(record: Mapping[str, Any], zone: tzinfo) -> Membership:
+    """A `memberships` row as the domain's entity; `created_at` in the service's zone (the
+    database hands instants out in UTC), so an event shows it as the one that created it."""
+    return Membership(
+        membership_id=str(record["membership_id"]),
+        group_code=record["group_code"],
+        subgroup_code=record["subgroup_code"],
+        reference_code=record["reference_code"],
+        valid_from=record["valid_from"],
+        valid_to=record["valid_to"],
+        version=record["version"],
+        status=MembershipStatus(record["status"]),
+        created_at=record["created_at"].astimezone(zone),
+        created_by=_actor(record["created_by_user"], record["created_by_unit"]),
+        updated_by=_actor(record["updated_by_user"], record["updated_by_unit"]),
+    )
 
 
 def booking(record: Mapping[str, Any]) -> BookingRow:
@@ -73,21 +85,30 @@ def prompt(record: Mapping[str, Any]) -> PromptRow:
 
 @dataclass
 class MembershipWrite:
-    personnummer: str
+    personnummer: str  # written for a new membership only: none moves to another customer
     membership: Membership
-    user_id: str
-    unit_id: str
-    created_at: datetime | None  # set for a membership created in this unit of work
+    new: bool  # created in this unit of work: inserted, else updated
     updated_at: datetime
 
     def row(self) -> dict[str, Any]:
+        m = self.membership
+        created_by, updated_by = m.created_by, m.updated_by
         return {
-            **{name: getattr(self.membership, name) for name in _MEMBERSHIP_FIELDS},
+            "membership_id": m.membership_id,
             "personnummer": self.personnummer,
-            "created_at": self.created_at,
+            "group_code": m.group_code,
+            "subgroup_code": m.subgroup_code,
+            "reference_code": m.reference_code,
+            "valid_from": m.valid_from,
+            "valid_to": m.valid_to,
+            "version": m.version,
+            "status": m.status.value,
+            "created_at": m.created_at,
             "updated_at": self.updated_at,
-            "updated_by_user": self.user_id,
-            "updated_by_unit": self.unit_id,
+            "created_by_user": created_by.user_id if created_by else None,
+            "created_by_unit": created_by.unit_id if created_by else None,
+            "updated_by_user": updated_by.user_id if updated_by else None,
+            "updated_by_unit": updated_by.unit_id if updated_by else None,
         }
 
 
@@ -112,12 +133,8 @@ class Changes:
         return {
             batch_writer.CUSTOMERS: list(self.customers.values()),
             batch_writer.BOOKINGS: [vars(row) for row in self.bookings.values()],
-            batch_writer.NEW_MEMBERSHIPS: [
-                w.row() for w in memberships if w.created_at is not None
-            ],
-            batch_writer.CHANGED_MEMBERSHIPS: [
-                w.row() for w in memberships if w.created_at is None
-            ],
+            batch_writer.NEW_MEMBERSHIPS: [w.row() for w in memberships if w.new],
+            batch_writer.CHANGED_MEMBERSHIPS: [w.row() for w in memberships if not w.new],
             batch_writer.NEW_PROMPTS: [vars(p) for p in self.new_prompts.values()],
             batch_writer.CLOSED_PROMPTS: [
                 {"prompt_id": prompt_id, "closed_at": closed_at}
@@ -129,16 +146,24 @@ class Changes:
             batch_writer.AUDIT: [{**a, "detail": _json(a["detail"])} for a in self.audit],
         }
 
-    def restarts_an_ended_group(self, owners: Mapping[str, str]) -> bool:
-        """A group ended here starts again for the same customer (see
-        `batch_writer.UPDATE_MEMBERSHIPS`); `owners` maps membership ids to personnummer."""
-        ended = {
-            (owners.get(w.membership.membership_id), w.membership.group_code)
-            for w in self.memberships.values()
-            if w.created_at is None and w.membership.valid_to is not None
-        }
-        return any(
-            (w.personnummer, w.membership.group_code) in ended
-            for w in self.memberships.values()
-            if w.created_at is not None
-        )
+    def frees_a_slot_taken(self, stored_active: Mapping[str, tuple[str, str]]) -> bool:
+        """A change here frees a customer's one active place in a group (the membership is
+        no longer active there) that another membership written here takes (see
+        `batch_writer.UPDATE_MEMBERSHIPS`). `stored_active` maps the id of each membership
+        read as active to its (personnummer, group_code) as stored."""
+        freed: set[tuple[str, str]] = set()
+        taken: set[tuple[str, str]] = set()
+        for w in self.memberships.values():
+            m = w.membership
+            if w.new:
+                if m.is_active:
+                    taken.add((w.personnummer, m.group_code))
+                continue
+            stored = stored_active.get(m.membership_id)
+            if stored is None:
+                continue  # was not active: frees nothing and, never reactivated, takes nothing
+            if not m.is_active or m.group_code != stored[1]:
+                freed.add(stored)
+            if m.is_active and m.group_code != stored[1]:
+                taken.add((stored[0], m.group_code))
+        return not freed.isdisjoint(taken)

@@ -6,7 +6,8 @@ most one active membership per group" holds inside one transaction. Nothing
 here reads a clock; callers pass `today` (a local Swedish calendar date).
 
 Periods are inclusive dates: `valid_to` is the last day the membership applied.
-Memberships are never deleted; removing one ends it and keeps it as history.
+Memberships are never deleted: removing one ends it and keeps it as history, or marks
+it entered in error (it never applied), which keeps it out of the nurse's lists.
 """
 
 from __future__ import annotations
@@ -35,6 +36,14 @@ REFERENCE_CODE_MAX: Final = 64
 class MembershipStatus(enum.StrEnum):
     ACTIVE = "active"
     HISTORICAL = "historical"
+    ENTERED_IN_ERROR = "entered_in_error"  # it never applied; kept, never listed to nurses
+
+
+class RemovalReason(enum.StrEnum):
+    """Why a nurse removes a membership (`customer_group.remove`'s `reason`)."""
+
+    ENDED = "ended"  # the group no longer applies: historical, with its period
+    ENTERED_IN_ERROR = "entered_in_error"  # it never applied
 
 
 class Unchanged(enum.Enum):
@@ -49,10 +58,21 @@ class Unchanged(enum.Enum):
 UNCHANGED: Final = Unchanged.UNCHANGED
 
 
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """Who made a change: the nurse's user id and the unit acted for."""
+
+    user_id: str
+    unit_id: str
+
+
 @dataclass(slots=True)
 class Membership:
     """One period in one group; mutable entity owned by `Customer`.
 
+    `status` is stored, not derived: an entered-in-error membership keeps its period.
+    Provenance is plain values handed in by the caller: `created_at` (an aware instant),
+    `created_by` and `updated_by` (None: the service itself, or not changed yet).
     Equality compares all fields, so a snapshot equals the entity until it changes.
     """
 
@@ -63,29 +83,38 @@ class Membership:
     valid_from: date
     valid_to: date | None
     version: int
+    status: MembershipStatus
+    created_at: datetime
+    created_by: Actor | None
+    updated_by: Actor | None
 
     def __post_init__(self) -> None:
         if self.version < 1:
             raise ValueError("membership version starts at 1")
         if self.valid_to is not None and self.valid_to < self.valid_from:
             raise ValueError("membership valid_to is before valid_from")
-
-    @property
-    def status(self) -> MembershipStatus:
-        """Historical iff ended: removal sets valid_to, nothing else does."""
-        if self.valid_to is None:
-            return MembershipStatus.ACTIVE
-        return MembershipStatus.HISTORICAL
+        if self.status is not MembershipStatus.ENTERED_IN_ERROR and (
+            (self.status is MembershipStatus.ACTIVE) != (self.valid_to is None)
+        ):
+            raise ValueError("an active membership has no valid_to, a historical one has")
+        if not isinstance(self.created_at, datetime) or self.created_at.tzinfo is None:
+            raise ValueError("membership created_at must be an aware datetime")
 
     @property
     def is_active(self) -> bool:
-        return self.valid_to is None
+        return self.status is MembershipStatus.ACTIVE
 
 
 def _require_day(value: object, name: str) -> date:
     # datetime is a date subclass; a clock reading here means a caller bug.
     if not isinstance(value, date) or isinstance(value, datetime):
         raise TypeError(f"{name} must be a datetime.date")
+    return value
+
+
+def _require_instant(value: object) -> datetime:
+    if not isinstance(value, datetime) or value.tzinfo is None:
+        raise TypeError("now must be an aware datetime")
     return value
 
 
@@ -121,8 +150,18 @@ def _reference_code(value: object) -> str | None:
     return value
 
 
+def _retired_end(
+    catalog: Catalog, group_code: str, subgroup_code: str | None, valid_from: date, today: date
+) -> date | None:
+    """The day a membership in this group (and subgroup) ended because the group or
+    subgroup ended before `today` (`Catalog.last_day`, never before `valid_from`); None
+    while it still applies today (a later end is the retirement sweep's)."""
+    last = catalog.last_day(group_code, subgroup_code)
+    return None if last is None or last >= today else max(last, valid_from)
+
+
 class Customer:
-    """Aggregate: a personnummer and all its memberships, active and historical."""
+    """Aggregate: a personnummer and all its memberships, whatever their status."""
 
     def __init__(self, personnummer: Personnummer, memberships: Iterable[Membership] = ()) -> None:
         self.personnummer = personnummer
@@ -140,10 +179,11 @@ class Customer:
     # -- queries -----------------------------------------------------------
 
     def active(self) -> list[Membership]:
-        return [m for m in self.memberships if m.is_active]
+        return [m for m in self.memberships if m.status is MembershipStatus.ACTIVE]
 
     def historical(self) -> list[Membership]:
-        return [m for m in self.memberships if not m.is_active]
+        """Ended memberships; entered-in-error ones are neither active nor historical."""
+        return [m for m in self.memberships if m.status is MembershipStatus.HISTORICAL]
 
     def get(self, membership_id: str) -> Membership:
         for membership in self.memberships:
@@ -152,6 +192,24 @@ class Customer:
         raise MembershipNotFound(
             f"Membership {show(membership_id)} does not exist for this customer"
         )
+
+    # -- rules shared by add and correct -------------------------------------
+
+    def _check_valid_from(self, valid_from: date, today: date) -> None:
+        if valid_from > today:
+            raise InvalidPeriod(
+                f"valid_from {valid_from.isoformat()} is in the future "
+                f"(today is {today.isoformat()})"
+            )
+        if valid_from < self.personnummer.birth_date:
+            raise InvalidPeriod(f"valid_from {valid_from.isoformat()} is before the birth date")
+
+    def _check_no_other_active(self, group_code: str, membership_id: str) -> None:
+        others = (m for m in self.active() if m.membership_id != membership_id)
+        if any(m.group_code == group_code for m in others):
+            raise AlreadyActive(
+                f"The customer already has an active membership in group {show(group_code)}"
+            )
 
     # -- commands ----------------------------------------------------------
 
@@ -164,19 +222,23 @@ class Customer:
         subgroup_code: str | None = None,
         reference_code: str | None = None,
         valid_from: date | None = None,
+        actor: Actor | None,
+        now: datetime,
         today: date,
     ) -> Membership:
         """Start a membership (version 1) and return it.
 
-        The group and subgroup must be selectable on `today`, not on
-        `valid_from`: the nurse picks from what the catalog offers now, also
-        when after-registering (efterregistrering) with a back-dated
-        `valid_from`. A `valid_from` in the future is INVALID_PERIOD: a
-        membership that has not started yet would look active. At most one
-        active membership per group (ALREADY_ACTIVE); a historical one in the
-        same group does not block a new one.
+        The group and subgroup must exist, then `valid_from` (default today) must lie
+        neither in the future nor before the birth date (INVALID_PERIOD), then the group
+        and subgroup must be selectable on `valid_from`: an after-registration
+        (efterregistrering) chooses what applied on its day. A group or subgroup that
+        has ended since is stored already ended on its last day (historical from the
+        start). At most one active membership per group (ALREADY_ACTIVE); a historical
+        one, or one stored already ended, does not block and is not blocked.
+        `now` and `actor` are its provenance (`created_at`, `created_by`).
         """
         today = _require_day(today, "today")
+        now = _require_instant(now)
         if not isinstance(membership_id, str) or not is_canonical_uuid(membership_id):
             raise InvalidCommand("membership_id must be a canonical lower-case UUID string")
         if any(m.membership_id == membership_id for m in self.memberships):
@@ -187,15 +249,16 @@ class Customer:
         reference = _reference_code(reference_code)
         start = today if valid_from is None else _require_day(valid_from, "valid_from")
 
-        catalog.require_selectable(group_code, subgroup, today)
-        if start > today:
-            raise InvalidPeriod(
-                f"valid_from {start.isoformat()} is in the future (today is {today.isoformat()})"
-            )
-        if any(m.group_code == group_code for m in self.active()):
-            raise AlreadyActive(
-                f"The customer already has an active membership in group {show(group_code)}"
-            )
+        # A typo is UNKNOWN_* whatever the date, so existence is checked first.
+        if subgroup is None:
+            catalog.group(group_code)
+        else:
+            catalog.subgroup(group_code, subgroup)
+        self._check_valid_from(start, today)
+        catalog.require_selectable(group_code, subgroup, start)
+        end = _retired_end(catalog, group_code, subgroup, start, today)
+        if end is None:
+            self._check_no_other_active(group_code, membership_id)
 
         membership = Membership(
             membership_id=membership_id,
@@ -203,8 +266,12 @@ class Customer:
             subgroup_code=subgroup,
             reference_code=reference,
             valid_from=start,
-            valid_to=None,
+            valid_to=end,
             version=1,
+            status=MembershipStatus.ACTIVE if end is None else MembershipStatus.HISTORICAL,
+            created_at=now,
+            created_by=actor,
+            updated_by=None,
         )
         self.memberships.append(membership)
         return membership
@@ -214,68 +281,123 @@ class Customer:
         catalog: Catalog,
         *,
         membership_id: str,
+        group_code: str | Unchanged | None = UNCHANGED,
         subgroup_code: str | Unchanged | None = UNCHANGED,
         reference_code: str | Unchanged | None = UNCHANGED,
+        actor: Actor | None,
         today: date,
     ) -> tuple[Membership, Membership]:
         """Fix a wrong entry in place; return (snapshot before, the entity after).
 
-        `UNCHANGED` leaves a field as is, None (or "") clears it; at least one
-        field must be given. Only active memberships can be corrected. A new
-        subgroup must exist in the membership's group, and both must be
-        selectable today; re-sending the current subgroup is not re-validated, so a
-        reference-code fix works even after the subgroup was retired. Every
-        accepted correction bumps the version, also one that changes nothing:
-        it is still a recorded command (duplicates are caught by command id).
+        `UNCHANGED` leaves a field as is, None (or "") clears it (the group cannot be
+        cleared); at least one field must be given. Active and historical memberships
+        can be corrected, an entered-in-error one cannot (INVALID_COMMAND: it never
+        applied, so there is nothing to correct). A new group without a subgroup clears
+        the subgroup. A new group or subgroup follows the rules of `add_group`, judged
+        on the membership's own `valid_from`: it must exist and be selectable on that
+        day, no other active membership may be in the new group (while this one stays
+        active), and a group or subgroup that has ended since ends the membership on
+        its last day (an active one becomes historical; a historical one's end moves
+        back to it). Re-sending the current group and subgroup is not re-validated, so a
+        reference-code fix works even after they were retired. Every accepted correction
+        bumps the version, also one that changes nothing: it is still a recorded command
+        (duplicates are caught by command id). `actor` becomes `updated_by`.
         """
         today = _require_day(today, "today")
-        if subgroup_code is UNCHANGED and reference_code is UNCHANGED:
-            raise InvalidCommand("An update must give subgroup_code and/or reference_code")
+        if group_code is UNCHANGED and subgroup_code is UNCHANGED and reference_code is UNCHANGED:
+            raise InvalidCommand(
+                "An update must give group_code, subgroup_code and/or reference_code"
+            )
         membership = self.get(membership_id)
-        if not membership.is_active:
-            raise AlreadyHistorical(
-                f"Membership {show(membership_id)} is historical and cannot be corrected"
+        if membership.status is MembershipStatus.ENTERED_IN_ERROR:
+            raise InvalidCommand(
+                f"Membership {show(membership_id)} was entered in error and cannot be corrected"
             )
 
-        new_subgroup = membership.subgroup_code
+        new_group = membership.group_code
+        if group_code is not UNCHANGED:
+            if group_code is None or group_code == "":
+                raise InvalidCommand("group_code cannot be cleared; give the right group")
+            if not isinstance(group_code, str):
+                raise InvalidCommand("group_code must be a string")
+            new_group = group_code
+        group_changed = new_group != membership.group_code
+        new_subgroup = None if group_changed else membership.subgroup_code
         if subgroup_code is not UNCHANGED:
             new_subgroup = _optional_code(subgroup_code, "subgroup_code")
         new_reference = membership.reference_code
         if reference_code is not UNCHANGED:
             new_reference = _reference_code(reference_code)
-        if new_subgroup is not None and new_subgroup != membership.subgroup_code:
-            catalog.require_selectable(membership.group_code, new_subgroup, today)
+
+        new_end = membership.valid_to
+        if group_changed or (new_subgroup is not None and new_subgroup != membership.subgroup_code):
+            catalog.require_selectable(new_group, new_subgroup, membership.valid_from)
+            end = _retired_end(catalog, new_group, new_subgroup, membership.valid_from, today)
+            if end is not None and (new_end is None or end < new_end):
+                new_end = end
+            if new_end is None and group_changed:
+                self._check_no_other_active(new_group, membership_id)
 
         previous = replace(membership)
+        membership.group_code = new_group
         membership.subgroup_code = new_subgroup
         membership.reference_code = new_reference
+        if new_end != membership.valid_to:
+            membership.valid_to = new_end
+            membership.status = MembershipStatus.HISTORICAL
         membership.version += 1
+        membership.updated_by = actor
         return previous, membership
 
     def remove(
-        self, *, membership_id: str, valid_to: date | None = None, today: date
+        self,
+        *,
+        membership_id: str,
+        valid_to: date | None = None,
+        reason: RemovalReason = RemovalReason.ENDED,
+        actor: Actor | None,
+        today: date,
     ) -> Membership:
-        """End an active membership; it becomes historical and is kept.
+        """End a membership (`ENDED`) or mark it entered in error; it is kept either way.
 
-        `valid_to` (default today) is the last day it applied, so it may equal
-        `valid_from`. It may be back-dated but not lie in the future: status is
-        derived from `valid_to` being set, so a future end would make the
-        membership historical while it still applies.
+        `ENDED` (active memberships only): `valid_to` (default today) is the last day it
+        applied, so it may equal `valid_from`; it may be back-dated but not lie in the
+        future, where the membership would be historical while it still applies.
+        `ENTERED_IN_ERROR` (active or historical): it never applied; the status says so
+        and the period stays as it was, so `valid_to` is not accepted with it. Either
+        on a membership where it cannot apply is ALREADY_HISTORICAL.
         """
         today = _require_day(today, "today")
         membership = self.get(membership_id)
-        if not membership.is_active:
-            raise AlreadyHistorical(f"Membership {show(membership_id)} is already historical")
-        end = today if valid_to is None else _require_day(valid_to, "valid_to")
-        if end > today:
-            raise InvalidPeriod(
-                f"valid_to {end.isoformat()} is in the future (today is {today.isoformat()})"
-            )
-        if end < membership.valid_from:
-            raise InvalidPeriod(
-                f"valid_to {end.isoformat()} is before the membership's valid_from "
-                f"{membership.valid_from.isoformat()}"
-            )
-        membership.valid_to = end
+        if reason is RemovalReason.ENTERED_IN_ERROR:
+            if membership.status is MembershipStatus.ENTERED_IN_ERROR:
+                raise AlreadyHistorical(
+                    f"Membership {show(membership_id)} is already entered in error"
+                )
+            if valid_to is not None:
+                raise InvalidCommand(
+                    "valid_to does not apply to reason entered_in_error: the period is kept"
+                )
+            membership.status = MembershipStatus.ENTERED_IN_ERROR
+        elif reason is RemovalReason.ENDED:
+            if not membership.is_active:
+                raise AlreadyHistorical(
+                    f"Membership {show(membership_id)} is already {membership.status.value}"
+                )
+            end = today if valid_to is None else _require_day(valid_to, "valid_to")
+            if end > today:
+                raise InvalidPeriod(
+                    f"valid_to {end.isoformat()} is in the future (today is {today.isoformat()})"
+                )
+            if end < membership.valid_from:
+                raise InvalidPeriod(
+                    f"valid_to {end.isoformat()} is before the membership's valid_from "
+                    f"{membership.valid_from.isoformat()}"
+                )
+            membership.valid_to = end
+            membership.status = MembershipStatus.HISTORICAL
+        else:
+            raise InvalidCommand(f"Unknown removal reason {show(reason)}")
         membership.version += 1
+        membership.updated_by = actor
         return membership

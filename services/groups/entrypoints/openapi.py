@@ -137,7 +137,11 @@ def openapi_document() -> dict[str, Any]:
             "/customer-card": {
                 "post": {
                     "summary": "a customer's active and historical groups",
-                    "description": "The personnummer goes in the body, never in the URL.",
+                    "description": (
+                        "The personnummer goes in the body, never in the URL. `active` and "
+                        "`historical` hold memberships as in schemas/common.schema.json "
+                        "(every historical one; entered-in-error ones in neither)."
+                    ),
                     "security": _BEARER,
                     "requestBody": {
                         "required": True,

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
@@ -218,7 +218,10 @@ class AddGroup(Command):
 
 
 class UpdateGroup(Command):
+    # Which fields were given matters (absent: unchanged, null: cleared): see
+    # `model_fields_set`.
     membership_id: Id
+    group_code: Code | None = None
     subgroup_code: Code | None = None
     reference_code: ReferenceText | None = None
 
@@ -226,6 +229,7 @@ class UpdateGroup(Command):
 class RemoveGroup(Command):
     membership_id: Id
     valid_to: date | None = None
+    reason: Literal["ended", "entered_in_error"] | None = None  # null: ended
 
 
 class ClosePrompt(Command):

@@ -24,7 +24,7 @@ from services.groups.domain.errors import (
     Unauthorized,
 )
 from services.groups.domain.ids import is_canonical_uuid
-from services.groups.domain.membership import UNCHANGED, Membership
+from services.groups.domain.membership import UNCHANGED, Actor, Membership, RemovalReason
 from services.groups.domain.personnummer import Personnummer
 from services.groups.domain.suggestions import suggestions_for
 from services.groups.service_layer import messages, outgoing
@@ -158,7 +158,9 @@ async def vaccination_started(
         "unit_id": started.unit_id,
         "user_id": started.user_id,
         "personnummer": personnummer.value,
-        **messages.customer_groups_view(customer, catalog),
+        **messages.customer_groups_view(
+            customer, catalog, historical_limit=messages.PROMPT_HISTORY_LIMIT
+        ),
         "catalog": messages.catalog_view(catalog.selectable_on(today)),
         "suggestions": [messages.suggestion_view(s) for s in suggestions],
         "required": not customer.active(),
@@ -216,6 +218,10 @@ def _answers_rejections(handler: CommandHandler[C]) -> CommandHandler[C]:
     return handle
 
 
+def _actor(cmd: Command) -> Actor:
+    return Actor(cmd.actor.user_id, cmd.actor.unit_id)
+
+
 async def _membership_changed(
     uow: AbstractUnitOfWork,
     ctx: Context,
@@ -225,23 +231,24 @@ async def _membership_changed(
     change: tuple[Membership | None, Membership],  # (before, after); no before: added
     now: datetime,
     detail: dict[str, Any],
+    *,
+    reason: RemovalReason | None = None,
 ) -> None:
     """Write the membership, audit the change and tell of it."""
     (previous, membership), actor = change, cmd.actor
-    user_id, unit_id = actor.user_id, actor.unit_id
     if action == "customer_group.add":
-        await uow.repo.insert_membership(
-            personnummer, membership, user_id=user_id, unit_id=unit_id, now=now
-        )
+        await uow.repo.insert_membership(personnummer, membership, now=now)
     else:
-        await uow.repo.save_membership(membership, user_id=user_id, unit_id=unit_id, now=now)
+        await uow.repo.save_membership(membership, now=now)
     catalog = ctx.deps.catalog.current
-    data = {
+    data: dict[str, Any] = {
         "command_id": ctx.event_id,
         "personnummer": personnummer.value,
         "actor": messages.actor_view(actor.user_id, actor.unit_id),
-        "membership": messages.membership_view(membership, catalog),
     }
+    if reason is not None:
+        data["reason"] = reason.value
+    data["membership"] = messages.membership_view(membership, catalog)
     if previous is not None:
         data["previous"] = messages.membership_view(previous, catalog)
     membership_id = membership.membership_id
@@ -266,6 +273,8 @@ async def add_group(cmd: AddGroup, ctx: Context, uow: AbstractUnitOfWork) -> Non
         subgroup_code=cmd.subgroup_code,
         reference_code=cmd.reference_code,
         valid_from=cmd.valid_from,
+        actor=_actor(cmd),
+        now=now,
         today=today,
     )
     detail = {"prompt_id": cmd.prompt_id}
@@ -285,8 +294,10 @@ async def update_group(cmd: UpdateGroup, ctx: Context, uow: AbstractUnitOfWork) 
     change = customer.correct(
         catalog,
         membership_id=cmd.membership_id,
+        group_code=cmd.group_code if "group_code" in given else UNCHANGED,
         subgroup_code=cmd.subgroup_code if "subgroup_code" in given else UNCHANGED,
         reference_code=cmd.reference_code if "reference_code" in given else UNCHANGED,
+        actor=_actor(cmd),
         today=today,
     )
     detail = {"version": change[1].version}
@@ -298,12 +309,20 @@ async def update_group(cmd: UpdateGroup, ctx: Context, uow: AbstractUnitOfWork) 
 async def remove_group(cmd: RemoveGroup, ctx: Context, uow: AbstractUnitOfWork) -> None:
     personnummer = Personnummer.parse(cmd.personnummer)
     now, today = ctx.deps.clock.now(), ctx.deps.clock.today()
+    reason = RemovalReason(cmd.reason or RemovalReason.ENDED)
     customer = await uow.repo.get_customer(personnummer)
     membership = customer.remove(
-        membership_id=cmd.membership_id, valid_to=cmd.valid_to, today=today
+        membership_id=cmd.membership_id,
+        valid_to=cmd.valid_to,
+        reason=reason,
+        actor=_actor(cmd),
+        today=today,
     )
     action, change = "customer_group.remove", (None, membership)
-    await _membership_changed(uow, ctx, cmd, personnummer, action, change, now, {})
+    detail = {"reason": reason.value}
+    await _membership_changed(
+        uow, ctx, cmd, personnummer, action, change, now, detail, reason=reason
+    )
 
 
 @_answers_rejections

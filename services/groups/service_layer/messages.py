@@ -7,7 +7,7 @@ from typing import Any
 
 from services.groups.domain.catalog import Catalog, Group, Suggestion
 from services.groups.domain.errors import DomainError
-from services.groups.domain.membership import Customer, Membership
+from services.groups.domain.membership import Actor, Customer, Membership
 
 EVENT_SOURCE = "/customer-groups/groups-service"
 
@@ -42,19 +42,40 @@ def membership_view(membership: Membership, catalog: Catalog) -> dict[str, Any]:
         "valid_to": membership.valid_to.isoformat() if membership.valid_to else None,
         "status": membership.status.value,
         "version": membership.version,
+        "created_at": membership.created_at.isoformat(),
+        "created_by": _by(membership.created_by),
+        "updated_by": _by(membership.updated_by),
     }
 
 
-def customer_groups_view(customer: Customer, catalog: Catalog) -> dict[str, list[dict[str, Any]]]:
-    return {
+def _by(actor: Actor | None) -> dict[str, str] | None:
+    return None if actor is None else actor_view(actor.user_id, actor.unit_id)
+
+
+PROMPT_HISTORY_LIMIT = 50
+"""A prompt lists at most this many historical memberships (contract), the latest ended."""
+
+
+def customer_groups_view(
+    customer: Customer, catalog: Catalog, *, historical_limit: int | None = None
+) -> dict[str, Any]:
+    """The nurse's lists: active, and historical most recently ended first (all of them,
+    or the first `historical_limit`, then with `historical_total`). Entered-in-error
+    memberships are in neither."""
+    historical = customer.historical()
+    # Latest end first; ties by latest start, then creation, so the order is stable.
+    ordered = sorted(
+        historical,
+        key=lambda m: (m.valid_to or m.valid_from, m.valid_from, m.created_at, m.membership_id),
+        reverse=True,
+    )
+    view: dict[str, Any] = {
         "active": [membership_view(m, catalog) for m in customer.active()],
-        "historical": [
-            membership_view(m, catalog)
-            for m in sorted(
-                customer.historical(), key=lambda m: m.valid_to or m.valid_from, reverse=True
-            )
-        ],
+        "historical": [membership_view(m, catalog) for m in ordered[:historical_limit]],
     }
+    if historical_limit is not None:
+        view["historical_total"] = len(historical)
+    return view
 
 
 def catalog_view(groups: tuple[Group, ...]) -> list[dict[str, Any]]:

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Protocol, Self
+from zoneinfo import ZoneInfo
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncTransaction
 
@@ -44,18 +45,10 @@ class GroupsStore(Protocol):
     async def get_customer(self, personnummer: Personnummer) -> Customer: ...
 
     async def insert_membership(
-        self,
-        personnummer: Personnummer,
-        membership: Membership,
-        *,
-        user_id: str,
-        unit_id: str,
-        now: datetime,
+        self, personnummer: Personnummer, membership: Membership, *, now: datetime
     ) -> None: ...
 
-    async def save_membership(
-        self, membership: Membership, *, user_id: str, unit_id: str, now: datetime
-    ) -> None: ...
+    async def save_membership(self, membership: Membership, *, now: datetime) -> None: ...
 
     async def get_booking(self, booking_id: str) -> BookingRow | None: ...
 
@@ -133,8 +126,16 @@ class AbstractUnitOfWork(Protocol):
 
 
 class UnitOfWork:
-    def __init__(self, engine: AsyncEngine, *, dlq_topic: str, service: str) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        dlq_topic: str,
+        service: str,
+        timezone: str = "Europe/Stockholm",  # GROUPS_TIMEZONE: instants read are shown in it
+    ) -> None:
         self._engine = engine
+        self._zone = ZoneInfo(timezone)
         self._dlq_topic = dlq_topic
         self._service = service
         self._connection: AsyncConnection | None = None
@@ -146,7 +147,7 @@ class UnitOfWork:
     async def __aenter__(self) -> Self:
         self._connection = await self._engine.connect()
         self._transaction = await self._connection.begin()
-        self.repo = GroupsRepository(self._connection)
+        self.repo = GroupsRepository(self._connection, zone=self._zone)
         self.catalog = CatalogRepository(self._connection)
         self.outbox = Outbox(dlq_topic=self._dlq_topic, service=self._service)
         return self

@@ -233,8 +233,10 @@ async def mixed_scenario(nurse: NurseClient, today: date) -> Scenario:
         assert event["type"] == "customer_group.added", event["data"]
         s.memberships[label] = event["data"]["membership"]["membership_id"]
 
-    async def ok(type_: str, pnr: str, **fields: Any) -> dict[str, Any]:
-        event = await nurse.command(type_, pnr, **fields)
+    async def ok(
+        type_: str, pnr: str, actor: dict[str, str] | None = None, **fields: Any
+    ) -> dict[str, Any]:
+        event = await nurse.command(type_, pnr, actor, **fields)
         assert event["type"] != "customer_group.command_rejected", event["data"]
         return event
 
@@ -276,6 +278,9 @@ async def mixed_scenario(nurse: NurseClient, today: date) -> Scenario:
         membership_id=s.memberships["b_pneumo"],
         valid_to=(today - timedelta(days=10)).isoformat(),
     )
+    # Added by mistake (contract revision 2): kept, exported as entered_in_error.
+    await add("b_mistake", PNR_B, group_code="OVRIGT", subgroup_code="RESEVACCINATIONER")
+    await ok("remove", PNR_B, membership_id=s.memberships["b_mistake"], reason="entered_in_error")
 
     prompt_c = (await nurse.start("v-c1", PNR_C))["data"]["prompt_id"]
     await add(
@@ -290,6 +295,16 @@ async def mixed_scenario(nurse: NurseClient, today: date) -> Scenario:
     prompt_c2 = (await nurse.start("v-c2", PNR_C))["data"]["prompt_id"]
     await ok("prompt_close", PNR_C, prompt_id=prompt_c2, vaccination_id="v-c2")
     s.vaccinations.append("v-c2")
+    # The pencil corrects the group itself, by another nurse (revision 2), after the doses.
+    await add("c_moved", PNR_C, group_code="PNEUMOKOCK", subgroup_code="ALDER_65_PLUS")
+    await ok(
+        "update",
+        PNR_C,
+        {"user_id": "nurse-2", "unit_id": "unit-2"},
+        membership_id=s.memberships["c_moved"],
+        group_code="INFLUENSA",
+        subgroup_code="ALDER_65_PLUS",
+    )
 
     await add("d_flu", PNR_D, group_code="INFLUENSA", reference_code="X-9")
     await ok("update", PNR_D, membership_id=s.memberships["d_flu"], reference_code=None)

@@ -12,7 +12,7 @@ from datetime import timedelta
 
 from services.export.domain.records import MEMBERSHIP_RECORD, VACCINATION_RECORD
 from services.groups.bootstrap import GroupsSettingsBundle
-from tests.integration.conftest import NurseClient
+from tests.integration.conftest import ACTOR, NurseClient
 from tests.integration.export.conftest import (
     PNR_A,
     PNR_B,
@@ -76,6 +76,18 @@ async def test_adds_corrections_removals_and_doses_become_records(
     # The same group again after removal is a new membership, active.
     assert m["a_covid_again"]["status"] == "active" and m["a_covid_again"]["version"] == 1
     assert m["a_covid_again"]["subgroup_name"] == "Rekommenderad"
+    # Added by mistake: the period stays, the status tells the warehouse to drop it.
+    assert (m["b_mistake"]["status"], m["b_mistake"]["version"]) == ("entered_in_error", 2)
+    assert (m["b_mistake"]["valid_from"], m["b_mistake"]["valid_to"]) == (today.isoformat(), None)
+    # A correction of the group: the same key, now in the other group.
+    assert (m["c_moved"]["group_code"], m["c_moved"]["group_name"]) == ("INFLUENSA", "Influensa")
+    assert (m["c_moved"]["version"], m["c_moved"]["status"]) == (2, "active")
+    # Provenance: who added it and who changed it last (null until a change).
+    nurse_1, nurse_2 = ACTOR, {"user_id": "nurse-2", "unit_id": "unit-2"}
+    assert (m["c_moved"]["created_by"], m["c_moved"]["updated_by"]) == (nurse_1, nurse_2)
+    assert (m["c_travel"]["created_by"], m["c_travel"]["updated_by"]) == (nurse_1, None)
+    assert m["c_travel"]["created_at"] == m["c_travel"]["updated_at"], "never changed"
+    assert m["a_flu"]["created_at"] < m["a_flu"]["updated_at"]
     assert m["d_flu"]["version"] == 3 and m["d_flu"]["reference_code"] is None
     assert m["d_flu"]["subgroup_code"] == "ALDER_65_PLUS"
     for label, pnr in (

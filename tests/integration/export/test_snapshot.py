@@ -56,12 +56,13 @@ def csv_state(path: Path, key: str) -> dict[str, dict[str, str]]:
 
 
 def as_csv(data: dict[str, Any]) -> dict[str, str]:
-    """A record's data as CSV text: null empty, `groups` as JSON, the rest as written."""
+    """A record's data as CSV text: null empty, `groups` and actors as JSON, the rest as
+    written."""
     return {
         k: ""
         if v is None
         else json.dumps(v, ensure_ascii=False, separators=(",", ":"))
-        if isinstance(v, list)
+        if isinstance(v, (list, dict))
         else str(v)
         for k, v in data.items()
     }
@@ -105,6 +106,8 @@ async def test_snapshot_equals_the_topic_state(
     schema = membership_file.schema_arrow
     assert schema.field("valid_from").type == pa.date32()
     assert schema.field("updated_at").type == pa.timestamp("us", tz=settings.timezone)
+    assert schema.field("created_at").type == pa.timestamp("us", tz=settings.timezone)
+    assert pa.types.is_struct(schema.field("created_by").type)
     assert "personnummer" not in schema.names
     groups_type = pq.read_schema(out / "vaccination_records.parquet").field("groups").type
     assert pa.types.is_list(groups_type) and pa.types.is_struct(groups_type.value_type)

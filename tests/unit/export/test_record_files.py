@@ -82,16 +82,27 @@ def test_membership_dates_are_dates_and_null_is_an_empty_csv_field(tmp_path: Pat
         "valid_to": None,
         "status": "active",
         "version": 1,
+        "created_at": "2026-10-01T08:00:00+00:00",
+        "created_by": {"user_id": "nurse-1", "unit_id": "unit-1"},
+        "updated_by": None,
     }
     opted_in = RecordBuilder(BUILDER.pseudonymizer, BUILDER.zone, include_personnummer=True)
     file.write([opted_in.membership(view, "191212121212", AT)])
     file.commit()
-    [row] = pq.read_table(tmp_path / "membership_records.parquet").to_pylist()
+    table = pq.read_table(tmp_path / "membership_records.parquet")
+    [row] = table.to_pylist()
     assert row["valid_from"] == date(2026, 10, 1) and row["valid_to"] is None
     assert row["personnummer"] == "191212121212"  # the column exists only when opted in
+    assert row["created_at"] == datetime(2026, 10, 1, 8, 0, tzinfo=UTC)
+    assert table.schema.field("created_at").type == pa.timestamp("us", tz=ZONE)
+    assert row["created_by"] == {"user_id": "nurse-1", "unit_id": "unit-1"}
+    assert row["updated_by"] is None
     with (tmp_path / "membership_records.csv").open(encoding="utf-8", newline="") as handle:
         [text] = list(csv.DictReader(handle))
     assert text["subgroup_code"] == "" and text["valid_from"] == "2026-10-01"
+    assert text["created_at"] == "2026-10-01T10:00:00+02:00"
+    assert text["created_by"] == '{"user_id":"nurse-1","unit_id":"unit-1"}'
+    assert text["updated_by"] == ""
     assert list(text) == [c.name for c in columns]
 
 

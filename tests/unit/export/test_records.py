@@ -28,9 +28,10 @@ from services.export.domain.records import (
 )
 from services.export.service_layer.pipeline import record_value
 from services.export.service_layer.translate import records_from_event
+from services.groups.adapters.rows import MembershipWrite
 from services.groups.catalog import default_catalog_path
 from services.groups.domain.catalog import Catalog
-from services.groups.domain.membership import Membership
+from services.groups.domain.membership import Actor, Membership, MembershipStatus
 from services.groups.service_layer import messages
 
 KEY = b"unit-test-pseudonym-key-0123456789"
@@ -39,6 +40,7 @@ STOCKHOLM = ZoneInfo("Europe/Stockholm")
 BUILDER = RecordBuilder(Pseudonymizer(KEY), STOCKHOLM)
 CATALOG = Catalog.from_dict(json.loads(default_catalog_path().read_text(encoding="utf-8")))
 NOW = datetime(2026, 11, 26, 13, 35, 12, 80_000, tzinfo=STOCKHOLM)
+CREATED = datetime(2026, 10, 1, 9, 5, 1, 5, tzinfo=STOCKHOLM)  # summer time: +02:00
 MID = "82d0533d-8d51-57d0-be88-dfdc9f37ef80"
 
 
@@ -53,7 +55,13 @@ def membership(
         "valid_from": date(2026, 10, 1),
         "valid_to": None,
         "version": 1,
+        "status": MembershipStatus.ACTIVE,
+        "created_at": CREATED,
+        "created_by": Actor("nurse-1", "unit-1"),
+        "updated_by": None,
     }
+    if changes.get("valid_to") is not None:
+        fields["status"] = MembershipStatus.HISTORICAL
     return Membership(**{**fields, **changes})
 
 
@@ -65,16 +73,12 @@ def row_of(m: Membership, updated_at: datetime = NOW) -> dict[str, Any]:
         if group.code == m.group_code:
             group_name = group.name
             sub_name = next((s.name for s in group.subgroups if s.code == m.subgroup_code), None)
+    row = MembershipWrite(PNR, m, new=True, updated_at=updated_at).row()
     return {
-        "membership_id": m.membership_id,
-        "personnummer": PNR,
-        "group_code": m.group_code,
-        "subgroup_code": m.subgroup_code,
-        "reference_code": m.reference_code,
-        "valid_from": m.valid_from,
-        "valid_to": m.valid_to,
-        "version": m.version,
-        "updated_at": updated_at.astimezone(UTC),  # asyncpg hands out timestamptz in UTC
+        **row,  # the columns as the groups service writes them
+        # asyncpg hands out timestamptz in UTC
+        "created_at": m.created_at.astimezone(UTC),
+        "updated_at": updated_at.astimezone(UTC),
         "catalog_group_name": group_name,
         "catalog_subgroup_name": sub_name,
     }
@@ -132,7 +136,22 @@ def test_row_mapping_equals_the_groups_service_view(
     group: str, subgroup: str | None, valid_to: date | None
 ) -> None:
     m = membership(group, subgroup, valid_to=valid_to, version=3)
-    assert membership_from_row(row_of(m)) == messages.membership_view(m, CATALOG)
+    assert membership_from_row(row_of(m), STOCKHOLM) == messages.membership_view(m, CATALOG)
+
+
+def test_row_mapping_of_provenance_and_a_stored_status() -> None:
+    nurse, other = Actor("nurse-1", "unit-1"), Actor("nurse-2", "unit-2")
+    m = membership(status=MembershipStatus.ENTERED_IN_ERROR, version=2, updated_by=other)
+    view = membership_from_row(row_of(m), STOCKHOLM)
+    assert view == messages.membership_view(m, CATALOG)
+    assert (view["status"], view["valid_to"]) == ("entered_in_error", None)
+    assert (view["created_at"], view["created_by"], view["updated_by"]) == (
+        "2026-10-01T09:05:01.000005+02:00",
+        {"user_id": nurse.user_id, "unit_id": nurse.unit_id},
+        {"user_id": other.user_id, "unit_id": other.unit_id},
+    )
+    by_service = membership(created_by=None)
+    assert membership_from_row(row_of(by_service), STOCKHOLM)["created_by"] is None
 
 
 # -- the live path and the row path give the same bytes -------------------------
@@ -143,18 +162,44 @@ def _through_the_wire(type_: str, data: dict[str, Any], time: datetime) -> Any:
     return decode_cloudevent(new_event(type_, messages.EVENT_SOURCE, data, time=time).to_bytes())
 
 
-def test_a_membership_event_and_its_row_give_the_same_record() -> None:
-    m = membership(valid_to=date(2026, 11, 20), version=2)
+@pytest.mark.parametrize("status", ["historical", "entered_in_error"])
+def test_a_membership_event_and_its_row_give_the_same_record(status: str) -> None:
+    m = membership(
+        valid_to=date(2026, 11, 20),
+        version=2,
+        status=MembershipStatus(status),
+        updated_by=Actor("u", "unit-1"),
+    )
     data = {
         "command_id": "c-1",
         "personnummer": PNR,
         "actor": {"user_id": "u", "unit_id": "unit-1"},
+        "reason": "ended" if status == "historical" else status,
         "membership": messages.membership_view(m, CATALOG),
     }
     [live] = records_from_event(_through_the_wire(messages.REMOVED, data, NOW), BUILDER)
     from_row = BUILDER.membership_from_row(row_of(m))
     assert record_value(live) == record_value(from_row)
-    assert live.key == MID and live.data["status"] == "historical"
+    assert live.key == MID and live.data["status"] == status
+    assert live.data["created_at"] == "2026-10-01T09:05:01.000005+02:00"
+    assert live.data["updated_by"] == {"user_id": "u", "unit_id": "unit-1"}
+
+
+def test_created_at_is_written_in_the_export_zone_whatever_offset_it_came_with() -> None:
+    view = messages.membership_view(membership(), CATALOG)
+    as_utc = {**view, "created_at": CREATED.astimezone(UTC).isoformat()}
+    assert BUILDER.membership(as_utc, PNR, NOW).data == BUILDER.membership(view, PNR, NOW).data
+
+
+@pytest.mark.parametrize("created_at", [None, "", "yesterday", "2026-10-01T09:05:01"])
+def test_a_membership_event_without_an_instant_of_creation_is_poison(created_at: Any) -> None:
+    """An event from before contract revision 2 (no created_at), or a broken one: the
+    backfill republishes the membership from the database instead."""
+    view = {**messages.membership_view(membership(), CATALOG), "created_at": created_at}
+    data = {"command_id": "c", "personnummer": PNR, "actor": None, "membership": view}
+    with pytest.raises(PoisonRecord) as raised:
+        records_from_event(_through_the_wire(messages.ADDED, data, NOW), BUILDER)
+    assert raised.value.error_code == "SCHEMA_VIOLATION"
 
 
 def test_a_confirmation_event_and_its_row_give_the_same_record() -> None:

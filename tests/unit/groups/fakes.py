@@ -31,7 +31,8 @@ class FakeRepository:
     def __init__(self) -> None:
         self.customers: dict[str, Customer] = {}
         self.names: dict[str, tuple[str | None, str | None]] = {}
-        self.memberships: dict[str, tuple[str, Membership, str, str]] = {}
+        # membership id -> (personnummer, the entity as last written, updated_at)
+        self.memberships: dict[str, tuple[str, Membership, datetime]] = {}
         self.bookings: dict[str, BookingRow] = {}
         self.prompts: dict[str, PromptRow] = {}
         self.confirmations: dict[str, dict[str, Any]] = {}
@@ -53,26 +54,13 @@ class FakeRepository:
         return self.customers.setdefault(personnummer.value, Customer(personnummer))
 
     async def insert_membership(
-        self,
-        personnummer: Personnummer,
-        membership: Membership,
-        *,
-        user_id: str,
-        unit_id: str,
-        now: datetime,
+        self, personnummer: Personnummer, membership: Membership, *, now: datetime
     ) -> None:
-        self.memberships[membership.membership_id] = (
-            personnummer.value,
-            membership,
-            user_id,
-            unit_id,
-        )
+        self.memberships[membership.membership_id] = (personnummer.value, replace(membership), now)
 
-    async def save_membership(
-        self, membership: Membership, *, user_id: str, unit_id: str, now: datetime
-    ) -> None:
+    async def save_membership(self, membership: Membership, *, now: datetime) -> None:
         owner = self.memberships[membership.membership_id][0]
-        self.memberships[membership.membership_id] = (owner, membership, user_id, unit_id)
+        self.memberships[membership.membership_id] = (owner, replace(membership), now)
 
     async def get_booking(self, booking_id: str) -> BookingRow | None:
         return self.bookings.get(booking_id)

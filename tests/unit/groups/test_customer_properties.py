@@ -6,7 +6,7 @@ import copy
 import json
 import uuid
 from collections.abc import Callable
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 
 from hypothesis import event, settings
 from hypothesis import strategies as st
@@ -15,7 +15,15 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from services.groups.catalog import default_catalog_path
 from services.groups.domain.catalog import Catalog
 from services.groups.domain.errors import DomainError
-from services.groups.domain.membership import UNCHANGED, Customer, Membership, Unchanged
+from services.groups.domain.membership import (
+    UNCHANGED,
+    Actor,
+    Customer,
+    Membership,
+    MembershipStatus,
+    RemovalReason,
+    Unchanged,
+)
 from services.groups.domain.personnummer import Personnummer
 
 CATALOG = Catalog.from_dict(json.loads(default_catalog_path().read_text(encoding="utf-8")))
@@ -36,6 +44,8 @@ group_and_subgroup = st.sampled_from(GROUP_CODES).flatmap(
     lambda g: st.tuples(st.just(g), st.one_of(_own_subgroups(g), _own_subgroups(g), codes_or_none))
 )
 offsets = st.integers(min_value=-800, max_value=3)
+groups_or_unchanged = st.one_of(st.just(UNCHANGED), st.sampled_from([*GROUP_CODES, None]))
+NURSE = Actor("nurse-1", "unit-1")
 
 
 def _state(customer: Customer) -> list[Membership]:
@@ -81,41 +91,73 @@ class CustomerMachine(RuleBasedStateMachine):
                 subgroup_code=sub,
                 reference_code=ref,
                 valid_from=valid_from,
+                actor=NURSE,
+                now=datetime.combine(self.today, time(9), UTC),
                 today=self.today,
             )
         )
         if isinstance(result, Membership):
-            assert result.version == 1 and result.is_active
+            assert result.version == 1 and result.updated_by is None
             assert result.valid_from <= self.today
-            CATALOG.require_selectable(group, result.subgroup_code, self.today)
+            CATALOG.require_selectable(group, result.subgroup_code, result.valid_from)
+            if not result.is_active:  # an after-registration into a group ended since
+                last = CATALOG.last_day(group, result.subgroup_code)
+                assert last is not None and result.valid_to == last < self.today
 
     @rule(
         index=st.integers(-1, 20),
+        group=groups_or_unchanged,
         sub=st.one_of(st.just(UNCHANGED), codes_or_none),
         ref=st.one_of(st.just(UNCHANGED), references),
     )
-    def correct(self, index: int, sub: str | Unchanged | None, ref: str | Unchanged | None) -> None:
+    def correct(
+        self,
+        index: int,
+        group: str | Unchanged | None,
+        sub: str | Unchanged | None,
+        ref: str | Unchanged | None,
+    ) -> None:
         mid = self._pick(index)
         result = self._attempt(
             lambda: self.customer.correct(
-                CATALOG, membership_id=mid, subgroup_code=sub, reference_code=ref, today=self.today
+                CATALOG,
+                membership_id=mid,
+                group_code=group,
+                subgroup_code=sub,
+                reference_code=ref,
+                actor=NURSE,
+                today=self.today,
             )
         )
         if isinstance(result, tuple):
             previous, current = result
-            assert current.version == previous.version + 1
-            assert current.group_code == previous.group_code
-            assert current.valid_from == previous.valid_from and current.is_active
+            assert current.version == previous.version + 1 and current.updated_by == NURSE
+            assert previous.status is not MembershipStatus.ENTERED_IN_ERROR
+            assert current.valid_from == previous.valid_from
+            if group is UNCHANGED:
+                assert current.group_code == previous.group_code
+            if previous.valid_to is not None:
+                assert current.valid_to is not None and current.valid_to <= previous.valid_to
 
-    @rule(index=st.integers(-1, 20), offset=st.one_of(st.none(), offsets))
-    def remove(self, index: int, offset: int | None) -> None:
+    @rule(
+        index=st.integers(-1, 20),
+        offset=st.one_of(st.none(), offsets),
+        reason=st.sampled_from(RemovalReason),
+    )
+    def remove(self, index: int, offset: int | None, reason: RemovalReason) -> None:
         mid = self._pick(index)
         valid_to = None if offset is None else self.today + timedelta(days=offset)
         result = self._attempt(
-            lambda: self.customer.remove(membership_id=mid, valid_to=valid_to, today=self.today)
+            lambda: self.customer.remove(
+                membership_id=mid, valid_to=valid_to, reason=reason, actor=NURSE, today=self.today
+            )
         )
         if isinstance(result, Membership):
-            assert result.valid_to is not None and result.valid_to <= self.today
+            if reason is RemovalReason.ENDED:
+                assert result.status is MembershipStatus.HISTORICAL
+                assert result.valid_to is not None and result.valid_to <= self.today
+            else:
+                assert result.status is MembershipStatus.ENTERED_IN_ERROR
 
     @invariant()
     def one_active_membership_per_group(self) -> None:
@@ -129,9 +171,15 @@ class CustomerMachine(RuleBasedStateMachine):
             assert mid in current, "a membership was deleted"
             new = current[mid]
             assert new.version >= old.version
-            assert new.group_code == old.group_code and new.valid_from == old.valid_from
-            if not old.is_active:
-                assert new == old, "a historical membership changed"
+            assert (new.valid_from, new.created_at, new.created_by) == (
+                old.valid_from,
+                old.created_at,
+                old.created_by,
+            )
+            if old.status is MembershipStatus.ENTERED_IN_ERROR:
+                assert new == old, "an entered-in-error membership changed"
+            if old.status is MembershipStatus.HISTORICAL:
+                assert not new.is_active, "a historical membership became active again"
         self.seen = copy.deepcopy(current)
 
     @invariant()
@@ -139,7 +187,10 @@ class CustomerMachine(RuleBasedStateMachine):
         for m in self.customer.memberships:
             assert m.valid_to is None or m.valid_from <= m.valid_to
             assert m.reference_code is None or 0 < len(m.reference_code) <= 64
-        assert len(self.customer.active()) + len(self.customer.historical()) == len(
+        in_error = [
+            m for m in self.customer.memberships if m.status is MembershipStatus.ENTERED_IN_ERROR
+        ]
+        assert len(self.customer.active()) + len(self.customer.historical()) + len(in_error) == len(
             self.customer.memberships
         )
 

@@ -10,7 +10,7 @@ from services.groups.domain.catalog import CATALOG_RULE, REQUESTED_AT_BOOKING, C
 from services.groups.domain.membership import Customer
 from services.groups.domain.personnummer import Personnummer
 from services.groups.domain.suggestions import suggestions_for
-from tests.unit.groups.conftest import TODAY
+from tests.unit.groups.conftest import NOW, TODAY
 
 ELDERLY = Personnummer.parse("193001012388")  # over 75: COVID_19 / REKOMMENDERAD by rule
 COVID_VACCINE = "J07BN01"
@@ -46,7 +46,12 @@ def test_a_request_no_longer_selectable_is_no_suggestion(example_catalog: Catalo
 def test_a_group_the_customer_has_is_not_suggested(example_catalog: Catalog) -> None:
     customer = Customer(ELDERLY)
     customer.add_group(
-        example_catalog, membership_id=str(uuid.uuid4()), group_code="COVID_19", today=TODAY
+        example_catalog,
+        membership_id=str(uuid.uuid4()),
+        group_code="COVID_19",
+        actor=None,
+        now=NOW,
+        today=TODAY,
     )
     found = pairs(
         customer, example_catalog, requested=("COVID_19", None), vaccine_code=COVID_VACCINE
