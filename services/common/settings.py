@@ -85,6 +85,8 @@ class GroupsSettings(BaseSettings):
     timezone: str = "Europe/Stockholm"
     # Inbound batches applied at once (one database connection each); 1 = strictly serial.
     batches_in_flight: int = Field(default=2, ge=1, le=8)
+    # The retirement sweep also runs on start, on a new catalog and on a new day.
+    retirement_sweep_seconds: float = Field(default=3600.0, gt=0)
 
     @property
     def allowed_unit_set(self) -> frozenset[str]:

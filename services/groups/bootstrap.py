@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,6 +44,7 @@ from services.groups.service_layer import messagebus, operations
 from services.groups.service_layer.applier import BatchApplier, BatchOutcome
 from services.groups.service_layer.context import CatalogHolder, Clock, Dependencies
 from services.groups.service_layer.messagebus import MessageBus
+from services.groups.service_layer.retirement import retire_ended_memberships
 from services.groups.service_layer.scheduling import BatchPipeline
 from services.groups.service_layer.unit_of_work import UnitOfWork
 
@@ -122,16 +124,17 @@ class GroupsService:
         # One allowlist for commands and HTTP reads.
         self.authorization = authorization_from(s)
         self.access_tokens = access_tokens_from(s)
+        self.deps = Dependencies(
+            clock=self.clock,
+            catalog=self.catalog,
+            authorization=self.authorization,
+            prompts_topic=s.topics.prompts,
+            events_topic=s.topics.events,
+        )
         self.bus = MessageBus(
             messagebus.message_types(s.topics),
             messagebus.HANDLERS,
-            Dependencies(
-                clock=self.clock,
-                catalog=self.catalog,
-                authorization=self.authorization,
-                prompts_topic=s.topics.prompts,
-                events_topic=s.topics.events,
-            ),
+            self.deps,
             max_event_bytes=s.kafka.max_message_bytes,
         )
         self.relay = OutboxRelay(
@@ -223,12 +226,25 @@ class GroupsService:
             self.catalog.current = loaded
 
     async def _reload_catalog_periodically(self) -> None:
+        """Follow the catalog tables, and run the retirement sweep on start, on a new
+        catalog, on a new day and every `GROUPS_RETIREMENT_SWEEP_SECONDS`."""
+        swept: tuple[str, object] | None = None  # (catalog version, day) of the last sweep
+        last_sweep = 0.0
         while True:
-            await asyncio.sleep(CATALOG_RELOAD_SECONDS)
             try:
                 await self.reload_catalog()
             except Exception as error:  # keep the catalog in force; try again later
                 log.warning("catalog reload failed: %s", type(error).__name__)
+            due = (self.catalog.current.version, self.clock.today())
+            interval = self.settings.groups.retirement_sweep_seconds
+            if due != swept or time.monotonic() - last_sweep >= interval:
+                try:
+                    ended = await retire_ended_memberships(self.new_uow, self.deps)
+                    self.metrics.retired.inc(ended)
+                    swept, last_sweep = due, time.monotonic()
+                except Exception as error:  # nothing changed; the next round tries again
+                    log.warning("retirement sweep failed: %s", type(error).__name__)
+            await asyncio.sleep(CATALOG_RELOAD_SECONDS)
 
     async def start_background(self) -> None:
         self.relay.start()

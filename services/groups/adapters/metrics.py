@@ -30,3 +30,8 @@ class GroupsMetrics:
         self.relay_leader = Gauge(
             "groups_outbox_relay_leader", "1 when this process's relay is publishing", registry=r
         )
+        self.retired = Counter(
+            "groups_memberships_retired_total",
+            "Active memberships the retirement sweep ended because the catalog ended their group",
+            registry=r,
+        )

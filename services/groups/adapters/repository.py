@@ -15,12 +15,12 @@ from dataclasses import replace
 from datetime import datetime, tzinfo
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.groups.adapters import batch_writer, rows
 from services.groups.adapters.catalog_repository import CatalogRepository
-from services.groups.adapters.orm import customers
+from services.groups.adapters.orm import customers, memberships
 from services.groups.adapters.rows import BookingRow, Changes, MembershipWrite, PromptRow
 from services.groups.domain.errors import DomainError
 from services.groups.domain.membership import Customer, Membership
@@ -157,6 +157,34 @@ class GroupsRepository:
         if personnummer.value not in self._customers:
             await self.preload(personnummer=[personnummer.value])
         return self._customers[personnummer.value]
+
+    async def customers_in_ended_groups(
+        self,
+        groups: Sequence[str],
+        subgroups: Sequence[tuple[str, str]],
+        *,
+        after: str,
+        limit: int,
+    ) -> list[str]:
+        """Personnummer (after `after`, in order, at most `limit`) with an active
+        membership in one of `groups`, or in one of the (group, subgroup) pairs: the
+        retirement sweep's candidates. Read without locks; the sweep re-reads each
+        customer under its lock before changing anything."""
+        if not groups and not subgroups:
+            return []
+        m = memberships.c
+        # An empty IN list is valid SQLAlchemy (it renders as false).
+        in_ended = or_(
+            m.group_code.in_(groups), tuple_(m.group_code, m.subgroup_code).in_(subgroups)
+        )
+        query = (
+            select(m.personnummer)
+            .where(and_(m.status == "active", m.personnummer > after, in_ended))
+            .group_by(m.personnummer)
+            .order_by(m.personnummer)
+            .limit(limit)
+        )
+        return list((await self._c.execute(query)).scalars())
 
     async def insert_membership(
         self, personnummer: Personnummer, membership: Membership, *, now: datetime

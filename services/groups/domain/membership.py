@@ -401,3 +401,30 @@ class Customer:
         membership.version += 1
         membership.updated_by = actor
         return membership
+
+    def retire(self, catalog: Catalog, *, today: date) -> list[Membership]:
+        """End every active membership whose group or subgroup ended before `today`, on
+        that last day (never before its own `valid_from`); return them.
+
+        The service does this itself (the retirement sweep), so `updated_by` is None.
+        Idempotent: a membership ended here is no longer active, so a second sweep, or
+        a second process sweeping the same customer, finds nothing left to end.
+        """
+        today = _require_day(today, "today")
+        ended = []
+        for membership in self.active():
+            end = _retired_end(
+                catalog,
+                membership.group_code,
+                membership.subgroup_code,
+                membership.valid_from,
+                today,
+            )
+            if end is None:
+                continue
+            membership.valid_to = end
+            membership.status = MembershipStatus.HISTORICAL
+            membership.version += 1
+            membership.updated_by = None
+            ended.append(membership)
+        return ended

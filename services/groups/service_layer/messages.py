@@ -19,6 +19,8 @@ CONFIRMED = "customer_group.vaccination_groups_confirmed"
 PROMPT = "customer_group.prompt"
 CATALOG_GROUP = "customer_group.catalog_group"
 
+GROUP_RETIRED = "group_retired"  # `removed`'s reason when the catalog ended the group
+
 
 def membership_view(membership: Membership, catalog: Catalog) -> dict[str, Any]:
     group_name = membership.group_code
@@ -133,6 +135,18 @@ def suggestion_view(suggestion: Suggestion) -> dict[str, Any]:
 
 def actor_view(user_id: str, unit_id: str) -> dict[str, str]:
     return {"user_id": user_id, "unit_id": unit_id}
+
+
+def retired_data(personnummer: str, membership: Membership, catalog: Catalog) -> dict[str, Any]:
+    """`customer_group.removed` for a membership the retirement sweep ended: no command
+    and no actor caused it."""
+    return {
+        "command_id": None,
+        "personnummer": personnummer,
+        "actor": None,
+        "reason": GROUP_RETIRED,
+        "membership": membership_view(membership, catalog),
+    }
 
 
 def rejected_data(

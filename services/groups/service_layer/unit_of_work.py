@@ -44,6 +44,15 @@ class GroupsStore(Protocol):
 
     async def get_customer(self, personnummer: Personnummer) -> Customer: ...
 
+    async def customers_in_ended_groups(
+        self,
+        groups: Sequence[str],
+        subgroups: Sequence[tuple[str, str]],
+        *,
+        after: str,
+        limit: int,
+    ) -> list[str]: ...
+
     async def insert_membership(
         self, personnummer: Personnummer, membership: Membership, *, now: datetime
     ) -> None: ...

@@ -3,6 +3,7 @@ bus and the batch applier run against it in milliseconds, without PostgreSQL."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
 from types import TracebackType
@@ -52,6 +53,23 @@ class FakeRepository:
 
     async def get_customer(self, personnummer: Personnummer) -> Customer:
         return self.customers.setdefault(personnummer.value, Customer(personnummer))
+
+    async def customers_in_ended_groups(
+        self,
+        groups: Sequence[str],
+        subgroups: Sequence[tuple[str, str]],
+        *,
+        after: str,
+        limit: int,
+    ) -> list[str]:
+        found = {
+            owner
+            for owner, m, _ in self.memberships.values()
+            if m.status == "active"
+            and owner > after
+            and (m.group_code in groups or (m.group_code, m.subgroup_code) in subgroups)
+        }
+        return sorted(found)[:limit]
 
     async def insert_membership(
         self, personnummer: Personnummer, membership: Membership, *, now: datetime
