@@ -83,6 +83,11 @@ class Service:
 
 @pytest.fixture
 def service(catalog: Catalog) -> Service:
+    return make_service(catalog)
+
+
+def make_service(catalog: Catalog) -> Service:
+    """The message bus and batch applier over a fresh fake unit of work."""
     uow = FakeUnitOfWork()
     deps = Dependencies(
         clock=FixedClock(NOW),
