@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from services.common.envelope import PoisonRecord, new_event
+from services.groups.adapters.rows import PromptRow
 from services.groups.domain.authorization import UNAUTHORIZED_MESSAGE
 from services.groups.domain.doses import (
     Actor,
@@ -123,6 +124,18 @@ async def booking_cancelled(
 
 # -- vaccination started -> prompt ---------------------------------------------------
 
+_VACCINATION_OF_ANOTHER = "vaccination_id is already known for another customer or unit"
+
+
+def _known_for_another(
+    personnummer: Personnummer, unit_id: str, prompt: PromptRow | None, dose: Dose | None
+) -> bool:
+    """A vaccination_id already started or recorded for another customer or unit."""
+    return any(
+        known is not None and (known.personnummer != personnummer.value or known.unit_id != unit_id)
+        for known in (prompt, dose)
+    )
+
 
 async def vaccination_started(
     started: VaccinationStarted, ctx: Context, uow: AbstractUnitOfWork
@@ -133,12 +146,12 @@ async def vaccination_started(
         return
     personnummer = Personnummer.parse(started.personnummer)
     existing = await uow.repo.get_prompt_by_vaccination(started.vaccination_id)
+    dose = await uow.repo.get_dose(started.vaccination_id)
+    if _known_for_another(personnummer, started.unit_id, existing, dose):
+        # Re-sending would hand one patient's groups to whoever reuses the id.
+        await outgoing.reject(uow, ctx, personnummer, InvalidCommand(_VACCINATION_OF_ANOTHER))
+        return
     if existing is not None:
-        if existing.personnummer != personnummer.value or existing.unit_id != started.unit_id:
-            # Re-sending would hand one patient's groups to whoever reuses the id.
-            error = InvalidCommand("vaccination_id is already known for another customer or unit")
-            await outgoing.reject(uow, ctx, personnummer, error)
-            return
         # Same vaccination again: re-send the very same prompt (same ids, same bytes).
         await uow.outbox.add(deps.prompts_topic, existing.personnummer.encode(), existing.event)
         return
@@ -347,8 +360,6 @@ async def close_prompt(cmd: ClosePrompt, ctx: Context, uow: AbstractUnitOfWork) 
 
 # -- vaccination registered -> the dose's record ----------------------------------------
 
-_VACCINATION_OF_ANOTHER = "vaccination_id is already known for another customer or unit"
-
 
 def _new_dose(vaccination_id: str, personnummer: Personnummer, unit_id: str, now: datetime) -> Dose:
     """A record not stored yet (version 0): `doses.decide` makes it version 1."""
@@ -389,13 +400,10 @@ async def vaccination_registered(
     )
     dose = await uow.repo.get_dose(vaccination_id)
     prompt = await uow.repo.get_prompt_by_vaccination(vaccination_id)
-    for known in (dose, prompt):
-        if known is not None and (
-            known.personnummer != personnummer.value or known.unit_id != registered.unit_id
-        ):
-            # As for a start: answering would hand one patient's dose to whoever reuses it.
-            await outgoing.reject(uow, ctx, personnummer, InvalidCommand(_VACCINATION_OF_ANOTHER))
-            return
+    if _known_for_another(personnummer, registered.unit_id, prompt, dose):
+        # As for a start: answering would hand one patient's dose to whoever reuses it.
+        await outgoing.reject(uow, ctx, personnummer, InvalidCommand(_VACCINATION_OF_ANOTHER))
+        return
     if dose is not None and dose.registration() == registration:
         return  # the same registration again (also under a new event id)
     now = deps.clock.now()

@@ -290,6 +290,12 @@ async def test_a_vaccination_id_known_for_another_customer_or_unit_is_refused(
     [answer] = await register(service, vaccination_id="v-2", personnummer=OTHER_PNR)
     assert answer["data"]["reason_code"] == "INVALID_COMMAND"
     assert list(service.uow.repo.doses) == ["v-2"]
+    # A start of a dose registered for someone else gets no prompt.
+    before = len(service.uow.outbox.records)
+    await service.start("v-2", personnummer=OTHER_PNR)
+    [(topic, _key, value)] = service.uow.outbox.records[before:]
+    assert topic == TOPICS.events
+    assert json.loads(value or b"")["data"]["reason_code"] == "INVALID_COMMAND"
 
 
 # -- re-confirmation after a membership change --------------------------------------------
