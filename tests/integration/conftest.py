@@ -213,6 +213,21 @@ class NurseClient:
         return event
 
 
+@contextlib.asynccontextmanager
+async def running_nurse(
+    settings: GroupsSettingsBundle, kafka: KafkaTestClient, bootstrap: str
+) -> AsyncIterator[tuple[GroupsService, NurseClient]]:
+    """A groups service of `settings` (e.g. with an allowlist) and a client reading its
+    events and prompts."""
+    async with running_groups_service(settings) as service:
+        topics = service.settings.topics
+        async with (
+            TopicCollector(bootstrap, topics.events) as events,
+            TopicCollector(bootstrap, topics.prompts) as prompts,
+        ):
+            yield service, NurseClient(kafka, topics, events, prompts)
+
+
 @pytest.fixture
 async def nurse(
     groups_service: GroupsService, kafka: KafkaTestClient, infra: Infrastructure

@@ -94,15 +94,9 @@ def membership_record(
     return ExportRecord(str(membership["membership_id"]), MEMBERSHIP_RECORD, data, updated_at)
 
 
-# What each of a dose's `groups` says of its membership (CONTRACT.md, "Export").
-GROUP_FIELDS = (
-    "membership_id",
-    "group_code",
-    "group_name",
-    "subgroup_code",
-    "subgroup_name",
-    "reference_code",
-)
+# What each of a dose's `groups` says of its membership (CONTRACT.md, "Export"): its id,
+# codes and names.
+GROUP_FIELDS = MEMBERSHIP_FIELDS[: MEMBERSHIP_FIELDS.index("reference_code") + 1]
 VACCINE_FIELDS = ("code", "name", "dose_number")
 
 
