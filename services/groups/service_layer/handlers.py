@@ -335,7 +335,7 @@ async def remove_group(cmd: RemoveGroup, ctx: Context, uow: AbstractUnitOfWork) 
 async def close_prompt(cmd: ClosePrompt, ctx: Context, uow: AbstractUnitOfWork) -> None:
     """The popup closed: the dose's record gets `confirmed_at`. Until the dose is
     registered its groups are those covering the day of the close; once registered, the
-    registration's day decides and the close only adds when the popup was closed."""
+    registration's day decides and the close only records when the popup was closed."""
     personnummer = Personnummer.parse(cmd.personnummer)
     prompt = await _require_prompt(uow, cmd.prompt_id, personnummer, cmd.vaccination_id)
     if prompt.unit_id != cmd.actor.unit_id:
@@ -345,7 +345,7 @@ async def close_prompt(cmd: ClosePrompt, ctx: Context, uow: AbstractUnitOfWork) 
     if dose is not None and dose.personnummer != personnummer.value:
         raise InvalidCommand(_VACCINATION_OF_ANOTHER)
     if dose is None:
-        dose = _new_dose(prompt.vaccination_id, personnummer, prompt.unit_id, now)
+        dose = _new_dose(prompt.vaccination_id, personnummer, prompt.unit_id, now, None)
     dose = replace(dose, prompt_id=prompt.prompt_id, confirmed_at=now)
     await uow.repo.close_prompt(prompt.prompt_id, now=now)
     customer = await uow.repo.get_customer(personnummer)
@@ -361,7 +361,13 @@ async def close_prompt(cmd: ClosePrompt, ctx: Context, uow: AbstractUnitOfWork) 
 # -- vaccination registered -> the dose's record ----------------------------------------
 
 
-def _new_dose(vaccination_id: str, personnummer: Personnummer, unit_id: str, now: datetime) -> Dose:
+def _new_dose(
+    vaccination_id: str,
+    personnummer: Personnummer,
+    unit_id: str,
+    now: datetime,
+    prompt_id: str | None,
+) -> Dose:
     """A record not stored yet (version 0): `doses.decide` makes it version 1."""
     return Dose(
         vaccination_id=vaccination_id,
@@ -369,7 +375,7 @@ def _new_dose(vaccination_id: str, personnummer: Personnummer, unit_id: str, now
         unit_id=unit_id,
         basis=Basis.POPUP,
         status=DoseStatus.COMPLETED,
-        prompt_id=None,
+        prompt_id=prompt_id,
         confirmed_at=None,
         administered_at=None,
         vaccine=None,
@@ -408,8 +414,9 @@ async def vaccination_registered(
         return  # the same registration again (also under a new event id)
     now = deps.clock.now()
     if dose is None:
-        dose = _new_dose(vaccination_id, personnummer, registered.unit_id, now)
-        dose = replace(dose, prompt_id=prompt.prompt_id if prompt is not None else None)
+        # The popup's prompt, when the vaccination was started (closed or not).
+        prompt_id = prompt.prompt_id if prompt is not None else None
+        dose = _new_dose(vaccination_id, personnummer, registered.unit_id, now, prompt_id)
     customer = await uow.repo.get_customer(personnummer)
     actor = Actor(registered.user_id, registered.unit_id)
     dose = await doses.decide(
