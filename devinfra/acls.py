@@ -86,7 +86,13 @@ def acl_set(
     p = principals or Principals()
     inbound = topics.inbound
     return [
-        Acl(p.groups, ("READ",), "topic", inbound, "consumes bookings, starts and commands"),
+        Acl(
+            p.groups,
+            ("READ",),
+            "topic",
+            inbound,
+            "consumes bookings, starts, registrations and commands",
+        ),
         Acl(p.groups, ("READ",), "group", (groups_consumer_group,), "its consumer group"),
         Acl(
             p.groups,
@@ -117,8 +123,8 @@ def acl_set(
             p.vaccination_client,
             ("WRITE",),
             "topic",
-            (topics.started, topics.commands),
-            "publishes vaccination starts and group commands",
+            (topics.started, topics.registered, topics.commands),
+            "publishes vaccination starts, registrations and group commands",
         ),
         Acl(
             p.vaccination_client,

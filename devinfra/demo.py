@@ -1,8 +1,9 @@
 """`python -m devinfra.demo`: the product on embedded defaults, with a short demo feed.
 
 Starts the real Apache Kafka broker (jars from Maven) and embedded PostgreSQL, both
-services as their own processes, then plays the nurse's popup flow for the public test
-identity and prints what each step produced and where everything runs. Keeps running
+services as their own processes, then plays the user guide's two flows for the public
+test identity (with the popup, and without it: an after-registration) and prints what
+each step produced, ending with the dose's export record, and where everything runs. Keeps running
 until Ctrl+C unless `--once`.
 """
 
@@ -16,6 +17,8 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +32,7 @@ from services.common.settings import TopicSettings
 
 TEST_IDENTITY = "191212121212"  # the public test identity from the user guide
 ACTOR = {"user_id": "demo-nurse", "unit_id": "demo-unit"}
+CONFIRMED = "customer_group.vaccination_groups_confirmed"
 
 
 def _event(type_: str, data: dict[str, Any]) -> bytes:
@@ -45,7 +49,13 @@ def _event(type_: str, data: dict[str, Any]) -> bytes:
     ).encode()
 
 
-async def _wait_for(bootstrap: str, topic: str, type_: str) -> dict[str, Any]:
+async def _wait_for(
+    bootstrap: str,
+    topic: str,
+    type_: str,
+    match: Callable[[dict[str, Any]], bool] = lambda _data: True,
+) -> dict[str, Any]:
+    """The first event of `type_` on `topic` whose data `match`es."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
     await consumer.start()
@@ -59,7 +69,7 @@ async def _wait_for(bootstrap: str, topic: str, type_: str) -> dict[str, Any]:
             for records in (await consumer.getmany(timeout_ms=200)).values():
                 for record in records:
                     event = json.loads(record.value)
-                    if event["type"] == type_:
+                    if event["type"] == type_ and match(event["data"]):
                         return dict(event)
         raise TimeoutError(f"no {type_} on {topic}")
     finally:
@@ -153,20 +163,81 @@ async def _feed(
                 "vaccination_id": vaccination_id,
             },
         )
-        confirmed = await _wait_for(
-            bootstrap, topics.events, "customer_group.vaccination_groups_confirmed"
-        )
+        confirmed = await _wait_for(bootstrap, topics.events, CONFIRMED)
         print(
             f"   confirmed for the dose: "
             f"{[m['group_code'] for m in confirmed['data']['memberships']]}"
         )
-        record = await _wait_for(bootstrap, topics.export, "customer_group.vaccination_record")
+        print("5. vaccination.registered (the dose signed in the record) -> its dose record")
+        await send(topics.registered, "vaccination.registered", _registration(vaccination_id))
+        registered = await _wait_for(
+            bootstrap, topics.events, CONFIRMED, lambda d: d["basis"] == "registration"
+        )
+        print(f"   basis={registered['data']['basis']}, version={registered['data']['version']}")
+
+        print("6. without popup, an after-registration: customer_group.add of the group that")
+        print("   applied three weeks ago (Covid-19 - Rekommenderad), then the dose's registration")
+        three_weeks_back = datetime.now(UTC) - timedelta(days=21)
+        await send(
+            topics.commands,
+            "customer_group.add",
+            {
+                "personnummer": TEST_IDENTITY,
+                "actor": ACTOR,
+                "group_code": "COVID_19",
+                "subgroup_code": "REKOMMENDERAD",
+                "valid_from": three_weeks_back.date().isoformat(),
+            },
+        )
+        # Topics are not ordered with each other: the group is stored before the dose.
+        await _wait_for(
+            bootstrap, topics.events, "customer_group.added",
+            lambda d: d["membership"]["group_code"] == "COVID_19",
+        )  # fmt: skip
+        late_dose = f"demo-vaccination-{uuid.uuid4().hex[:6]}"
+        await send(
+            topics.registered,
+            "vaccination.registered",
+            _registration(late_dose, three_weeks_back, ("J07BN01", "Comirnaty")),
+        )
+        late = await _wait_for(
+            bootstrap, topics.events, CONFIRMED, lambda d: d["vaccination_id"] == late_dose
+        )
         print(
-            f"5. export: vaccination_record for subject {record['data']['subject_id'][:16]}… "
-            f"groups={record['data']['groups']}"
+            f"   {late_dose}: groups of its day "
+            f"{[m['group_code'] for m in late['data']['memberships']]}, no popup "
+            f"(prompt_id={late['data']['prompt_id']})"
+        )
+        record = await _wait_for(
+            bootstrap,
+            topics.export,
+            "customer_group.vaccination_record",
+            lambda d: d["vaccination_id"] == late_dose,
+        )
+        data = record["data"]
+        print(
+            f"7. export: vaccination_record of {late_dose} for subject {data['subject_id'][:16]}…:"
+            f" administered_at={data['administered_at']}, vaccine={data['vaccine']},"
+            f" basis={data['basis']}, missing_group={data['missing_group']},"
+            f" groups={[(g['group_code'], g['subgroup_code']) for g in data['groups']]}"
         )
     finally:
         await producer.stop()
+
+
+def _registration(
+    vaccination_id: str,
+    given: datetime | None = None,
+    vaccine: tuple[str, str] = ("J07BB02", "Influvac Tetra"),
+) -> dict[str, Any]:
+    return {
+        "vaccination_id": vaccination_id,
+        "unit_id": ACTOR["unit_id"],
+        "user_id": ACTOR["user_id"],
+        "personnummer": TEST_IDENTITY,
+        "administered_at": (given or datetime.now(UTC)).isoformat(),
+        "vaccine": {"code": vaccine[0], "name": vaccine[1], "dose_number": 1},
+    }
 
 
 def _read_back(groups_url: str, token: dict[str, str]) -> None:
@@ -174,12 +245,12 @@ def _read_back(groups_url: str, token: dict[str, str]) -> None:
         f"{groups_url}/customer-card", {"personnummer": TEST_IDENTITY}, headers=token
     )
     assert status == 200, card
-    print(f"6. customer card from PostgreSQL: active={[m['group_code'] for m in card['active']]}")
+    print(f"8. customer card from PostgreSQL: active={[m['group_code'] for m in card['active']]}")
     status, found = http_json(f"{groups_url}/booking?booking_id=demo-booking-1", headers=token)
     assert status == 200, found
     booking = found["booking"]
     print(
-        f"7. booking from PostgreSQL: {booking['booking_id']} at {booking['start_time']}, "
+        f"9. booking from PostgreSQL: {booking['booking_id']} at {booking['start_time']}, "
         f"status={booking['status']}, requested={booking['requested_group']}"
     )
 
@@ -251,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(_feed(infra.kafka_bootstrap, topics, groups.url, token))
             _read_back(groups.url, token)
             print(
-                "\nDemo done: the booking, the groups and the dose's confirmation are stored "
+                "\nDemo done: the booking, the groups and both doses' records are stored "
                 "and exported."
             )
             if not args.once:

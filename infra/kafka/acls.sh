@@ -9,12 +9,12 @@
 set -euo pipefail
 : "${KAFKA_BOOTSTRAP:?}" "${KAFKA_ADMIN_CONFIG:?}"
 KAFKA_ACLS="${KAFKA_ACLS:-/opt/kafka/bin/kafka-acls.sh}"
-# User:customer-groups: consumes bookings, starts and commands
-"$KAFKA_ACLS" --bootstrap-server "$KAFKA_BOOTSTRAP" --command-config "$KAFKA_ADMIN_CONFIG" --add --allow-principal User:customer-groups --operation READ --topic vaccination.bookings.v1 --topic vaccination.started.v1 --topic customer-groups.commands.v1
+# User:customer-groups: consumes bookings, starts, registrations and commands
+"$KAFKA_ACLS" --bootstrap-server "$KAFKA_BOOTSTRAP" --command-config "$KAFKA_ADMIN_CONFIG" --add --allow-principal User:customer-groups --operation READ --topic vaccination.bookings.v1 --topic vaccination.started.v1 --topic vaccination.registered.v1 --topic customer-groups.commands.v1
 # User:customer-groups: its consumer group
 "$KAFKA_ACLS" --bootstrap-server "$KAFKA_BOOTSTRAP" --command-config "$KAFKA_ADMIN_CONFIG" --add --allow-principal User:customer-groups --operation READ --group customer-groups
 # User:customer-groups: outbox relay: prompts, events, dead letters, dead-letter replay back to the inbound topic the record came from, and the catalog
-"$KAFKA_ACLS" --bootstrap-server "$KAFKA_BOOTSTRAP" --command-config "$KAFKA_ADMIN_CONFIG" --add --allow-principal User:customer-groups --operation WRITE --topic customer-groups.prompts.v1 --topic customer-groups.events.v1 --topic customer-groups.dlq.v1 --topic vaccination.bookings.v1 --topic vaccination.started.v1 --topic customer-groups.commands.v1 --topic customer-groups.catalog.v1
+"$KAFKA_ACLS" --bootstrap-server "$KAFKA_BOOTSTRAP" --command-config "$KAFKA_ADMIN_CONFIG" --add --allow-principal User:customer-groups --operation WRITE --topic customer-groups.prompts.v1 --topic customer-groups.events.v1 --topic customer-groups.dlq.v1 --topic vaccination.bookings.v1 --topic vaccination.started.v1 --topic vaccination.registered.v1 --topic customer-groups.commands.v1 --topic customer-groups.catalog.v1
 # User:customer-groups-export: consumes the groups events
 "$KAFKA_ACLS" --bootstrap-server "$KAFKA_BOOTSTRAP" --command-config "$KAFKA_ADMIN_CONFIG" --add --allow-principal User:customer-groups-export --operation READ --topic customer-groups.events.v1
 # User:customer-groups-export: its consumer group
@@ -25,11 +25,11 @@ KAFKA_ACLS="${KAFKA_ACLS:-/opt/kafka/bin/kafka-acls.sh}"
 "$KAFKA_ACLS" --bootstrap-server "$KAFKA_BOOTSTRAP" --command-config "$KAFKA_ADMIN_CONFIG" --add --allow-principal User:booking-system --operation WRITE --topic vaccination.bookings.v1
 # User:booking-system: reads the catalog (the groups a patient may choose when booking online)
 "$KAFKA_ACLS" --bootstrap-server "$KAFKA_BOOTSTRAP" --command-config "$KAFKA_ADMIN_CONFIG" --add --allow-principal User:booking-system --operation READ --topic customer-groups.catalog.v1
-# User:vaccination-client: publishes vaccination starts and group commands
-"$KAFKA_ACLS" --bootstrap-server "$KAFKA_BOOTSTRAP" --command-config "$KAFKA_ADMIN_CONFIG" --add --allow-principal User:vaccination-client --operation WRITE --topic vaccination.started.v1 --topic customer-groups.commands.v1
+# User:vaccination-client: publishes vaccination starts, registrations and group commands
+"$KAFKA_ACLS" --bootstrap-server "$KAFKA_BOOTSTRAP" --command-config "$KAFKA_ADMIN_CONFIG" --add --allow-principal User:vaccination-client --operation WRITE --topic vaccination.started.v1 --topic vaccination.registered.v1 --topic customer-groups.commands.v1
 # User:vaccination-client: reads prompts, events and the catalog
 "$KAFKA_ACLS" --bootstrap-server "$KAFKA_BOOTSTRAP" --command-config "$KAFKA_ADMIN_CONFIG" --add --allow-principal User:vaccination-client --operation READ --topic customer-groups.prompts.v1 --topic customer-groups.events.v1 --topic customer-groups.catalog.v1
 # User:vaccination-client: consumer groups of its own prefix
 "$KAFKA_ACLS" --bootstrap-server "$KAFKA_BOOTSTRAP" --command-config "$KAFKA_ADMIN_CONFIG" --add --allow-principal User:vaccination-client --operation READ --group vaccination-client --resource-pattern-type prefixed
 # User:customer-groups-migrate: `python -m services.groups migrate` creates every topic of the product
-"$KAFKA_ACLS" --bootstrap-server "$KAFKA_BOOTSTRAP" --command-config "$KAFKA_ADMIN_CONFIG" --add --allow-principal User:customer-groups-migrate --operation CREATE --operation DESCRIBE --topic vaccination.bookings.v1 --topic vaccination.started.v1 --topic customer-groups.commands.v1 --topic customer-groups.prompts.v1 --topic customer-groups.events.v1 --topic customer-groups.export.v1 --topic customer-groups.dlq.v1 --topic customer-groups.catalog.v1
+"$KAFKA_ACLS" --bootstrap-server "$KAFKA_BOOTSTRAP" --command-config "$KAFKA_ADMIN_CONFIG" --add --allow-principal User:customer-groups-migrate --operation CREATE --operation DESCRIBE --topic vaccination.bookings.v1 --topic vaccination.started.v1 --topic vaccination.registered.v1 --topic customer-groups.commands.v1 --topic customer-groups.prompts.v1 --topic customer-groups.events.v1 --topic customer-groups.export.v1 --topic customer-groups.dlq.v1 --topic customer-groups.catalog.v1

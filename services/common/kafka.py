@@ -113,6 +113,7 @@ def topic_specs(topics: TopicSettings, kafka: KafkaSettings) -> list[TopicSpec]:
     return [
         TopicSpec(topics.bookings, inbound, {}),
         TopicSpec(topics.started, inbound, {}),
+        TopicSpec(topics.registered, inbound, {}),
         TopicSpec(topics.commands, inbound, {}),
         TopicSpec(topics.prompts, inbound, {}),
         TopicSpec(topics.events, inbound, {}),

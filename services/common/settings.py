@@ -19,6 +19,7 @@ class TopicSettings(BaseSettings):
 
     bookings: str = "vaccination.bookings.v1"
     started: str = "vaccination.started.v1"
+    registered: str = "vaccination.registered.v1"
     commands: str = "customer-groups.commands.v1"
     prompts: str = "customer-groups.prompts.v1"
     events: str = "customer-groups.events.v1"
@@ -27,8 +28,8 @@ class TopicSettings(BaseSettings):
     catalog: str = "customer-groups.catalog.v1"
 
     @property
-    def inbound(self) -> tuple[str, str, str]:
-        return (self.bookings, self.started, self.commands)
+    def inbound(self) -> tuple[str, ...]:
+        return (self.bookings, self.started, self.registered, self.commands)
 
 
 class KafkaSettings(BaseSettings):

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -172,6 +173,34 @@ class NurseClient:
         await self.kafka.send_event(self.topics.started, event, key=personnummer)
         found = await self.prompts.wait_for(lambda e: e["data"]["vaccination_id"] == vaccination_id)
         return found[-1]
+
+    async def register(
+        self,
+        vaccination_id: str,
+        personnummer: str,
+        *,
+        event_id: str | None = None,
+        **fields: Any,
+    ) -> dict[str, Any]:
+        """Send a `vaccination.registered` (a dose given now, unless `fields` say otherwise)
+        and return the CloudEvent sent; its answer, if any, names its id as command_id."""
+        data = {
+            "vaccination_id": vaccination_id,
+            "unit_id": ACTOR["unit_id"],
+            "user_id": ACTOR["user_id"],
+            "personnummer": personnummer,
+            "administered_at": datetime.now(UTC).isoformat(),
+            "vaccine": {"code": "J07BN01", "name": "Comirnaty", "dose_number": 1},
+            **fields,
+        }
+        event = cloudevent("vaccination.registered", data, event_id=event_id)
+        await self.kafka.send_event(self.topics.registered, event, key=personnummer)
+        return event
+
+    async def answer(self, sent: dict[str, Any]) -> dict[str, Any]:
+        """The event answering `sent` (a command or registration), by its id."""
+        found = await self.events.wait_for(lambda e: e["data"].get("command_id") == sent["id"])
+        return found[0]
 
     async def book(
         self,

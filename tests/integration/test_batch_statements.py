@@ -51,6 +51,8 @@ async def test_applied_events_are_probed_by_key_not_scanned(
         "booking_ids": [],
         "vaccination_ids": [],
         "prompt_ids": [],
+        "dose_vaccination_ids": [],
+        "dose_customers": [],
     }
     async with engine.connect() as connection:
         explained = await connection.scalar(

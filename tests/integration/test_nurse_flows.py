@@ -91,14 +91,15 @@ async def test_with_popup_start_prompt_add_remove_close(
     removed = await nurse.command("remove", PNR, membership_id=flu["membership_id"])
     assert removed["type"] == "customer_group.removed"
     assert removed["data"]["membership"]["status"] == "historical"
-    # 5: closing the popup records the groups active for this dose.
+    # 5: closing the popup records the groups covering the day of this dose: the group
+    # ended today still applied today (periods are inclusive).
     confirmed = await nurse.command(
         "prompt_close", PNR, prompt_id=prompt["prompt_id"], vaccination_id="v-popup"
     )
     assert confirmed["type"] == "customer_group.vaccination_groups_confirmed"
     data = confirmed["data"]
     assert data["vaccination_id"] == "v-popup" and data["prompt_id"] == prompt["prompt_id"]
-    assert [m["group_code"] for m in data["memberships"]] == ["COVID_19"]
+    assert [m["group_code"] for m in data["memberships"]] == ["COVID_19", "INFLUENSA"]
     assert data["actor"] == ACTOR
 
     # The next vaccination's popup shows the active and the historical group.

@@ -179,53 +179,55 @@ async def test_unit_not_on_the_allowlist_is_unauthorized(
     groups_settings.groups = GroupsSettings(
         consumer_group=groups_settings.groups.consumer_group, allowed_units="unit-1,unit-9"
     )
-    async with running_groups_service(groups_settings) as service:
-        topics = service.settings.topics
-        async with nurse_client(service, kafka, infra) as nurse:
-            events, prompts = nurse.events, nurse.prompts
-            outsider = {"user_id": "someone", "unit_id": "unit-2"}
-            for type_, fields in [
-                ("add", {"group_code": "COVID_19"}),
-                ("update", {"membership_id": str(uuid.uuid4()), "reference_code": "X"}),
-                ("remove", {"membership_id": str(uuid.uuid4())}),
-                ("prompt_close", {"prompt_id": str(uuid.uuid4()), "vaccination_id": "v"}),
-            ]:
-                rejected(await nurse.command(type_, PNR, outsider, **fields), "UNAUTHORIZED")
-            allowed = await nurse.command("add", PNR, group_code="COVID_19")
-            assert allowed["type"] == "customer_group.added"
+    async with (
+        running_groups_service(groups_settings) as service,
+        nurse_client(service, kafka, infra) as nurse,
+    ):
+        outsider = {"user_id": "someone", "unit_id": "unit-2"}
+        for type_, fields in [
+            ("add", {"group_code": "COVID_19"}),
+            ("update", {"membership_id": str(uuid.uuid4()), "reference_code": "X"}),
+            ("remove", {"membership_id": str(uuid.uuid4())}),
+            ("prompt_close", {"prompt_id": str(uuid.uuid4()), "vaccination_id": "v"}),
+        ]:
+            rejected(await nurse.command(type_, PNR, outsider, **fields), "UNAUTHORIZED")
+        allowed = await nurse.command("add", PNR, group_code="COVID_19")
+        assert allowed["type"] == "customer_group.added"
 
-            # A start from a unit off the list: refused before anything else, no prompt.
-            start = cloudevent(
-                "vaccination.started",
-                {"vaccination_id": "v-outsider", "user_id": "someone", "unit_id": "unit-2",
-                 "personnummer": PNR},
-            )  # fmt: skip
-            await kafka.send_event(topics.started, start, key="start-key")
-            [refusal] = await events.wait_for(lambda e: e["data"].get("command_id") == start["id"])
-            rejected(refusal, "UNAUTHORIZED")
-            # A popup is closed only by its own unit, even an allowed one.
-            prompt = (await nurse.start("v-unit-1", PNR))["data"]
-            close = await nurse.command(
-                "prompt_close",
-                PNR,
-                {"user_id": "nurse-9", "unit_id": "unit-9"},
-                prompt_id=prompt["prompt_id"],
-                vaccination_id="v-unit-1",
-            )
-            rejected(close, "UNAUTHORIZED")
+        # A start from a unit off the list: refused before anything else, no prompt.
+        start = cloudevent(
+            "vaccination.started",
+            {"vaccination_id": "v-outsider", "user_id": "someone", "unit_id": "unit-2",
+             "personnummer": PNR},
+        )  # fmt: skip
+        await kafka.send_event(nurse.topics.started, start, key="start-key")
+        [refusal] = await nurse.events.wait_for(
+            lambda e: e["data"].get("command_id") == start["id"]
+        )
+        rejected(refusal, "UNAUTHORIZED")
+        # A popup is closed only by its own unit, even an allowed one.
+        prompt = (await nurse.start("v-unit-1", PNR))["data"]
+        close = await nurse.command(
+            "prompt_close",
+            PNR,
+            {"user_id": "nurse-9", "unit_id": "unit-9"},
+            prompt_id=prompt["prompt_id"],
+            vaccination_id="v-unit-1",
+        )
+        rejected(close, "UNAUTHORIZED")
 
-            refusals = {
-                e["data"]["command_id"]: r
-                for r, e in zip(events.records, events.events, strict=True)
-                if e["data"].get("reason_code") == "UNAUTHORIZED"
-            }
-            assert len(refusals) == 6
-            for record in refusals.values():
-                data = json.loads(record.value)["data"]
-                assert data["personnummer"] is None, "no patient data back"
-                assert data["message"] == UNAUTHORIZED_MESSAGE
-            assert refusals[start["id"]].key == b"start-key", "keyed as the refused record"
-            assert not [p for p in prompts.events if p["data"]["vaccination_id"] == "v-outsider"]
+        refusals = {
+            e["data"]["command_id"]: r
+            for r, e in zip(nurse.events.records, nurse.events.events, strict=True)
+            if e["data"].get("reason_code") == "UNAUTHORIZED"
+        }
+        assert len(refusals) == 6
+        for record in refusals.values():
+            data = json.loads(record.value)["data"]
+            assert data["personnummer"] is None, "no patient data back"
+            assert data["message"] == UNAUTHORIZED_MESSAGE
+        assert refusals[start["id"]].key == b"start-key", "keyed as the refused record"
+        assert not [p for p in nurse.prompts.events if p["data"]["vaccination_id"] == "v-outsider"]
 
 
 async def test_a_reused_vaccination_id_re_sends_nothing(nurse: NurseClient) -> None:

@@ -96,6 +96,11 @@ async def test_every_input_type_redelivered_has_one_effect(
             event_id=command_id,
         )
         await nurse.kafka.send_event(topics.commands, event, key=PNR)
+    # A registration delivered twice; the one after it is answered once both were applied.
+    registered = await nurse.register("v-registered", PNR, event_id="reg-1")
+    await nurse.answer(registered)
+    await nurse.kafka.send_event(topics.registered, registered, key=PNR)
+    await nurse.answer(await nurse.register("v-registered-2", PNR, event_id="reg-2"))
     marker = await nurse.command("add", PNR, command_id="cmd-marker", group_code="INFLUENSA")
     assert marker["type"] == "customer_group.added"  # everything before it was applied
 
@@ -108,12 +113,16 @@ async def test_every_input_type_redelivered_has_one_effect(
         "cmd-update": 1,
         "cmd-close": 1,
         "cmd-remove": 1,
+        "reg-1": 1,
+        "reg-2": 1,
         "cmd-marker": 1,
+        # The marker's group covers the three doses' day: each is confirmed again.
+        None: 3,
     }
     assert await count(groups_service, bookings) == 1
     assert await count(groups_service, prompts) == 1
     assert await count(groups_service, memberships) == 2
-    assert await count(groups_service, vaccination_confirmations) == 1
+    assert await count(groups_service, vaccination_confirmations) == 3
     async with groups_service.engine.connect() as connection:
         version = await connection.scalar(
             select(memberships.c.version).where(memberships.c.membership_id == membership_id)

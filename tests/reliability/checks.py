@@ -27,8 +27,8 @@ _SQL = {
         " vaccine_code, closed_at IS NOT NULL FROM prompts"
     ),
     "vaccination_confirmations": (
-        "SELECT vaccination_id, prompt_id::text, personnummer, unit_id, user_id, command_id,"
-        " memberships, version FROM vaccination_confirmations"
+        "SELECT vaccination_id, prompt_id::text, personnummer, unit_id, actor_user_id,"
+        " command_id, memberships, version FROM vaccination_confirmations"
     ),
     "customers": "SELECT personnummer, first_name, last_name FROM customers",
 }
@@ -148,7 +148,8 @@ async def reconcile(stack: Stack, model: Model, *, dead_letters: int | None = 0)
                 f"command {command_id}: got {event['type']} {reason}, "
                 f"expected {want.type} {want.reason_code}"
             )
-    multiple = [c for c, n in results_per_command.items() if n > 1]
+    # A re-confirmation (command_id null) answers no command.
+    multiple = [c for c, n in results_per_command.items() if n > 1 and c is not None]
     without = [c for c in model.results if c not in results_per_command]
     result.add("commands", len(model.results))
     result.add("commands_with_more_than_one_result", len(multiple))

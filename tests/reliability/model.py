@@ -109,6 +109,14 @@ class Input:
 # -- the model -----------------------------------------------------------------------------
 
 
+def _groups(memberships: Iterable[Any]) -> list[tuple[Any, ...]]:
+    """What names a dose's groups: each membership's id and codes."""
+    return sorted(
+        (m.membership_id, m.group_code, m.subgroup_code or "", m.reference_code or "")
+        for m in memberships
+    )
+
+
 @dataclass
 class CommandResult:
     type: str
@@ -129,6 +137,9 @@ class Model:
         self.prompts: dict[str, dict[str, Any]] = {}
         self.prompt_vaccination: dict[str, str] = {}  # prompt_id -> vaccination_id
         self.confirmations: dict[str, dict[str, Any]] = {}
+        # The groups each confirmation was decided with: (id, codes) of its memberships.
+        self.confirmed_groups: dict[str, list[tuple[Any, ...]]] = {}
+        self.reconfirmations: dict[str, tuple[str, str]] = {}  # event id -> (type, label)
         self.results: dict[str, CommandResult] = {}
         self.membership_owner: dict[str, str] = {}
 
@@ -223,6 +234,49 @@ class Model:
             self.results[command_id] = CommandResult(messages.REJECTED, error.reason_code)
         else:
             self.results[command_id] = CommandResult(result, None)
+            if result in (messages.ADDED, messages.UPDATED, messages.REMOVED):
+                self._reconfirm(data["personnummer"])
+
+    def _covering_today(self, customer: Customer) -> list[Any]:
+        """The memberships covering the day of a popup's close (every close is today)."""
+        return [
+            m
+            for m in customer.memberships
+            if m.valid_from <= self.today and (m.valid_to is None or self.today <= m.valid_to)
+        ]
+
+    def _confirm(
+        self, vid: str, customer: Customer, command_id: str | None, user_id: str | None
+    ) -> int:
+        covering = self._covering_today(customer)
+        previous = self.confirmations.get(vid)
+        version = 1 if previous is None else previous["version"] + 1
+        prompt = self.prompts[vid]
+        self.confirmations[vid] = {
+            "prompt_id": prompt["prompt_id"],
+            "personnummer": prompt["personnummer"],
+            "unit_id": prompt["unit_id"],
+            "user_id": user_id,
+            "command_id": command_id,
+            "memberships": sorted((m.membership_id, m.version) for m in covering),
+            "version": version,
+        }
+        self.confirmed_groups[vid] = _groups(covering)
+        return version
+
+    def _reconfirm(self, personnummer: str) -> None:
+        """A membership change confirms again every dose of the customer whose covering
+        memberships (ids and codes) changed."""
+        customer = self.customers.get(personnummer)
+        if customer is None:
+            return
+        for vid in sorted(self.confirmations):
+            if self.confirmations[vid]["personnummer"] != personnummer:
+                continue
+            if _groups(self._covering_today(customer)) != self.confirmed_groups[vid]:
+                version = self._confirm(vid, customer, None, None)
+                event_id = _event_id(messages.CONFIRMED, vid, str(version))
+                self.reconfirmations[event_id] = (messages.CONFIRMED, f"{vid} v{version}")
 
     def _command_effect(self, type_: str, command_id: str, data: dict[str, Any]) -> str:
         if self.allowed is not None and data["actor"]["unit_id"] not in self.allowed:
@@ -273,25 +327,20 @@ class Model:
             if prompt["unit_id"] != data["actor"]["unit_id"]:
                 raise Unauthorized("a popup is closed by its own unit")
             prompt["closed"] = True
-            previous = self.confirmations.get(vid)
-            self.confirmations[vid] = {
-                "prompt_id": prompt["prompt_id"],
-                "personnummer": personnummer,
-                "unit_id": prompt["unit_id"],
-                "user_id": data["actor"]["user_id"],
-                "command_id": command_id,
-                "memberships": sorted((m.membership_id, m.version) for m in customer.active()),
-                "version": 1 if previous is None else previous["version"] + 1,
-            }
+            self._confirm(vid, customer, command_id, data["actor"]["user_id"])
             return messages.CONFIRMED
         raise AssertionError(f"unexpected command type {type_}")
 
     # -- what must be found ---------------------------------------------------------------
     def expected_event_ids(self) -> dict[str, tuple[str, str]]:
-        """Event id -> (type, command_id) for every command's one result."""
+        """Event id -> (type, command_id) for every command's one result, and the
+        re-confirmations membership changes caused."""
         return {
-            _event_id(result.type, command_id): (result.type, command_id)
-            for command_id, result in self.results.items()
+            **{
+                _event_id(result.type, command_id): (result.type, command_id)
+                for command_id, result in self.results.items()
+            },
+            **self.reconfirmations,
         }
 
     def expected_prompt_event_ids(self) -> dict[str, str]:

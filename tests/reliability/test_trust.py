@@ -116,14 +116,14 @@ async def test_writes_the_acls_do_not_allow_are_refused_and_reach_nothing(check:
     principals = Principals()
     async with running_acl_broker() as broker:
         topics = broker.topics
-        inbound = {topics.bookings, topics.started, topics.commands}
+        inbound = set(topics.inbound)
         allowed = {
             principals.booking_system: {topics.bookings},
-            principals.vaccination_client: {topics.started, topics.commands},
+            principals.vaccination_client: {topics.started, topics.registered, topics.commands},
             principals.groups: {topics.prompts, topics.events, topics.dlq} | inbound,
             principals.export: {topics.export, topics.dlq},
         }
-        every = {topics.bookings, topics.started, topics.commands, topics.prompts}
+        every = inbound | {topics.prompts}
         every |= {topics.events, topics.export, topics.dlq}
         tried = refused = 0
         for user, may_write in allowed.items():

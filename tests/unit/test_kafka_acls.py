@@ -54,6 +54,7 @@ def test_least_privilege_per_principal() -> None:
     assert _granted(rules, p.booking_system) == {t.bookings: {"WRITE"}, t.catalog: {"READ"}}
     assert _granted(rules, p.vaccination_client) == {
         t.started: {"WRITE"},
+        t.registered: {"WRITE"},
         t.commands: {"WRITE"},
         t.prompts: {"READ"},
         t.events: {"READ"},

@@ -48,7 +48,7 @@ def _changed_column(table: SourceTable) -> ColumnElement[Any]:
     """When the row last changed (indexed), for the catch-up pass."""
     if table is SourceTable.MEMBERSHIPS:
         return memberships.c.updated_at
-    return vaccination_confirmations.c.confirmed_at
+    return vaccination_confirmations.c.updated_at
 
 
 def _base_select(table: SourceTable) -> Select[Any]:
@@ -85,7 +85,18 @@ def _base_select(table: SourceTable) -> Select[Any]:
         )
     c = vaccination_confirmations.c
     return select(
-        c.vaccination_id, c.personnummer, c.unit_id, c.memberships, c.confirmed_at, c.version
+        c.vaccination_id,
+        c.personnummer,
+        c.unit_id,
+        c.administered_at,
+        c.vaccine,
+        c.confirmed_at,
+        c.basis,
+        c.memberships,
+        c.missing_group,
+        c.status,
+        c.version,
+        c.updated_at,
     )
 
 

@@ -1,10 +1,11 @@
 """Export records as files: one Parquet and one CSV file per record type.
 
 Parquet is typed for the warehouse (dates as date32, instants as timestamps in the
-clinics' zone, `groups` and the catalog's `subgroups` as list<struct>); CSV keeps every
-value exactly as the topic's JSON has it (lists as JSON strings, null as an empty field).
-The catalog table has the fields of `customer_group.catalog_group`. Both are written under
-a `.partial` name and renamed on commit, so a reader never sees half a snapshot.
+clinics' zone, `groups` and the catalog's `subgroups` as list<struct>, `vaccine` as a
+struct); CSV keeps every value exactly as the topic's JSON has it (lists and `vaccine` as
+JSON strings, booleans as `true`/`false`, null as an empty field). The catalog table has
+the fields of `customer_group.catalog_group`. Both are written under a `.partial` name and
+renamed on commit, so a reader never sees half a snapshot.
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ from typing import IO, Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from services.export.domain.records import MEMBERSHIP_FIELDS, ExportRecord
+from services.export.domain.records import GROUP_FIELDS, MEMBERSHIP_FIELDS, ExportRecord
 
-GROUP_STRUCT = pa.struct(
-    [("group_code", pa.string()), ("subgroup_code", pa.string()), ("reference_code", pa.string())]
+GROUP_STRUCT = pa.struct([(name, pa.string()) for name in GROUP_FIELDS])
+VACCINE_STRUCT = pa.struct(
+    [("code", pa.string()), ("name", pa.string()), ("dose_number", pa.int32())]
 )
 # created_by / updated_by: a struct in Parquet, the JSON object (or empty) in CSV.
 ACTOR_STRUCT = pa.struct([("user_id", pa.string()), ("unit_id", pa.string())])
@@ -100,8 +102,13 @@ def vaccination_columns(zone: str, *, include_personnummer: bool) -> list[Column
         Column("subject_id", pa.string(), _same),
         Column("key_id", pa.string(), _same),
         Column("unit_id", pa.string(), _same),
+        Column("administered_at", pa.timestamp("us", tz=zone), _instant),
+        Column("vaccine", VACCINE_STRUCT, _same),
         Column("confirmed_at", pa.timestamp("us", tz=zone), _instant),
+        Column("basis", pa.string(), _same),
         Column("groups", pa.list_(GROUP_STRUCT), _same),
+        Column("missing_group", pa.bool_(), _same),
+        Column("status", pa.string(), _same),
         Column("version", pa.int32(), _same),
     ]
     if include_personnummer:
@@ -116,6 +123,8 @@ _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 def _csv_text(value: Any) -> Any:
     if value is None:
         return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
     if isinstance(value, (list, dict)):
         return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
     if isinstance(value, str) and value.startswith(_FORMULA_STARTS):

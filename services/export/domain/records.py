@@ -97,36 +97,50 @@ def membership_record(
     return ExportRecord(str(membership["membership_id"]), MEMBERSHIP_RECORD, data, updated_at)
 
 
+# What each of a dose's `groups` says of its membership (CONTRACT.md, "Export"): its id,
+# codes and names.
+GROUP_FIELDS = MEMBERSHIP_FIELDS[: MEMBERSHIP_FIELDS.index("reference_code") + 1]
+VACCINE_FIELDS = ("code", "name", "dose_number")
+
+
 def vaccination_record(
     *,
     vaccination_id: str,
     personnummer: str,
     unit_id: str,
-    confirmed_at: str,
+    administered_at: str | None,
+    vaccine: Mapping[str, Any] | None,
+    confirmed_at: str | None,
+    basis: str,
     memberships: Sequence[Mapping[str, Any]],
+    missing_group: bool,
+    status: str,
     version: int,
+    updated_at: str,
     pseudonymizer: Pseudonymizer,
     include_personnummer: bool = False,
 ) -> ExportRecord:
+    """The dose-level record. `updated_at` (when this version was decided) is its
+    CloudEvent time, and with the version makes its id."""
     data: dict[str, Any] = {
         "vaccination_id": vaccination_id,
         "subject_id": pseudonymizer.subject_id(personnummer),
         "key_id": pseudonymizer.key_id,
         "unit_id": unit_id,
+        "administered_at": administered_at,
+        "vaccine": (
+            {name: vaccine.get(name) for name in VACCINE_FIELDS} if vaccine is not None else None
+        ),
         "confirmed_at": confirmed_at,
-        "groups": [
-            {
-                "group_code": m.get("group_code"),
-                "subgroup_code": m.get("subgroup_code"),
-                "reference_code": m.get("reference_code"),
-            }
-            for m in memberships
-        ],
+        "basis": basis,
+        "groups": [{name: m.get(name) for name in GROUP_FIELDS} for m in memberships],
+        "missing_group": missing_group,
+        "status": status,
         "version": version,
     }
     if include_personnummer:
         data["personnummer"] = personnummer
-    return ExportRecord(vaccination_id, VACCINATION_RECORD, data, confirmed_at)
+    return ExportRecord(vaccination_id, VACCINATION_RECORD, data, updated_at)
 
 
 def local_instant(value: datetime, zone: tzinfo) -> str:
@@ -205,17 +219,32 @@ class RecordBuilder:
         vaccination_id: str,
         personnummer: str,
         unit_id: str,
-        confirmed_at: datetime,
+        administered_at: datetime | None,
+        vaccine: Mapping[str, Any] | None,
+        confirmed_at: datetime | None,
+        basis: str,
         memberships: Sequence[Mapping[str, Any]],
+        missing_group: bool,
+        status: str,
         version: int,
+        updated_at: datetime,
     ) -> ExportRecord:
+        def instant(value: datetime | None) -> str | None:
+            return local_instant(value, self.zone) if value is not None else None
+
         return vaccination_record(
             vaccination_id=vaccination_id,
             personnummer=personnummer,
             unit_id=unit_id,
-            confirmed_at=local_instant(confirmed_at, self.zone),
+            administered_at=instant(administered_at),
+            vaccine=vaccine,
+            confirmed_at=instant(confirmed_at),
+            basis=basis,
             memberships=memberships,
+            missing_group=missing_group,
+            status=status,
             version=version,
+            updated_at=local_instant(updated_at, self.zone),
             pseudonymizer=self.pseudonymizer,
             include_personnummer=self.include_personnummer,
         )
@@ -227,14 +256,21 @@ class RecordBuilder:
         )
 
     def vaccination_from_row(self, row: Mapping[str, Any]) -> ExportRecord:
-        """A `vaccination_confirmations` row: the JSONB `memberships` holds the same
-        membership views the confirmation event carried."""
+        """A `vaccination_confirmations` row (the dose record): the JSONB `memberships`
+        holds the same membership views the confirmation event carried."""
         memberships = row["memberships"] or []
+        vaccine = row["vaccine"]
         return self.vaccination(
             vaccination_id=str(row["vaccination_id"]),
             personnummer=row["personnummer"],
             unit_id=str(row["unit_id"]),
+            administered_at=row["administered_at"],
+            vaccine=vaccine if isinstance(vaccine, Mapping) else None,
             confirmed_at=row["confirmed_at"],
+            basis=str(row["basis"]),
             memberships=[m for m in memberships if isinstance(m, Mapping)],
+            missing_group=bool(row["missing_group"]),
+            status=str(row["status"]),
             version=int(row["version"]),
+            updated_at=row["updated_at"],
         )

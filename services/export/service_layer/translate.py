@@ -52,6 +52,45 @@ def _version(value: Any) -> int:
     return value
 
 
+def _optional_instant(data: dict[str, Any], name: str) -> datetime | None:
+    value = data.get(name)
+    return _instant(value, name) if value is not None else None
+
+
+def _vaccination(event: CloudEvent, builder: RecordBuilder) -> ExportRecord:
+    """A version of the dose record. A confirmation of contract revision 1 (a popup close,
+    before registrations) lacks the dose's newer fields: it was a completed popup dose."""
+    data = _require(event.data, "vaccination_id", "personnummer", "unit_id")
+    memberships = data.get("memberships") or []
+    if not isinstance(memberships, list):
+        raise PoisonRecord("SCHEMA_VIOLATION", "memberships must be a list")
+    vaccine = data.get("vaccine")
+    if vaccine is not None and not isinstance(vaccine, dict):
+        raise PoisonRecord("SCHEMA_VIOLATION", "vaccine must be an object or null")
+    groups = [m for m in memberships if isinstance(m, dict)]
+    status = str(data.get("status") or "completed")
+    missing_group = data.get("missing_group")
+    return builder.vaccination(
+        vaccination_id=str(data["vaccination_id"]),
+        personnummer=str(data["personnummer"]),
+        unit_id=str(data["unit_id"]),
+        administered_at=_optional_instant(data, "administered_at"),
+        vaccine=vaccine,
+        confirmed_at=_optional_instant(data, "confirmed_at"),
+        basis=str(data.get("basis") or "popup"),
+        memberships=groups,
+        missing_group=(
+            bool(missing_group)
+            if isinstance(missing_group, bool)
+            else status == "completed" and not groups
+        ),
+        status=status,
+        version=_version(data.get("version")),
+        # When this version was decided: the groups service dates the event with it.
+        updated_at=_time(event),
+    )
+
+
 def records_from_event(event: CloudEvent, builder: RecordBuilder) -> list[ExportRecord]:
     if event.type in IGNORED:
         return []
@@ -66,22 +105,5 @@ def records_from_event(event: CloudEvent, builder: RecordBuilder) -> list[Export
         # updated_at is the event's time: the event carries no other instant of the change.
         return [builder.membership(membership, str(data["personnummer"]), _time(event))]
     if event.type == CONFIRMED:
-        data = _require(event.data, "vaccination_id", "personnummer", "unit_id")
-        memberships = data.get("memberships") or []
-        if not isinstance(memberships, list):
-            raise PoisonRecord("SCHEMA_VIOLATION", "memberships must be a list")
-        confirmed_at = data.get("confirmed_at")
-        return [
-            builder.vaccination(
-                vaccination_id=str(data["vaccination_id"]),
-                personnummer=str(data["personnummer"]),
-                unit_id=str(data["unit_id"]),
-                # The confirmation's own instant, which the groups service also stores.
-                confirmed_at=(
-                    _instant(confirmed_at, "confirmed_at") if confirmed_at else _time(event)
-                ),
-                memberships=[m for m in memberships if isinstance(m, dict)],
-                version=_version(data.get("version")),
-            )
-        ]
+        return [_vaccination(event, builder)]
     raise PoisonRecord("UNKNOWN_TYPE", f"type {event.type[:100]!r} is not exported")

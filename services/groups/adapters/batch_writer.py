@@ -58,9 +58,11 @@ async def lock_subjects(connection: AsyncConnection, subjects: Sequence[str]) ->
 
 # What a batch will read: which of its events were applied before (their positions in
 # the given arrays), which of its customers exist and their memberships, its bookings,
-# prompts and confirmation versions. The inbox is probed once per event by primary key:
-# LIMIT keeps the planner from making the lookup a hash join over the whole inbox, which
-# it chose while the inbox's statistics were stale (BENCHMARKS.md, fix 12).
+# prompts, the dose records of its vaccinations and those of the customers whose
+# memberships it may change (a change may re-decide their groups). The inbox is probed
+# once per event by primary key: LIMIT keeps the planner from making the lookup a hash
+# join over the whole inbox, which it chose while the inbox's statistics were stale
+# (BENCHMARKS.md, fix 12).
 READ = text(
     """
 SELECT
@@ -79,12 +81,10 @@ SELECT
   ARRAY(SELECT p FROM prompts AS p
         WHERE p.vaccination_id = ANY(CAST(:vaccination_ids AS text[]))
            OR p.prompt_id = ANY(CAST(:prompt_ids AS uuid[]))) AS prompts,
-  ARRAY(SELECT c.vaccination_id FROM vaccination_confirmations AS c
-        WHERE c.vaccination_id = ANY(CAST(:vaccination_ids AS text[]))
-        ORDER BY c.vaccination_id) AS confirmed_ids,
-  ARRAY(SELECT c.version FROM vaccination_confirmations AS c
-        WHERE c.vaccination_id = ANY(CAST(:vaccination_ids AS text[]))
-        ORDER BY c.vaccination_id) AS confirmed_versions
+  ARRAY(SELECT d FROM vaccination_confirmations AS d
+        WHERE d.vaccination_id = ANY(CAST(:dose_vaccination_ids AS text[]))) AS doses,
+  ARRAY(SELECT d FROM vaccination_confirmations AS d
+        WHERE d.personnummer = ANY(CAST(:dose_customers AS text[]))) AS customer_doses
 """
 )
 
@@ -97,6 +97,8 @@ async def read(
     booking_ids: list[str],
     vaccination_ids: list[str],
     prompt_ids: list[str],
+    dose_vaccination_ids: list[str],
+    dose_customers: list[str],
 ) -> Row[Any]:
     """READ's one row; `processed` holds the positions (from 1) in `events` of the
     (topic, event id) pairs the inbox holds."""
@@ -109,6 +111,8 @@ async def read(
             "booking_ids": booking_ids,
             "vaccination_ids": vaccination_ids,
             "prompt_ids": prompt_ids,
+            "dose_vaccination_ids": dose_vaccination_ids,
+            "dose_customers": dose_customers,
         },
     )
     return result.one()

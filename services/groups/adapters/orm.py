@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     Column,
     Date,
@@ -135,19 +136,33 @@ prompts = Table(
     Column("closed_at", DateTime(timezone=True)),
 )
 
+# The dose-level record (migration 0005): one row per vaccination_id, replaced by each
+# new version; `memberships` holds the covering memberships as the confirmation event
+# showed them, so the export's backfill rebuilds the very record the live path built.
 vaccination_confirmations = Table(
     "vaccination_confirmations",
     metadata,
     Column("vaccination_id", String(128), primary_key=True),
-    Column("prompt_id", UUID(as_uuid=False), ForeignKey("prompts.prompt_id"), nullable=False),
+    Column("prompt_id", UUID(as_uuid=False), ForeignKey("prompts.prompt_id")),
     Column("personnummer", String(12), nullable=False),
     Column("unit_id", String(128), nullable=False),
-    Column("user_id", String(128), nullable=False),
-    Column("command_id", String(256), nullable=False),
+    # Who caused this version (popup closed, dose registered); null for a re-confirmation
+    # after a membership change.
+    Column("actor_user_id", String(128)),
+    Column("actor_unit_id", String(128)),
+    Column("command_id", String(1024)),
+    Column("basis", String(16), nullable=False),  # popup | registration
+    Column("status", String(16), nullable=False),  # completed | entered_in_error
     Column("memberships", JSONB, nullable=False),
-    Column("confirmed_at", DateTime(timezone=True), nullable=False),
+    Column("missing_group", Boolean, nullable=False),
+    Column("confirmed_at", DateTime(timezone=True)),
+    Column("administered_at", DateTime(timezone=True)),
+    Column("vaccine", JSONB),  # {code, name, dose_number}
     Column("version", Integer, nullable=False),
-    Index("ix_vaccination_confirmations_confirmed_at", "confirmed_at"),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    # A membership change re-decides that customer's doses: one index probe per customer.
+    Index("ix_vaccination_confirmations_personnummer", "personnummer"),
+    Index("ix_vaccination_confirmations_updated_at", "updated_at"),
 )
 
 # Idempotency: ids of events already applied, written in the same transaction as

@@ -22,6 +22,7 @@ from services.groups.adapters import batch_writer, rows
 from services.groups.adapters.catalog_repository import CatalogRepository
 from services.groups.adapters.orm import customers, memberships
 from services.groups.adapters.rows import BookingRow, Changes, MembershipWrite, PromptRow
+from services.groups.domain.doses import Dose
 from services.groups.domain.errors import DomainError
 from services.groups.domain.membership import Customer, Membership
 from services.groups.domain.personnummer import Personnummer
@@ -53,9 +54,10 @@ class GroupsRepository:
         self._bookings: dict[str, BookingRow | None] = {}
         self._prompts_by_vaccination: dict[str, PromptRow | None] = {}
         self._prompts_by_id: dict[str, PromptRow | None] = {}
-        self._confirmation_versions: dict[str, int] = {}
         # membership id -> (personnummer, group_code) of each membership read as active
         self._stored_active: dict[str, tuple[str, str]] = {}
+        self._doses: dict[str, Dose | None] = {}  # by vaccination_id
+        self._dose_customers: set[str] = set()  # personnummer whose doses are all loaded
         self._stored_customers: set[str] = set()  # personnummer with a customers row
         self._changes = Changes()
 
@@ -68,6 +70,7 @@ class GroupsRepository:
         booking_ids: Iterable[str] = (),
         vaccination_ids: Iterable[str] = (),
         prompt_ids: Iterable[str] = (),
+        dose_customers: Iterable[str] = (),
         events: Sequence[tuple[str, str]] = (),
     ) -> set[tuple[str, str]]:
         """Load what a batch will read in one statement (anything missed loads lazily);
@@ -76,7 +79,9 @@ class GroupsRepository:
         ids = sorted({b for b in booking_ids if b not in self._bookings})
         vids = sorted({v for v in vaccination_ids if v not in self._prompts_by_vaccination})
         pids = sorted({p for p in prompt_ids if p not in self._prompts_by_id})
-        if not (pnrs or ids or vids or pids or events):
+        dvids = sorted({v for v in vaccination_ids if v not in self._doses})
+        dpnrs = sorted({p for p in dose_customers if p not in self._dose_customers})
+        if not (pnrs or ids or vids or pids or dvids or dpnrs or events):
             return set()
         row = await batch_writer.read(
             self._c,
@@ -85,6 +90,8 @@ class GroupsRepository:
             booking_ids=ids,
             vaccination_ids=vids,
             prompt_ids=pids,
+            dose_vaccination_ids=dvids,
+            dose_customers=dpnrs,
         )
         self._stored_customers.update(row.customers)
         by_pnr: dict[str, list[Membership]] = {p: [] for p in pnrs}
@@ -104,9 +111,12 @@ class GroupsRepository:
             self._prompts_by_vaccination.setdefault(vid, None)
         for pid in pids:
             self._prompts_by_id.setdefault(pid, None)
-        self._confirmation_versions.update(
-            zip(row.confirmed_ids, row.confirmed_versions, strict=True)
-        )
+        for record in (*row.doses, *row.customer_doses):
+            # Identity map: a dose already read (and maybe changed) here stays as it is.
+            self._doses.setdefault(record["vaccination_id"], rows.dose(record))
+        for vid in dvids:
+            self._doses.setdefault(vid, None)
+        self._dose_customers.update(dpnrs)
         return {events[n - 1] for n in row.processed}
 
     def _remember_prompt(self, prompt: PromptRow) -> None:
@@ -260,15 +270,22 @@ class GroupsRepository:
         if prompt_id not in self._changes.new_prompts:
             self._changes.closed_prompts[prompt_id] = now
 
-    async def upsert_confirmation(self, values: dict[str, Any]) -> int:
-        """Insert or replace the dose's confirmation; returns its version."""
-        vaccination_id = values["vaccination_id"]
-        if vaccination_id not in self._confirmation_versions:
+    async def get_dose(self, vaccination_id: str) -> Dose | None:
+        if vaccination_id not in self._doses:
             await self.preload(vaccination_ids=[vaccination_id])
-        version = self._confirmation_versions.get(vaccination_id, 0) + 1
-        self._confirmation_versions[vaccination_id] = version
-        self._changes.confirmations[vaccination_id] = {**values, "version": version}
-        return version
+        return self._doses[vaccination_id]
+
+    async def doses_of(self, personnummer: Personnummer) -> list[Dose]:
+        """Every dose record of the customer, by vaccination_id."""
+        if personnummer.value not in self._dose_customers:
+            await self.preload(dose_customers=[personnummer.value])
+        found = [d for d in self._doses.values() if d and d.personnummer == personnummer.value]
+        return sorted(found, key=lambda d: d.vaccination_id)
+
+    async def save_dose(self, dose: Dose) -> None:
+        """Insert the dose record or replace the stored one (its next version)."""
+        self._doses[dose.vaccination_id] = dose
+        self._changes.doses[dose.vaccination_id] = dose
 
     # -- audit (PDL) -----------------------------------------------------------------
 

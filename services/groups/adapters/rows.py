@@ -7,13 +7,14 @@ column name: what the repository loads (records of a table's row type, see
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, tzinfo
 from typing import Any
 
 import orjson
 
 from services.groups.adapters import batch_writer
+from services.groups.domain.doses import Basis, Dose, DoseStatus, Vaccine
 from services.groups.domain.membership import Actor, Membership, MembershipStatus
 
 
@@ -83,6 +84,57 @@ def prompt(record: Mapping[str, Any]) -> PromptRow:
     return PromptRow(**values)
 
 
+def _from_json(value: Any) -> Any:
+    # JSONB inside a row-type record arrives as its text.
+    return orjson.loads(value) if isinstance(value, (str, bytes)) else value
+
+
+def dose(record: Mapping[str, Any]) -> Dose:
+    """A `vaccination_confirmations` row."""
+    vaccine = _from_json(record["vaccine"])
+    user_id, unit_id = record["actor_user_id"], record["actor_unit_id"]
+    prompt_id = record["prompt_id"]
+    return Dose(
+        vaccination_id=record["vaccination_id"],
+        personnummer=record["personnummer"],
+        unit_id=record["unit_id"],
+        basis=Basis(record["basis"]),
+        status=DoseStatus(record["status"]),
+        prompt_id=str(prompt_id) if prompt_id is not None else None,
+        confirmed_at=record["confirmed_at"],
+        administered_at=record["administered_at"],
+        vaccine=Vaccine(**vaccine) if vaccine is not None else None,
+        actor=Actor(user_id, unit_id) if user_id is not None and unit_id is not None else None,
+        memberships=tuple(_from_json(record["memberships"])),
+        version=record["version"],
+        command_id=record["command_id"],
+        updated_at=record["updated_at"],
+    )
+
+
+def dose_row(dose: Dose) -> dict[str, Any]:
+    vaccine = dose.vaccine
+    return {
+        "vaccination_id": dose.vaccination_id,
+        "prompt_id": dose.prompt_id,
+        "personnummer": dose.personnummer,
+        "unit_id": dose.unit_id,
+        "actor_user_id": dose.actor.user_id if dose.actor else None,
+        "actor_unit_id": dose.actor.unit_id if dose.actor else None,
+        "command_id": dose.command_id,
+        "basis": dose.basis.value,
+        "status": dose.status.value,
+        "memberships": _json(list(dose.memberships)),
+        "missing_group": dose.missing_group,
+        "confirmed_at": dose.confirmed_at,
+        "administered_at": dose.administered_at,
+        # SQL NULL, not JSON null, for a dose not registered.
+        "vaccine": _json(asdict(vaccine)) if vaccine is not None else None,
+        "version": dose.version,
+        "updated_at": dose.updated_at,
+    }
+
+
 @dataclass
 class MembershipWrite:
     personnummer: str  # written for a new membership only: none moves to another customer
@@ -125,7 +177,7 @@ class Changes:
     memberships: dict[str, MembershipWrite] = field(default_factory=dict)
     new_prompts: dict[str, PromptRow] = field(default_factory=dict)
     closed_prompts: dict[str, datetime] = field(default_factory=dict)
-    confirmations: dict[str, dict[str, Any]] = field(default_factory=dict)
+    doses: dict[str, Dose] = field(default_factory=dict)
     audit: list[dict[str, Any]] = field(default_factory=list)
 
     def rows(self) -> dict[batch_writer.Columns, batch_writer.Rows]:
@@ -140,9 +192,7 @@ class Changes:
                 {"prompt_id": prompt_id, "closed_at": closed_at}
                 for prompt_id, closed_at in self.closed_prompts.items()
             ],
-            batch_writer.CONFIRMATIONS: [
-                {**v, "memberships": _json(v["memberships"])} for v in self.confirmations.values()
-            ],
+            batch_writer.CONFIRMATIONS: [dose_row(d) for d in self.doses.values()],
             batch_writer.AUDIT: [{**a, "detail": _json(a["detail"])} for a in self.audit],
         }
 

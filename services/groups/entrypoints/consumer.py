@@ -1,4 +1,5 @@
-"""The Kafka entrypoint: one batch subscriber over the three inbound topics.
+"""The Kafka entrypoint: one batch subscriber over the inbound topics (bookings, starts,
+registrations, commands).
 
 Offsets are committed (in the background, by `OffsetCommits`) only after the batch's
 transaction committed (see `manual_batch_subscriber` for the FastStream defaults
@@ -27,10 +28,14 @@ def register_consumer(broker: KafkaBroker, service: GroupsService) -> None:
         max_records=500,
         fetch_min_bytes=settings.kafka.fetch_min_bytes,
         # Range: partition N of every inbound topic goes to the same process, so one
-        # customer's bookings, starts and commands meet in one process (no lock waits).
+        # customer's bookings, starts, registrations and commands meet in one process
+        # (no lock waits).
         partition_assignment_strategy=(RangePartitionAssignor,),
         title="groups-inbound",
-        description="Bookings, vaccination starts and group commands (CONTRACT.md).",
+        description=(
+            "Bookings, vaccination starts, vaccination registrations and group commands "
+            "(CONTRACT.md)."
+        ),
     )
     async def consume_inbound(msg: KafkaMessage) -> None:
         raw, consumer = msg.raw_message, msg.consumer

@@ -151,6 +151,7 @@ class BatchApplier:
                     booking_ids=keys.booking_ids,
                     vaccination_ids=keys.vaccination_ids,
                     prompt_ids=keys.prompt_ids,
+                    dose_customers=keys.dose_customers,
                 )
                 for item in batch.items:
                     record = item.record

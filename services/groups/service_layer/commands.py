@@ -44,6 +44,8 @@ class PreloadKeys:
     booking_ids: list[str] = field(default_factory=list)
     vaccination_ids: list[str] = field(default_factory=list)
     prompt_ids: list[str] = field(default_factory=list)
+    # Customers whose dose records are read: a membership change may re-decide them.
+    dose_customers: list[str] = field(default_factory=list)
 
 
 def _customer_subject(personnummer: str) -> tuple[str, ...]:
@@ -184,9 +186,43 @@ class VaccinationStarted(Message):
         keys.vaccination_ids.append(self.vaccination_id)
 
 
+class RegisteredVaccine(Payload):
+    code: Code
+    name: Name
+    dose_number: Annotated[int, Field(ge=1, le=100)] | None = None
+
+
 class Actor(Payload):
     user_id: Id
     unit_id: Id
+
+
+class VaccinationRegistered(Message):
+    """A dose signed in the record (also one registered afterwards, with its real time)."""
+
+    UNIT_AT = ("unit_id",)
+
+    vaccination_id: Id
+    unit_id: Id
+    user_id: Id
+    personnummer: PersonnummerText
+    administered_at: AwareDatetime
+    vaccine: RegisteredVaccine
+    booking_id: Id | None = None
+    # Absent or null: completed.
+    status: Literal["completed", "entered_in_error"] | None = None
+
+    @property
+    def actor(self) -> Actor:
+        """Who registered the dose, as a command names its actor."""
+        return Actor(user_id=self.user_id, unit_id=self.unit_id)
+
+    def subjects(self) -> tuple[str, ...]:
+        return _customer_subject(self.personnummer)
+
+    def add_preload_keys(self, keys: PreloadKeys) -> None:
+        keys.personnummer += _loadable_personnummer(self.personnummer)
+        keys.vaccination_ids.append(self.vaccination_id)
 
 
 class Command(Message):
@@ -203,6 +239,7 @@ class Command(Message):
 
     def add_preload_keys(self, keys: PreloadKeys) -> None:
         keys.personnummer += _loadable_personnummer(self.personnummer)
+        keys.dose_customers += _loadable_personnummer(self.personnummer)
 
 
 class AddGroup(Command):
@@ -275,5 +312,6 @@ __all__ = [
     "Message",
     "RemoveGroup",
     "UpdateGroup",
+    "VaccinationRegistered",
     "VaccinationStarted",
 ]

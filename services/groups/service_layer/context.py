@@ -10,6 +10,9 @@ from zoneinfo import ZoneInfo
 from services.groups.domain.authorization import Authorization
 from services.groups.domain.catalog import Catalog
 
+# The zone of "the day of the dose" (CONTRACT.md), whatever GROUPS_TIMEZONE says.
+DOSE_ZONE = ZoneInfo("Europe/Stockholm")
+
 
 class Clock:
     """Wall clock; `today` is the clinic's local date (Europe/Stockholm)."""

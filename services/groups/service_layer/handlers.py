@@ -12,11 +12,20 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from datetime import datetime
 from typing import Any, TypeVar
 
 from services.common.envelope import PoisonRecord, new_event
+from services.groups.adapters.rows import PromptRow
 from services.groups.domain.authorization import UNAUTHORIZED_MESSAGE
+from services.groups.domain.doses import (
+    Basis,
+    Dose,
+    DoseStatus,
+    Registration,
+    Vaccine,
+)
 from services.groups.domain.errors import (
     DomainError,
     InvalidCommand,
@@ -27,7 +36,7 @@ from services.groups.domain.ids import is_canonical_uuid
 from services.groups.domain.membership import UNCHANGED, Actor, Membership, RemovalReason
 from services.groups.domain.personnummer import Personnummer
 from services.groups.domain.suggestions import suggestions_for
-from services.groups.service_layer import messages, outgoing
+from services.groups.service_layer import doses, messages, outgoing
 from services.groups.service_layer.commands import (
     AddGroup,
     BookingCancelled,
@@ -37,6 +46,7 @@ from services.groups.service_layer.commands import (
     Invalid,
     RemoveGroup,
     UpdateGroup,
+    VaccinationRegistered,
     VaccinationStarted,
 )
 from services.groups.service_layer.context import Context
@@ -113,6 +123,18 @@ async def booking_cancelled(
 
 # -- vaccination started -> prompt ---------------------------------------------------
 
+_VACCINATION_OF_ANOTHER = "vaccination_id is already known for another customer or unit"
+
+
+def _known_for_another(
+    personnummer: Personnummer, unit_id: str, prompt: PromptRow | None, dose: Dose | None
+) -> bool:
+    """A vaccination_id already started or recorded for another customer or unit."""
+    return any(
+        known is not None and (known.personnummer != personnummer.value or known.unit_id != unit_id)
+        for known in (prompt, dose)
+    )
+
 
 async def vaccination_started(
     started: VaccinationStarted, ctx: Context, uow: AbstractUnitOfWork
@@ -123,12 +145,12 @@ async def vaccination_started(
         return
     personnummer = Personnummer.parse(started.personnummer)
     existing = await uow.repo.get_prompt_by_vaccination(started.vaccination_id)
+    dose = await uow.repo.get_dose(started.vaccination_id)
+    if _known_for_another(personnummer, started.unit_id, existing, dose):
+        # Re-sending would hand one patient's groups to whoever reuses the id.
+        await outgoing.reject(uow, ctx, personnummer, InvalidCommand(_VACCINATION_OF_ANOTHER))
+        return
     if existing is not None:
-        if existing.personnummer != personnummer.value or existing.unit_id != started.unit_id:
-            # Re-sending would hand one patient's groups to whoever reuses the id.
-            error = InvalidCommand("vaccination_id is already known for another customer or unit")
-            await outgoing.reject(uow, ctx, personnummer, error)
-            return
         # Same vaccination again: re-send the very same prompt (same ids, same bytes).
         await uow.outbox.add(deps.prompts_topic, existing.personnummer.encode(), existing.event)
         return
@@ -255,6 +277,8 @@ async def _membership_changed(
     await outgoing.record_change(
         uow, ctx, cmd, personnummer, action, data, detail, now, membership_id
     )
+    customer = await uow.repo.get_customer(personnummer)
+    await doses.reconfirm_doses(uow, ctx.deps, personnummer, customer, now)
 
 
 @_answers_rejections
@@ -327,40 +351,104 @@ async def remove_group(cmd: RemoveGroup, ctx: Context, uow: AbstractUnitOfWork) 
 
 @_answers_rejections
 async def close_prompt(cmd: ClosePrompt, ctx: Context, uow: AbstractUnitOfWork) -> None:
+    """The popup closed: the dose's record gets `confirmed_at`. Until the dose is
+    registered its groups are those covering the day of the close; once registered, the
+    registration's day decides and the close only records when the popup was closed."""
     personnummer = Personnummer.parse(cmd.personnummer)
     prompt = await _require_prompt(uow, cmd.prompt_id, personnummer, cmd.vaccination_id)
     if prompt.unit_id != cmd.actor.unit_id:
         raise Unauthorized(UNAUTHORIZED_MESSAGE)  # a popup is closed by its own unit
-    now, catalog = ctx.deps.clock.now(), ctx.deps.catalog.current
-    customer = await uow.repo.get_customer(personnummer)
-    active = [messages.membership_view(m, catalog) for m in customer.active()]
+    now = ctx.deps.clock.now()
+    dose = await uow.repo.get_dose(prompt.vaccination_id)
+    if dose is not None and dose.personnummer != personnummer.value:
+        raise InvalidCommand(_VACCINATION_OF_ANOTHER)
+    if dose is None:
+        dose = _new_dose(prompt.vaccination_id, personnummer, prompt.unit_id, now, None)
+    dose = replace(dose, prompt_id=prompt.prompt_id, confirmed_at=now)
     await uow.repo.close_prompt(prompt.prompt_id, now=now)
-    version = await uow.repo.upsert_confirmation(
-        {
-            "vaccination_id": prompt.vaccination_id,
-            "prompt_id": prompt.prompt_id,
-            "personnummer": personnummer.value,
-            "unit_id": prompt.unit_id,
-            "user_id": cmd.actor.user_id,
-            "command_id": ctx.event_id,
-            "memberships": active,
-            "confirmed_at": now,
-        }
+    customer = await uow.repo.get_customer(personnummer)
+    actor = Actor(cmd.actor.user_id, cmd.actor.unit_id)
+    dose = await doses.decide(
+        uow, ctx.deps, dose, customer, now=now, command_id=ctx.event_id, actor=actor
     )
-    data = {
-        "command_id": ctx.event_id,
-        "prompt_id": prompt.prompt_id,
-        "vaccination_id": prompt.vaccination_id,
-        "personnummer": personnummer.value,
-        "actor": messages.actor_view(cmd.actor.user_id, cmd.actor.unit_id),
-        "unit_id": prompt.unit_id,
-        "memberships": active,
-        "confirmed_at": now.isoformat(),
-        "version": version,
-    }
     detail = {"vaccination_id": prompt.vaccination_id}
-    action = "customer_group.prompt_close"
+    action, data = "customer_group.prompt_close", messages.confirmation_data(dose)
     await outgoing.record_change(uow, ctx, cmd, personnummer, action, data, detail, now)
+
+
+# -- vaccination registered -> the dose's record ----------------------------------------
+
+
+def _new_dose(
+    vaccination_id: str,
+    personnummer: Personnummer,
+    unit_id: str,
+    now: datetime,
+    prompt_id: str | None,
+) -> Dose:
+    """A record not stored yet (version 0): `doses.decide` makes it version 1."""
+    return Dose(
+        vaccination_id=vaccination_id,
+        personnummer=personnummer.value,
+        unit_id=unit_id,
+        basis=Basis.POPUP,
+        status=DoseStatus.COMPLETED,
+        prompt_id=prompt_id,
+        confirmed_at=None,
+        administered_at=None,
+        vaccine=None,
+        actor=None,
+        memberships=(),
+        version=0,
+        command_id=None,
+        updated_at=now,
+    )
+
+
+async def vaccination_registered(
+    registered: VaccinationRegistered, ctx: Context, uow: AbstractUnitOfWork
+) -> None:
+    """The dose's record takes the registration: its time decides the groups. The same
+    content again changes nothing; other content is the record's next version."""
+    deps = ctx.deps
+    if not deps.authorization.allows(registered.unit_id):
+        await outgoing.refuse(uow, ctx)
+        return
+    personnummer = Personnummer.parse(registered.personnummer)
+    vaccination_id, vaccine = registered.vaccination_id, registered.vaccine
+    registration = Registration(
+        unit_id=registered.unit_id,
+        administered_at=registered.administered_at,
+        vaccine=Vaccine(vaccine.code, vaccine.name, vaccine.dose_number),
+        status=DoseStatus(registered.status or DoseStatus.COMPLETED),
+    )
+    dose = await uow.repo.get_dose(vaccination_id)
+    prompt = await uow.repo.get_prompt_by_vaccination(vaccination_id)
+    if _known_for_another(personnummer, registered.unit_id, prompt, dose):
+        # As for a start: answering would hand one patient's dose to whoever reuses it.
+        await outgoing.reject(uow, ctx, personnummer, InvalidCommand(_VACCINATION_OF_ANOTHER))
+        return
+    if dose is not None and dose.registration() == registration:
+        return  # the same registration again (also under a new event id)
+    now = deps.clock.now()
+    if dose is None:
+        # The popup's prompt, when the vaccination was started (closed or not).
+        prompt_id = prompt.prompt_id if prompt is not None else None
+        dose = _new_dose(vaccination_id, personnummer, registered.unit_id, now, prompt_id)
+    customer = await uow.repo.get_customer(personnummer)
+    actor = Actor(registered.user_id, registered.unit_id)
+    dose = await doses.decide(
+        uow,
+        deps,
+        dose.registered(registration),
+        customer,
+        now=now,
+        command_id=ctx.event_id,
+        actor=actor,
+    )
+    detail = {"vaccination_id": vaccination_id, "version": dose.version}
+    action, data = "vaccination.registered", messages.confirmation_data(dose)
+    await outgoing.record_change(uow, ctx, registered, personnummer, action, data, detail, now)
 
 
 async def _require_prompt(

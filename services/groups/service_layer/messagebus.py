@@ -33,6 +33,7 @@ from services.groups.service_layer.commands import (
     PreloadKeys,
     RemoveGroup,
     UpdateGroup,
+    VaccinationRegistered,
     VaccinationStarted,
 )
 from services.groups.service_layer.context import Context, Dependencies
@@ -49,6 +50,7 @@ BOOKING_TYPES: dict[str, type[Message]] = {
     "booking.cancelled": BookingCancelled,
 }
 START_TYPES: dict[str, type[Message]] = {"vaccination.started": VaccinationStarted}
+REGISTRATION_TYPES: dict[str, type[Message]] = {"vaccination.registered": VaccinationRegistered}
 COMMAND_TYPES: dict[str, type[Message]] = {
     "customer_group.add": AddGroup,
     "customer_group.update": UpdateGroup,
@@ -60,6 +62,7 @@ HANDLERS: dict[type[Message] | type[Invalid], Handler] = {
     BookingUpsert: handlers.booking_upsert,
     BookingCancelled: handlers.booking_cancelled,
     VaccinationStarted: handlers.vaccination_started,
+    VaccinationRegistered: handlers.vaccination_registered,
     AddGroup: handlers.add_group,
     UpdateGroup: handlers.update_group,
     RemoveGroup: handlers.remove_group,
@@ -73,6 +76,7 @@ def message_types(topics: TopicSettings) -> MessageTypes:
     return {
         topics.bookings: BOOKING_TYPES,
         topics.started: START_TYPES,
+        topics.registered: REGISTRATION_TYPES,
         topics.commands: COMMAND_TYPES,
     }
 

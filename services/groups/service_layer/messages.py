@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, datetime
 from typing import Any
 
 from services.groups.domain.catalog import Catalog, Group, Suggestion
+from services.groups.domain.doses import Dose
 from services.groups.domain.errors import DomainError
 from services.groups.domain.membership import Actor, Customer, Membership
+from services.groups.service_layer.context import DOSE_ZONE
 
 EVENT_SOURCE = "/customer-groups/groups-service"
 
@@ -147,6 +149,36 @@ def retired_data(personnummer: str, membership: Membership, catalog: Catalog) ->
         "reason": GROUP_RETIRED,
         "membership": membership_view(membership, catalog),
     }
+
+
+def confirmation_data(dose: Dose) -> dict[str, Any]:
+    """`vaccination_groups_confirmed` of one version of a dose record. Instants in
+    Europe/Stockholm time, as every instant the service writes."""
+    actor, vaccine = dose.actor, dose.vaccine
+    return {
+        "command_id": dose.command_id,
+        "prompt_id": dose.prompt_id,
+        "vaccination_id": dose.vaccination_id,
+        "personnummer": dose.personnummer,
+        "unit_id": dose.unit_id,
+        "actor": actor_view(actor.user_id, actor.unit_id) if actor else None,
+        "basis": dose.basis.value,
+        "status": dose.status.value,
+        "confirmed_at": _instant(dose.confirmed_at),
+        "administered_at": _instant(dose.administered_at),
+        "vaccine": (
+            {"code": vaccine.code, "name": vaccine.name, "dose_number": vaccine.dose_number}
+            if vaccine
+            else None
+        ),
+        "memberships": list(dose.memberships),
+        "missing_group": dose.missing_group,
+        "version": dose.version,
+    }
+
+
+def _instant(value: datetime | None) -> str | None:
+    return value.astimezone(DOSE_ZONE).isoformat() if value is not None else None
 
 
 def rejected_data(

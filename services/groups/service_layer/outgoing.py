@@ -15,8 +15,8 @@ from services.groups.domain.catalog import Catalog
 from services.groups.domain.errors import DomainError, Unauthorized
 from services.groups.domain.personnummer import Personnummer
 from services.groups.service_layer import messages
-from services.groups.service_layer.commands import Command
-from services.groups.service_layer.context import Context
+from services.groups.service_layer.commands import Command, VaccinationRegistered
+from services.groups.service_layer.context import Context, Dependencies
 from services.groups.service_layer.unit_of_work import AbstractUnitOfWork, OutgoingRecords
 
 # Deterministic ids: reprocessing the same input yields the same ids, never a second one.
@@ -53,16 +53,24 @@ async def emit(
     """An event answering command `ctx.event_id`. `now` is the instant the change was
     written, so the event's time equals the row's updated_at (the export's live and
     backfilled records are then identical). Keyed by the personnummer, else by `key`."""
-    event = new_event(
-        type_,
-        messages.EVENT_SOURCE,
-        data,
-        event_id=event_id(type_, ctx.event_id),
-        time=now or ctx.deps.clock.now(),
-    )
     if personnummer is not None:
         key = personnummer.value.encode()
-    await uow.outbox.add(ctx.deps.events_topic, key, event.to_bytes())
+    time = now or ctx.deps.clock.now()
+    await publish(uow, ctx.deps, type_, key, data, event_id(type_, ctx.event_id), time)
+
+
+async def publish(
+    uow: AbstractUnitOfWork,
+    deps: Dependencies,
+    type_: str,
+    key: bytes | None,
+    data: dict[str, Any],
+    id_: str,
+    time: datetime,
+) -> None:
+    """An event on the events topic, also one no command caused (a re-confirmation)."""
+    event = new_event(type_, messages.EVENT_SOURCE, data, event_id=id_, time=time)
+    await uow.outbox.add(deps.events_topic, key, event.to_bytes())
 
 
 async def refuse(uow: AbstractUnitOfWork, ctx: Context) -> None:
@@ -88,13 +96,14 @@ _EVENT_OF_ACTION = {
     "customer_group.update": messages.UPDATED,
     "customer_group.remove": messages.REMOVED,
     "customer_group.prompt_close": messages.CONFIRMED,
+    "vaccination.registered": messages.CONFIRMED,
 }
 
 
 async def record_change(
     uow: AbstractUnitOfWork,
     ctx: Context,
-    cmd: Command,
+    cmd: Command | VaccinationRegistered,
     personnummer: Personnummer,
     action: str,
     data: dict[str, Any],
@@ -102,7 +111,8 @@ async def record_change(
     now: datetime,
     membership_id: str | None = None,
 ) -> None:
-    """The closing steps of every accepted command: the PDL audit row, then the event."""
+    """The closing steps of every accepted command (and registration): the PDL audit
+    row, then the event."""
     actor = cmd.actor
     await uow.repo.audit(
         action=action,

@@ -26,6 +26,7 @@ from services.groups.adapters.repository import (
     GroupsRepository,
     PromptRow,
 )
+from services.groups.domain.doses import Dose
 from services.groups.domain.membership import Customer, Membership
 from services.groups.domain.personnummer import Personnummer
 
@@ -75,7 +76,11 @@ class GroupsStore(Protocol):
 
     async def close_prompt(self, prompt_id: str, *, now: datetime) -> None: ...
 
-    async def upsert_confirmation(self, values: dict[str, Any]) -> int: ...
+    async def get_dose(self, vaccination_id: str) -> Dose | None: ...
+
+    async def doses_of(self, personnummer: Personnummer) -> list[Dose]: ...
+
+    async def save_dose(self, dose: Dose) -> None: ...
 
     async def audit(
         self,
@@ -127,6 +132,7 @@ class AbstractUnitOfWork(Protocol):
         booking_ids: Iterable[str] = (),
         vaccination_ids: Iterable[str] = (),
         prompt_ids: Iterable[str] = (),
+        dose_customers: Iterable[str] = (),
     ) -> None: ...
 
     def is_processed(self, topic: str, event_id: str) -> bool: ...
@@ -206,6 +212,7 @@ class UnitOfWork:
         booking_ids: Iterable[str] = (),
         vaccination_ids: Iterable[str] = (),
         prompt_ids: Iterable[str] = (),
+        dose_customers: Iterable[str] = (),
     ) -> None:
         """In one statement: which (topic, event id) pairs were applied before, and the
         state the batch will read."""
@@ -215,6 +222,7 @@ class UnitOfWork:
             booking_ids=booking_ids,
             vaccination_ids=vaccination_ids,
             prompt_ids=prompt_ids,
+            dose_customers=dose_customers,
             events=wanted,
         )
 

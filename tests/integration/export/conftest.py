@@ -263,7 +263,7 @@ async def mixed_scenario(nurse: NurseClient, today: date) -> Scenario:
     assert rejected["type"] == "customer_group.command_rejected"
     s.rejected += 1
     await add("a_covid_again", PNR_A, group_code="COVID_19", subgroup_code="REKOMMENDERAD")
-    await ok("prompt_close", PNR_A, prompt_id=prompt_a, vaccination_id="v-a1")  # version 2
+    await ok("prompt_close", PNR_A, prompt_id=prompt_a, vaccination_id="v-a1")  # version 3
     s.vaccinations.append("v-a1")
 
     await add(

@@ -98,15 +98,31 @@ async def test_adds_corrections_removals_and_doses_become_records(
     ):
         assert m[label]["subject_id"] == subject(pnr)
         assert "personnummer" not in m[label]
-    # Doses: the groups active when the popup closed; a second close replaces the first.
+    # Doses: the groups covering the day the popup closed (today). v-a1: closed (1),
+    # confirmed again when COVID_19 was added again the same day (2), closed again (3).
     v_a1 = state["v-a1"]["data"]
-    assert v_a1["version"] == 2 and v_a1["subject_id"] == subject(PNR_A)
-    assert sorted(v_a1["groups"], key=lambda g: g["group_code"]) == [
-        {"group_code": "COVID_19", "subgroup_code": "REKOMMENDERAD", "reference_code": None},
-        {"group_code": "INFLUENSA", "subgroup_code": "ALDER_65_PLUS", "reference_code": "R-2"},
+    assert v_a1["version"] == 3 and v_a1["subject_id"] == subject(PNR_A)
+    assert (v_a1["basis"], v_a1["status"], v_a1["missing_group"]) == ("popup", "completed", False)
+    assert v_a1["administered_at"] is None and v_a1["vaccine"] is None
+    assert sorted(
+        (g["group_code"], g["subgroup_code"], g["reference_code"]) for g in v_a1["groups"]
+    ) == [
+        ("COVID_19", "REKOMMENDERAD", None),
+        ("COVID_19", "REKOMMENDERAD", "R-1"),  # ended today: it still applied today
+        ("INFLUENSA", "ALDER_65_PLUS", "R-2"),
     ]
+    assert {g["membership_id"] for g in v_a1["groups"]} == {
+        scenario.memberships[label] for label in ("a_covid", "a_flu", "a_covid_again")
+    }
     travel = [
-        {"group_code": "OVRIGT", "subgroup_code": "RESEVACCINATIONER", "reference_code": None}
+        {
+            "membership_id": scenario.memberships["c_travel"],
+            "group_code": "OVRIGT",
+            "group_name": m["c_travel"]["group_name"],
+            "subgroup_code": "RESEVACCINATIONER",
+            "subgroup_name": m["c_travel"]["subgroup_name"],
+            "reference_code": None,
+        }
     ]
     assert state["v-c1"]["data"]["groups"] == travel and state["v-c2"]["data"]["groups"] == travel
     assert state["v-c1"]["data"]["unit_id"] == "unit-1"

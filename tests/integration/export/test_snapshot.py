@@ -56,16 +56,19 @@ def csv_state(path: Path, key: str) -> dict[str, dict[str, str]]:
 
 
 def as_csv(data: dict[str, Any]) -> dict[str, str]:
-    """A record's data as CSV text: null empty, `groups` and actors as JSON, the rest as
-    written."""
-    return {
-        k: ""
-        if v is None
-        else json.dumps(v, ensure_ascii=False, separators=(",", ":"))
-        if isinstance(v, (list, dict))
-        else str(v)
-        for k, v in data.items()
-    }
+    """A record's data as CSV text: null empty, `groups`, `vaccine` and actors as JSON, booleans
+    as JSON writes them, the rest as written."""
+
+    def text(value: Any) -> str:
+        if value is None:
+            return ""
+        if isinstance(value, bool):
+            return json.dumps(value)
+        if isinstance(value, (list, dict)):
+            return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+        return str(value)
+
+    return {k: text(v) for k, v in data.items()}
 
 
 async def test_snapshot_equals_the_topic_state(

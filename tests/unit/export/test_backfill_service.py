@@ -51,15 +51,21 @@ def membership_row(n: int, updated_at: datetime) -> dict[str, Any]:
     }
 
 
-def confirmation_row(n: int, confirmed_at: datetime) -> dict[str, Any]:
+def dose_row(n: int, updated_at: datetime) -> dict[str, Any]:
     return {
         "key": f"v-{n:03d}",
         "vaccination_id": f"v-{n:03d}",
         "personnummer": "191212121212",
         "unit_id": "unit-1",
+        "administered_at": None,
+        "vaccine": None,
+        "confirmed_at": updated_at,
+        "basis": "popup",
         "memberships": [],
-        "confirmed_at": confirmed_at,
+        "missing_group": True,
+        "status": "completed",
         "version": 1,
+        "updated_at": updated_at,
     }
 
 
@@ -68,7 +74,7 @@ class FakeTables:
         self.rows = rows
 
     def _select(self, table: SourceTable, after: str | None, since: datetime | None) -> list[Row]:
-        changed = "updated_at" if table is SourceTable.MEMBERSHIPS else "confirmed_at"
+        changed = "updated_at"
         return sorted(
             (
                 r
@@ -162,9 +168,7 @@ def world(memberships: int = 7, confirmations: int = 3) -> FakeTables:
     return FakeTables(
         {
             SourceTable.MEMBERSHIPS: [membership_row(n, old) for n in range(memberships)],
-            SourceTable.VACCINATION_CONFIRMATIONS: [
-                confirmation_row(n, old) for n in range(confirmations)
-            ],
+            SourceTable.VACCINATION_CONFIRMATIONS: [dose_row(n, old) for n in range(confirmations)],
         }
     )
 
@@ -182,7 +186,7 @@ async def test_every_row_once_then_a_catch_up_of_rows_changed_since_the_start() 
     store = GuardedStore(sink)
     # Changed while the run is on (the catch-up pass must publish these again).
     tables.rows[SourceTable.MEMBERSHIPS][4]["updated_at"] = START + timedelta(seconds=1)
-    tables.rows[SourceTable.VACCINATION_CONFIRMATIONS][0]["confirmed_at"] = START
+    tables.rows[SourceTable.VACCINATION_CONFIRMATIONS][0]["updated_at"] = START
     report = await run(tables, sink, store, batch_size=3, catch_up_margin=timedelta(0))
     main = [f"m-{n:03d}" for n in range(7)] + [f"v-{n:03d}" for n in range(3)]
     assert sink.published == [*main, "m-004", "v-000"]

@@ -27,14 +27,23 @@ BUILDER = RecordBuilder(Pseudonymizer(b"unit-test-pseudonym-key-0123456789"), Zo
 AT = datetime(2026, 11, 26, 12, 0, 0, 123_456, tzinfo=UTC)
 
 
-def dose(n: int, groups: list[dict[str, str | None]]) -> ExportRecord:
+GIVEN = datetime(2026, 11, 25, 23, 30, tzinfo=UTC)  # the 26th in Stockholm
+
+
+def dose(n: int, groups: list[dict[str, str | None]], *, registered: bool = True) -> ExportRecord:
     return BUILDER.vaccination(
         vaccination_id=f"v-{n}",
         personnummer="191212121212",
         unit_id="unit-1",
+        administered_at=GIVEN if registered else None,
+        vaccine={"code": "J07BN01", "name": "Comirnaty", "dose_number": 3} if registered else None,
         confirmed_at=AT,
+        basis="registration" if registered else "popup",
         memberships=groups,
+        missing_group=not groups,
+        status="completed",
         version=1,
+        updated_at=AT,
     )
 
 
@@ -42,8 +51,15 @@ def test_each_write_is_a_row_group_and_values_keep_their_meaning(tmp_path: Path)
     file = ParquetCsvFile(
         tmp_path, "vaccination_records", vaccination_columns(ZONE, include_personnummer=False)
     )
-    group = {"group_code": "OVRIGT", "subgroup_code": "RESEVACCINATIONER", "reference_code": None}
-    file.write([dose(1, [group]), dose(2, [])])
+    group = {
+        "membership_id": "m-1",
+        "group_code": "OVRIGT",
+        "group_name": "Övrigt",
+        "subgroup_code": "RESEVACCINATIONER",
+        "subgroup_name": "Övriga resevaccinationer",
+        "reference_code": None,
+    }
+    file.write([dose(1, [group]), dose(2, [], registered=False)])
     file.write([dose(3, [group, {**group, "group_code": "INFLUENSA"}])])
     file.commit()
 
@@ -52,16 +68,31 @@ def test_each_write_is_a_row_group_and_values_keep_their_meaning(tmp_path: Path)
     rows = parquet.read().to_pylist()
     assert [r["vaccination_id"] for r in rows] == ["v-1", "v-2", "v-3"]
     assert rows[0]["groups"] == [group] and rows[1]["groups"] == []
-    assert rows[0]["confirmed_at"] == AT
+    assert rows[0]["confirmed_at"] == AT and rows[0]["administered_at"] == GIVEN
+    assert rows[0]["vaccine"] == {"code": "J07BN01", "name": "Comirnaty", "dose_number": 3}
+    assert rows[1]["vaccine"] is None and rows[1]["administered_at"] is None
+    assert (rows[0]["missing_group"], rows[1]["missing_group"]) == (False, True)
+    assert (rows[0]["basis"], rows[1]["basis"], rows[0]["status"]) == (
+        "registration",
+        "popup",
+        "completed",
+    )
     assert parquet.schema_arrow.field("confirmed_at").type == pa.timestamp("us", tz=ZONE)
+    assert parquet.schema_arrow.field("administered_at").type == pa.timestamp("us", tz=ZONE)
+    assert parquet.schema_arrow.field("missing_group").type == pa.bool_()
     with (tmp_path / "vaccination_records.csv").open(encoding="utf-8", newline="") as handle:
         text_rows = list(csv.DictReader(handle))
     assert text_rows[0]["confirmed_at"] == "2026-11-26T13:00:00.123456+01:00"
-    assert (
-        text_rows[0]["groups"]
-        == '[{"group_code":"OVRIGT","subgroup_code":"RESEVACCINATIONER","reference_code":null}]'
+    assert text_rows[0]["administered_at"] == "2026-11-26T00:30:00+01:00"
+    assert text_rows[0]["groups"] == (
+        '[{"membership_id":"m-1","group_code":"OVRIGT","group_name":"Övrigt",'
+        '"subgroup_code":"RESEVACCINATIONER","subgroup_name":"Övriga resevaccinationer",'
+        '"reference_code":null}]'
     )
+    assert text_rows[0]["vaccine"] == '{"code":"J07BN01","name":"Comirnaty","dose_number":3}'
+    assert (text_rows[0]["missing_group"], text_rows[1]["missing_group"]) == ("false", "true")
     assert text_rows[1]["groups"] == "[]" and text_rows[0]["version"] == "1"
+    assert text_rows[1]["vaccine"] == "" and text_rows[1]["administered_at"] == ""
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "vaccination_records.csv",
         "vaccination_records.parquet",

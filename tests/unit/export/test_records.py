@@ -28,9 +28,11 @@ from services.export.domain.records import (
 )
 from services.export.service_layer.pipeline import record_value
 from services.export.service_layer.translate import records_from_event
+from services.groups.adapters import rows
 from services.groups.adapters.rows import MembershipWrite
 from services.groups.catalog import default_catalog_path
 from services.groups.domain.catalog import Catalog
+from services.groups.domain.doses import Basis, Dose, DoseStatus, Vaccine
 from services.groups.domain.membership import Actor, Membership, MembershipStatus
 from services.groups.service_layer import messages
 
@@ -202,33 +204,113 @@ def test_a_membership_event_without_an_instant_of_creation_is_poison(created_at:
     assert raised.value.error_code == "SCHEMA_VIOLATION"
 
 
-def test_a_confirmation_event_and_its_row_give_the_same_record() -> None:
-    views = [messages.membership_view(membership(), CATALOG)]
-    data = {
+def _dose(**changes: Any) -> Dose:
+    fields: dict[str, Any] = {
+        "vaccination_id": "v-1",
+        "personnummer": PNR,
+        "unit_id": "unit-1",
+        "basis": Basis.REGISTRATION,
+        "status": DoseStatus.COMPLETED,
+        "prompt_id": None,
+        "confirmed_at": NOW - timedelta(minutes=3),
+        # Given just after midnight in Stockholm: still the 26th there.
+        "administered_at": datetime(2026, 11, 25, 23, 5, tzinfo=UTC),
+        "vaccine": Vaccine("J07BN01", "Comirnaty", 3),
+        "actor": Actor("u", "unit-1"),
+        "memberships": (messages.membership_view(membership(), CATALOG),),
+        "version": 2,
         "command_id": "c-2",
+        "updated_at": NOW,
+    }
+    return Dose(**{**fields, **changes})
+
+
+def _row_of(dose: Dose) -> dict[str, Any]:
+    """What the export's query returns for the groups service's row of `dose`: JSONB
+    decoded, timestamptz in UTC."""
+    row = rows.dose_row(dose)
+    for name in ("memberships", "vaccine"):
+        row[name] = json.loads(row[name]) if row[name] is not None else None
+    for name in ("confirmed_at", "administered_at", "updated_at"):
+        row[name] = row[name].astimezone(UTC) if row[name] is not None else None
+    return row
+
+
+@pytest.mark.parametrize(
+    "dose",
+    [
+        _dose(),
+        _dose(
+            basis=Basis.POPUP,
+            administered_at=None,
+            vaccine=None,
+            memberships=(),
+            prompt_id="p",
+            actor=None,
+            command_id=None,
+        ),
+        _dose(status=DoseStatus.ENTERED_IN_ERROR, memberships=(), confirmed_at=None),
+    ],
+    ids=["registered", "popup only", "entered in error"],
+)
+def test_a_confirmation_event_and_its_row_give_the_same_record(dose: Dose) -> None:
+    data = messages.confirmation_data(dose)
+    [live] = records_from_event(_through_the_wire(messages.CONFIRMED, data, NOW), BUILDER)
+    assert record_value(live) == record_value(BUILDER.vaccination_from_row(_row_of(dose)))
+    assert live.key == "v-1" and live.updated_at == NOW.isoformat()
+    assert live.data["missing_group"] is dose.missing_group
+    assert live.data["status"] == dose.status.value and live.data["basis"] == dose.basis.value
+
+
+def test_the_vaccination_record_has_the_contracts_fields() -> None:
+    [live] = records_from_event(
+        _through_the_wire(messages.CONFIRMED, messages.confirmation_data(_dose()), NOW), BUILDER
+    )
+    assert live.data == {
+        "vaccination_id": "v-1",
+        "subject_id": hmac.new(KEY, PNR.encode(), hashlib.sha256).hexdigest(),
+        "key_id": BUILDER.pseudonymizer.key_id,
+        "unit_id": "unit-1",
+        "administered_at": "2026-11-26T00:05:00+01:00",
+        "vaccine": {"code": "J07BN01", "name": "Comirnaty", "dose_number": 3},
+        "confirmed_at": (NOW - timedelta(minutes=3)).isoformat(),
+        "basis": "registration",
+        "groups": [
+            {
+                "membership_id": MID,
+                "group_code": "INFLUENSA",
+                "group_name": "Influensa",
+                "subgroup_code": "ALDER_65_PLUS",
+                "subgroup_name": "11. 65 år och äldre",
+                "reference_code": "REF-1",
+            }
+        ],
+        "missing_group": False,
+        "status": "completed",
+        "version": 2,
+    }
+
+
+def test_a_confirmation_of_revision_1_is_a_completed_popup_dose() -> None:
+    """Events written before registrations existed are still exported."""
+    data = {
+        "command_id": "c-1",
         "prompt_id": "p",
         "vaccination_id": "v-1",
         "personnummer": PNR,
-        "actor": {"user_id": "u", "unit_id": "unit-2"},
+        "actor": {"user_id": "u", "unit_id": "unit-1"},
         "unit_id": "unit-1",
-        "memberships": views,
+        "memberships": [],
         "confirmed_at": NOW.isoformat(),
-        "version": 2,
+        "version": 1,
     }
-    later = NOW + timedelta(milliseconds=7)  # the event's own time is not the record's
-    [live] = records_from_event(_through_the_wire(messages.CONFIRMED, data, later), BUILDER)
-    row = {
-        "vaccination_id": "v-1",
-        "personnummer": PNR,
-        "unit_id": "unit-1",
-        "memberships": json.loads(json.dumps(views)),  # JSONB
-        "confirmed_at": NOW.astimezone(UTC),
-        "version": 2,
-    }
-    assert record_value(live) == record_value(BUILDER.vaccination_from_row(row))
-    assert live.data["groups"] == [
-        {"group_code": "INFLUENSA", "subgroup_code": "ALDER_65_PLUS", "reference_code": "REF-1"}
-    ]
+    [live] = records_from_event(_through_the_wire(messages.CONFIRMED, data, NOW), BUILDER)
+    assert (live.data["basis"], live.data["status"], live.data["missing_group"]) == (
+        "popup",
+        "completed",
+        True,
+    )
+    assert live.data["administered_at"] is None and live.data["vaccine"] is None
 
 
 # -- record shape -------------------------------------------------------------
@@ -245,9 +327,15 @@ def test_membership_record_has_no_personnummer_unless_asked() -> None:
         vaccination_id="v",
         personnummer=PNR,
         unit_id="u",
+        administered_at=None,
+        vaccine=None,
         confirmed_at=NOW,
+        basis="popup",
         memberships=[],
+        missing_group=True,
+        status="completed",
         version=1,
+        updated_at=NOW,
     )
     assert confirmed.type == VACCINATION_RECORD and confirmed.data["personnummer"] == PNR
 
@@ -276,6 +364,8 @@ def test_rejections_are_not_exported() -> None:
         {"version": 0},
         {"confirmed_at": "yesterday"},
         {"confirmed_at": "2026-11-26T12:00:00"},  # no offset
+        {"administered_at": "2026-11-26"},
+        {"vaccine": "Comirnaty"},
         {"memberships": "INFLUENSA"},
         {"unit_id": ""},
     ],

@@ -11,6 +11,7 @@ from typing import Any, Self
 
 from services.common.records import SourceRecord
 from services.groups.adapters.repository import BookingRow, PromptRow
+from services.groups.domain.doses import Dose
 from services.groups.domain.membership import Customer, Membership
 from services.groups.domain.personnummer import Personnummer
 from services.groups.service_layer.context import Clock
@@ -36,7 +37,7 @@ class FakeRepository:
         self.memberships: dict[str, tuple[str, Membership, datetime]] = {}
         self.bookings: dict[str, BookingRow] = {}
         self.prompts: dict[str, PromptRow] = {}
-        self.confirmations: dict[str, dict[str, Any]] = {}
+        self.doses: dict[str, Dose] = {}
         self.audit_rows: list[dict[str, Any]] = []
 
     async def ensure_customer(
@@ -114,11 +115,15 @@ class FakeRepository:
     async def close_prompt(self, prompt_id: str, *, now: datetime) -> None:
         self.prompts[prompt_id].closed_at = now
 
-    async def upsert_confirmation(self, values: dict[str, Any]) -> int:
-        known = self.confirmations.get(values["vaccination_id"])
-        version = (known["version"] if known else 0) + 1
-        self.confirmations[values["vaccination_id"]] = {**values, "version": version}
-        return version
+    async def get_dose(self, vaccination_id: str) -> Dose | None:
+        return self.doses.get(vaccination_id)
+
+    async def doses_of(self, personnummer: Personnummer) -> list[Dose]:
+        found = [d for d in self.doses.values() if d.personnummer == personnummer.value]
+        return sorted(found, key=lambda d: d.vaccination_id)
+
+    async def save_dose(self, dose: Dose) -> None:
+        self.doses[dose.vaccination_id] = dose
 
     async def audit(
         self,
