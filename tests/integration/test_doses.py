@@ -172,9 +172,9 @@ async def test_a_correction_after_the_dose_confirms_it_again(nurse: NurseClient)
         await nurse.register("v-corrected", PNR, administered_at=given_days_ago(7))
     )
     assert codes(first) == ["INFLUENSA"]
-    # The pencil: a wrong subgroup corrected in place, after the dose.
+    # The pencil: a wrong group corrected in place, after the dose.
     update = await nurse.command(
-        "update", PNR, membership_id=membership_id, subgroup_code="RISKGRUPP"
+        "update", PNR, membership_id=membership_id, group_code="PNEUMOKOCK", subgroup_code=None
     )
     assert update["type"] == "customer_group.updated"
     [again] = await nurse.events.wait_for(
@@ -186,7 +186,9 @@ async def test_a_correction_after_the_dose_confirms_it_again(nurse: NurseClient)
     )
     data = again["data"]
     assert (data["command_id"], data["actor"], data["basis"]) == (None, None, "registration")
-    assert data["memberships"][0]["subgroup_code"] == "RISKGRUPP"
+    assert [(m["group_code"], m["subgroup_code"]) for m in data["memberships"]] == [
+        ("PNEUMOKOCK", None)
+    ]
     # An end before the dose's day removes the group from it.
     await nurse.command("remove", PNR, membership_id=membership_id, valid_to=days_ago(8))
     [third] = await nurse.events.wait_for(

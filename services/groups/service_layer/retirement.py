@@ -20,6 +20,7 @@ from services.groups.domain.membership import Membership
 from services.groups.domain.personnummer import Personnummer
 from services.groups.service_layer import messages, outgoing
 from services.groups.service_layer.context import Context, Dependencies
+from services.groups.service_layer.doses import reconfirm_doses
 from services.groups.service_layer.unit_of_work import AbstractUnitOfWork
 
 log = logging.getLogger(__name__)
@@ -98,6 +99,8 @@ async def _retire_customer(
             messages.retired_data(personnummer.value, membership, catalog),
             now=now,
         )
+    if ended:  # an earlier end may take a group off a dose's day
+        await reconfirm_doses(uow, deps, personnummer, customer, now)
     return len(ended)
 
 

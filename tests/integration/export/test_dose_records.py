@@ -62,9 +62,13 @@ async def test_a_registered_dose_is_exported_and_follows_every_version(
         records = await wait_for_state(kafka, settings.topics.export, first)
         v1 = json.loads(last_values(records)["v-export"])
 
-        # The pencil after the dose: the record follows with the next version.
+        # The pencil after the dose, on the group itself: the record follows.
         await nurse.command(
-            "update", PNR_A, membership_id=membership["membership_id"], subgroup_code="RISKGRUPP"
+            "update",
+            PNR_A,
+            membership_id=membership["membership_id"],
+            group_code="PNEUMOKOCK",
+            subgroup_code="ALDER_65_PLUS",
         )
         # A dose registered by mistake, for another customer with no group at all.
         await nurse.answer(await nurse.register("v-missing", PNR_B))
@@ -105,7 +109,14 @@ async def test_a_registered_dose_is_exported_and_follows_every_version(
     state = {key: json.loads(value) for key, value in last_values(records).items()}
     v2 = state["v-export"]["data"]
     assert v2["version"] == 2
-    assert v2["groups"] == [{**group, "subgroup_code": "RISKGRUPP", "subgroup_name": "Riskgrupp"}]
+    assert v2["groups"] == [
+        {
+            **group,
+            "group_code": "PNEUMOKOCK",
+            "group_name": "Pneumokockvaccin",
+            "subgroup_name": "65 år och äldre",
+        }
+    ]
     assert {k: v for k, v in v2.items() if k not in ("groups", "version")} == {
         k: v for k, v in v1["data"].items() if k not in ("groups", "version")
     }
