@@ -2,8 +2,8 @@
 
 aiokafka (0.14.0) refreshes cluster metadata in one task per client, woken by
 `force_metadata_update()`, and starts a refresh at once however the last one went. Its
-fetcher, when the last metadata names no leader for an assigned partition (what a broker
-in controlled shutdown answers just before it goes), forces a refresh and waits for it in
+fetcher, when the last metadata names no leader for an assigned partition (a broker in
+controlled shutdown can answer so just before it goes), forces a refresh and waits for it in
 a loop; with the broker gone each refresh fails within a refused connect, so the loop
 turns as fast as the CPU allows, logging two errors a turn, until the broker is back
 (BENCHMARKS.md, issue 15). The producer's sender does the same for a partition without a
