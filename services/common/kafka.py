@@ -40,11 +40,16 @@ from faststream.security import (
 )
 
 from services.common.backoff import Backoff, retry_forever
+from services.common.kafka_metadata import pace_metadata_refreshes
 from services.common.records import keep_raw_bytes
 from services.common.settings import KafkaSettings, ServiceSettings, TopicSettings
 from services.common.telemetry import telemetry_middlewares
 
 log = logging.getLogger(__name__)
+
+# Every aiokafka client of the process, FastStream's too: without it a consumer can spin
+# a whole core while the broker is down (see the module).
+pace_metadata_refreshes()
 
 
 def build_security(settings: KafkaSettings) -> BaseSecurity | None:

@@ -13,7 +13,9 @@ import json
 import logging
 import re
 import sys
+import time
 import traceback
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -84,9 +86,53 @@ class JsonFormatter(logging.Formatter):
         return redact_personnummer(json.dumps(payload, ensure_ascii=False, default=str))
 
 
+class RepeatFilter(logging.Filter):
+    """At most one record per kind and `interval` seconds from the loggers under
+    `prefixes`; the one let through counts those held back since the last (`suppressed`).
+
+    aiokafka logs an error on every attempt to reach a broker that is down, several a
+    second per client for as long as the outage lasts; the first line and one every
+    `interval` say as much. A kind is the logger, the level and the message template
+    (not its arguments).
+    """
+
+    def __init__(
+        self,
+        prefixes: tuple[str, ...] = ("aiokafka",),
+        *,
+        interval: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+        max_kinds: int = 256,
+    ) -> None:
+        super().__init__()
+        self._names = prefixes
+        self._children = tuple(f"{name}." for name in prefixes)
+        self._interval = interval
+        self._clock = clock
+        self._max_kinds = max_kinds
+        self._kinds: dict[tuple[str, int, str], list[float]] = {}  # kind -> [last, held]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not (record.name in self._names or record.name.startswith(self._children)):
+            return True
+        kind = (record.name, record.levelno, str(record.msg))
+        now = self._clock()
+        seen = self._kinds.get(kind)
+        if seen is not None and now - seen[0] < self._interval:
+            seen[1] += 1
+            return False
+        if seen is None and len(self._kinds) >= self._max_kinds:
+            self._kinds.clear()  # bounded memory if a library logs f-strings
+        if seen is not None and seen[1]:
+            record.ctx_suppressed = int(seen[1])
+        self._kinds[kind] = [now, 0]
+        return True
+
+
 def configure_logging(level: str = "INFO") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
+    handler.addFilter(RepeatFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

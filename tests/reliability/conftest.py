@@ -37,6 +37,7 @@ class Scale:
     broker_customers: int
     broker_inputs: int
     broker_restarts: int
+    broker_down_seconds: float
     outage_customers: int
     outage_inputs: int
     outage_seconds: float
@@ -58,6 +59,7 @@ SCALES = {
         broker_customers=60,
         broker_inputs=1500,
         broker_restarts=1,
+        broker_down_seconds=30.0,
         outage_customers=60,
         outage_inputs=1500,
         outage_seconds=12.0,
@@ -78,6 +80,7 @@ SCALES = {
         broker_customers=20,
         broker_inputs=400,
         broker_restarts=1,
+        broker_down_seconds=10.0,
         outage_customers=20,
         outage_inputs=400,
         outage_seconds=10.0,
@@ -97,6 +100,7 @@ SCALES = {
         broker_customers=300,
         broker_inputs=6000,
         broker_restarts=2,
+        broker_down_seconds=30.0,
         outage_customers=300,
         outage_inputs=6000,
         outage_seconds=20.0,

@@ -4,7 +4,13 @@ import json
 import logging
 import sys
 
-from services.common.logs import JsonFormatter, redact_personnummer, scrubbed_traceback
+from services.common.logs import (
+    JsonFormatter,
+    RepeatFilter,
+    configure_logging,
+    redact_personnummer,
+    scrubbed_traceback,
+)
 
 
 def test_luhn_valid_numbers_are_masked_in_every_form() -> None:
@@ -62,3 +68,46 @@ def test_the_sqlstate_of_a_database_error_is_kept() -> None:
         text = scrubbed_traceback(error)
     assert "Anna" not in text
     assert "(SQLSTATE 23505): <message withheld>" in text
+
+
+def _record(name: str, msg: str, *args: object, level: int = logging.ERROR) -> logging.LogRecord:
+    return logging.LogRecord(name, level, __file__, 1, msg, args, None)
+
+
+def test_repeated_library_errors_are_let_through_once_per_interval_with_a_count() -> None:
+    now = [0.0]
+    repeats = RepeatFilter(("aiokafka",), interval=30.0, clock=lambda: now[0])
+    template = "Unable connect to node with id %s: %s"
+    passed = []
+    for step in range(600):  # 60 s of an attempt every 0.1 s
+        now[0] = step * 0.1
+        record = _record("aiokafka", template, 1, f"refused {step}")
+        if repeats.filter(record):
+            passed.append(record)
+    assert len(passed) == 2, "the first, and one after 30 s"
+    assert not hasattr(passed[0], "ctx_suppressed")
+    assert passed[1].ctx_suppressed == 299
+    assert json.loads(JsonFormatter().format(passed[1]))["suppressed"] == 299
+
+
+def test_kinds_are_counted_apart_and_other_loggers_are_untouched() -> None:
+    repeats = RepeatFilter(("aiokafka",), interval=30.0, clock=lambda: 0.0)
+    assert repeats.filter(_record("aiokafka.consumer.fetcher", "Failed fetch %s", 1))
+    assert repeats.filter(_record("aiokafka.consumer.group_coordinator", "Failed fetch %s", 1))
+    assert repeats.filter(_record("aiokafka", "Failed fetch %s", 1, level=logging.WARNING))
+    assert not repeats.filter(_record("aiokafka.consumer.fetcher", "Failed fetch %s", 2))
+    for _ in range(3):
+        assert repeats.filter(_record("services.groups.consumer", "batch failed"))
+        assert repeats.filter(_record("aiokafkaesque", "not aiokafka's"))
+
+
+def test_the_services_handler_holds_repeats_back() -> None:
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        configure_logging("INFO")
+        (handler,) = root.handlers
+        assert any(isinstance(f, RepeatFilter) for f in handler.filters)
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)
