@@ -238,11 +238,14 @@ class Model:
                 self._reconfirm(data["personnummer"])
 
     def _covering_today(self, customer: Customer) -> list[Any]:
-        """The memberships covering the day of a popup's close (every close is today)."""
+        """The memberships covering the day of a popup's close (every close is today); one
+        entered in error never applied, so it covers no day."""
         return [
             m
             for m in customer.memberships
-            if m.valid_from <= self.today and (m.valid_to is None or self.today <= m.valid_to)
+            if m.status != "entered_in_error"
+            and m.valid_from <= self.today
+            and (m.valid_to is None or self.today <= m.valid_to)
         ]
 
     def _confirm(
