@@ -46,7 +46,9 @@ def _event(type_: str, data: dict[str, Any]) -> bytes:
 
 
 async def _wait_for(bootstrap: str, topic: str, type_: str) -> dict[str, Any]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, isolation_level="read_committed"
+    )
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
     await consumer.start()
     await producer.start()
