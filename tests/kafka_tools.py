@@ -56,9 +56,17 @@ class KafkaTestClient:
     async def send_event(self, topic: str, event: dict[str, Any], key: str | None = None) -> None:
         await self.send_raw(topic, json.dumps(event).encode(), key.encode() if key else None)
 
-    async def read_all(self, topic: str, *, timeout: float = 3.0) -> list[ConsumerRecord[Any, Any]]:
+    async def read_all(
+        self, topic: str, *, timeout: float = 3.0, isolation_level: str = "read_committed"
+    ) -> list[ConsumerRecord[Any, Any]]:
         """Everything currently on the topic (from the beginning)."""
-        return await self.read_until(topic, lambda _records: False, timeout=timeout, require=False)
+        return await self.read_until(
+            topic,
+            lambda _records: False,
+            timeout=timeout,
+            require=False,
+            isolation_level=isolation_level,
+        )
 
     async def read_until(
         self,
@@ -67,9 +75,15 @@ class KafkaTestClient:
         *,
         timeout: float = 30.0,
         require: bool = True,
+        isolation_level: str = "read_committed",
     ) -> list[ConsumerRecord[Any, Any]]:
+        """As the contract tells consumers: `read_committed`; `read_uncommitted` also shows
+        what aborted transactions left on the log."""
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+            bootstrap_servers=self.bootstrap,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            isolation_level=isolation_level,
         )
         await consumer.start()
         try:
@@ -130,7 +144,9 @@ class TopicCollector:
         finally:
             await producer.stop()
         self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap, enable_auto_commit=False
+            bootstrap_servers=self.bootstrap,
+            enable_auto_commit=False,
+            isolation_level="read_committed",  # as the contract tells consumers
         )
         await self._consumer.start()
         self._consumer.assign(partitions)
