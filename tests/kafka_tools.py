@@ -125,10 +125,13 @@ class KafkaTestClient:
 class TopicCollector:
     """Reads a topic from the beginning in the background; tests wait on what arrived."""
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
+    def __init__(self, bootstrap: str, topic: str, *, fetch_max_wait_ms: int = 500) -> None:
+        """`fetch_max_wait_ms`: lower it to time arrivals closely."""
         self.bootstrap = bootstrap
         self.topic = topic
+        self.fetch_max_wait_ms = fetch_max_wait_ms
         self.records: list[ConsumerRecord[Any, Any]] = []
+        self.arrived_at: list[float] = []  # time.monotonic() when each record arrived
         self._task: asyncio.Task[None] | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._arrived = asyncio.Event()
@@ -147,6 +150,8 @@ class TopicCollector:
             bootstrap_servers=self.bootstrap,
             enable_auto_commit=False,
             isolation_level="read_committed",  # as the contract tells consumers
+            fetch_max_wait_ms=self.fetch_max_wait_ms,
+            max_partition_fetch_bytes=4 * 1024 * 1024,
         )
         await self._consumer.start()
         self._consumer.assign(partitions)
@@ -165,8 +170,10 @@ class TopicCollector:
         assert self._consumer is not None
         while True:
             batch = await self._consumer.getmany(timeout_ms=100)
+            now = time.monotonic()
             for items in batch.values():
                 self.records.extend(items)
+                self.arrived_at += [now] * len(items)
             if batch:
                 self._arrived.set()
 

@@ -18,7 +18,7 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from sqlalchemy import func, insert, select
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.common.db import create_engine
 from services.common.kafka import build_producer, ensure_topics
@@ -276,9 +276,7 @@ async def test_a_lease_passes_on_when_its_holder_stops_renewing_or_its_session_e
     await migrate.upgrade(engine)
     first, second = Lease("test", seconds=1.0), Lease("test", seconds=1.0)
     try:
-        async with engine.connect() as a, engine.connect() as b:
-            a = await a.execution_options(isolation_level="AUTOCOMMIT")
-            b = await b.execution_options(isolation_level="AUTOCOMMIT")
+        async with two_sessions(engine) as (a, b):
             assert await first.acquire(a) == 1
             waiting = asyncio.create_task(second.acquire(b))
             await asyncio.sleep(0.5)
@@ -291,9 +289,7 @@ async def test_a_lease_passes_on_when_its_holder_stops_renewing_or_its_session_e
             await second.renew_if_due(b)  # the holder renews
         # The holder's session ends (a crash): the next one need not wait for expiry.
         third, fourth = Lease("test", seconds=60.0), Lease("test", seconds=60.0)
-        async with engine.connect() as c, engine.connect() as d:
-            c = await c.execution_options(isolation_level="AUTOCOMMIT")
-            d = await d.execution_options(isolation_level="AUTOCOMMIT")
+        async with two_sessions(engine) as (c, d):
             assert await third.acquire(c) == 3
             blocked = asyncio.create_task(fourth.acquire(d))
             await asyncio.sleep(0.5)
@@ -302,3 +298,15 @@ async def test_a_lease_passes_on_when_its_holder_stops_renewing_or_its_session_e
             assert await asyncio.wait_for(blocked, 5.0) == 4
     finally:
         await engine.dispose()
+
+
+@contextlib.asynccontextmanager
+async def two_sessions(
+    engine: AsyncEngine,
+) -> AsyncIterator[tuple[AsyncConnection, AsyncConnection]]:
+    """Two database sessions, as two processes' relays hold theirs (autocommit)."""
+    async with engine.connect() as a, engine.connect() as b:
+        yield (
+            await a.execution_options(isolation_level="AUTOCOMMIT"),
+            await b.execution_options(isolation_level="AUTOCOMMIT"),
+        )

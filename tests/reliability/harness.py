@@ -304,16 +304,21 @@ async def _partitions(bootstrap: str, topics: Sequence[str]) -> list[TopicPartit
 
 
 async def read_topic(
-    bootstrap: str, topic: str, *, timeout: float = 120.0
+    bootstrap: str,
+    topic: str,
+    *,
+    timeout: float = 120.0,
+    isolation_level: str = "read_committed",
 ) -> list[ConsumerRecord[bytes, bytes]]:
-    """Every record on `topic` up to its end offsets at the time of the call."""
+    """Every record on `topic` up to its end offsets at the time of the call, as the
+    contract tells consumers to read (`read_uncommitted`: aborted transactions' too)."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         max_partition_fetch_bytes=4 * 1024 * 1024,
         fetch_max_bytes=16 * 1024 * 1024,
-        isolation_level="read_committed",  # as the contract tells consumers
+        isolation_level=isolation_level,
     )
     await consumer.start()
     try:

@@ -29,16 +29,15 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.structs import TopicPartition
 from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from devinfra.provider import Infrastructure
 from devinfra.services import http_json
 from services.groups.adapters.orm import outbox, outbox_parked
+from tests.kafka_tools import TopicCollector
 from tests.reliability.conftest import Check, require_local
-from tests.reliability.harness import ServiceHandle, Stack, _partitions, wait_until
+from tests.reliability.harness import ServiceHandle, Stack, read_topic, wait_until
 
 LEASE_SECONDS = 3.0
 KEYS = 40
@@ -115,54 +114,27 @@ class OutboxStream:
 
 
 class Arrivals:
-    """A consumer of the topic from its beginning, noting when each record arrives."""
+    """The decoded records a `TopicCollector` has read, with when each arrived (decoded
+    once, as they come: the tests poll this while thousands arrive)."""
 
-    def __init__(self, bootstrap: str, topic: str, isolation_level: str = "read_committed"):
-        self.bootstrap = bootstrap
-        self.topic = topic
-        self.records: list[tuple[float, dict[str, Any]]] = []
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap,
-            enable_auto_commit=False,
-            isolation_level=isolation_level,
-            fetch_max_wait_ms=20,
-            max_partition_fetch_bytes=4 * 1024 * 1024,
-            fetch_max_bytes=16 * 1024 * 1024,
-        )
-        self._task: asyncio.Task[None] | None = None
-        self.partitions: list[TopicPartition] = []
+    def __init__(self, collector: TopicCollector) -> None:
+        self.collector = collector
+        self._values: list[tuple[float, dict[str, Any]]] = []
+        self._ids: set[str] = set()
 
-    async def __aenter__(self) -> Arrivals:
-        producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap)
-        await producer.start()
-        try:
-            found = sorted(await producer.partitions_for(self.topic))
-        finally:
-            await producer.stop()
-        self.partitions = [TopicPartition(self.topic, p) for p in found]
-        await self._consumer.start()
-        self._consumer.assign(self.partitions)
-        await self._consumer.seek_to_beginning(*self.partitions)
-        self._task = asyncio.create_task(self._run())
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._task is not None
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        await self._consumer.stop()
-
-    async def _run(self) -> None:
-        while True:
-            with contextlib.suppress(Exception):  # the broker may be down for a while
-                batch = await self._consumer.getmany(timeout_ms=100, max_records=10_000)
-                now = time.monotonic()
-                for items in batch.values():
-                    self.records += [(now, json.loads(r.value)) for r in items]
+    def values(self) -> list[tuple[float, dict[str, Any]]]:
+        c = self.collector
+        for at, record in zip(
+            c.arrived_at[len(self._values) :], c.records[len(self._values) :], strict=True
+        ):
+            value = json.loads(record.value)
+            self._values.append((at, value))
+            self._ids.add(value["id"])
+        return self._values
 
     def ids(self) -> set[str]:
-        return {value["id"] for _, value in self.records}
+        self.values()
+        return self._ids
 
 
 def order_figures(arrivals: Arrivals, stream: OutboxStream) -> dict[str, int]:
@@ -172,7 +144,7 @@ def order_figures(arrivals: Arrivals, stream: OutboxStream) -> dict[str, int]:
     newest: dict[str, int] = {}
     seen: set[str] = set()
     out_of_order = copies = 0
-    for _, value in arrivals.records:
+    for _, value in arrivals.values():
         if value["id"] in seen:
             copies += 1
             continue
@@ -182,6 +154,13 @@ def order_figures(arrivals: Arrivals, stream: OutboxStream) -> dict[str, int]:
         newest[value["key"]] = max(newest.get(value["key"], -1), value["seq"])
     missing = sum(1 for record_id in stream.inserted if record_id not in seen)
     return {"out_of_order": out_of_order, "copies": copies, "missing": missing}
+
+
+@contextlib.asynccontextmanager
+async def arrivals_on(stack: Stack, topic: str) -> AsyncIterator[Arrivals]:
+    """A `read_committed` reader from the topic's beginning that times arrivals closely."""
+    async with TopicCollector(stack.bootstrap, topic, fetch_max_wait_ms=20) as collector:
+        yield Arrivals(collector)
 
 
 @contextlib.asynccontextmanager
@@ -223,33 +202,8 @@ async def drained(stack: Stack, arrivals: Arrivals, stream: OutboxStream) -> Non
 
 async def read_raw(bootstrap: str, topic: str) -> list[dict[str, Any]]:
     """Every record on the topic, aborted transactions' included (`read_uncommitted`)."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
-        enable_auto_commit=False,
-        isolation_level="read_uncommitted",
-        auto_offset_reset="earliest",
-        max_partition_fetch_bytes=4 * 1024 * 1024,
-        fetch_max_bytes=16 * 1024 * 1024,
-    )
-    await consumer.start()
-    try:
-        partitions = await _partitions(bootstrap, [topic])
-        consumer.assign(partitions)
-        end = await consumer.end_offsets(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        values: list[dict[str, Any]] = []
-        deadline = time.monotonic() + 60
-        while True:
-            positions = {tp: await consumer.position(tp) for tp in partitions}
-            if all(positions[tp] >= end[tp] for tp in partitions):
-                return values
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{topic}: read to {positions}, not to {end}")
-            batch = await consumer.getmany(timeout_ms=500, max_records=10_000)
-            for tp, items in batch.items():
-                values += [json.loads(r.value) for r in items if r.offset < end[tp]]
-    finally:
-        await consumer.stop()
+    records = await read_topic(bootstrap, topic, isolation_level="read_uncommitted")
+    return [json.loads(r.value) for r in records]
 
 
 def relay_log_lines(handle: ServiceHandle) -> list[str]:
@@ -265,7 +219,7 @@ def relay_log_lines(handle: ServiceHandle) -> list[str]:
 async def test_a_refused_row_is_parked_and_the_others_flow(stack: Stack, check: Check) -> None:
     topic = stack.topics.prompts
     groups = await groups_process(stack, "groups")
-    async with stream_engine(stack) as engine, Arrivals(stack.bootstrap, topic) as arrivals:
+    async with stream_engine(stack) as engine, arrivals_on(stack, topic) as arrivals:
         stream = OutboxStream(engine, topic)
         stream.start()
         await asyncio.sleep(3.0)
@@ -282,7 +236,7 @@ async def test_a_refused_row_is_parked_and_the_others_flow(stack: Stack, check: 
         _, health = await asyncio.to_thread(http_json, f"{groups.process.url}/healthz")
 
     arrived = {}
-    for at, value in arrivals.records:
+    for at, value in arrivals.values():
         arrived.setdefault(value["id"], at)
     delays = {rid: arrived[rid] - row.committed_at for rid, row in stream.inserted.items()}
     around = [d for rid, d in delays.items() if large_at <= stream.inserted[rid].committed_at]
@@ -304,7 +258,7 @@ async def test_a_refused_row_is_parked_and_the_others_flow(stack: Stack, check: 
         parked_error=[p.error for p in parked],
         copies_published_per_row_at_most_including_aborted=max(raw_copies.values()),
         copies_published_per_row_at_most_read_committed=max(
-            Counter(value["id"] for _, value in arrivals.records).values()
+            Counter(value["id"] for _, value in arrivals.values()).values()
         ),
         other_rows_delay_after_the_refusal_max_s=round(max(around), 2),
         other_rows_delay_usual_median_p99_s=[
@@ -339,7 +293,7 @@ async def test_a_frozen_leader_is_replaced_and_nothing_it_had_in_flight_lands_af
     second = await groups_process(stack, "groups-b")
     handles = {first.pid: first, second.pid: second}
     cycles: list[dict[str, Any]] = []
-    async with stream_engine(stack) as engine, Arrivals(stack.bootstrap, topic) as arrivals:
+    async with stream_engine(stack) as engine, arrivals_on(stack, topic) as arrivals:
         stream = OutboxStream(engine, topic)
         stream.start()
         # Until a freeze caught the leader with a transaction open (its woken producer is
@@ -386,7 +340,7 @@ async def test_a_frozen_leader_is_replaced_and_nothing_it_had_in_flight_lands_af
         raw = await read_raw(stack.bootstrap, topic)
 
     figures = order_figures(arrivals, stream)
-    aborted = len(raw) - len(arrivals.records)
+    aborted = len(raw) - len(arrivals.values())
     check.record(
         "relay_frozen_leader",
         "Outbox relay leader frozen (SIGSTOP) until another takes over, then woken",
@@ -448,7 +402,7 @@ async def test_a_broker_outage_mid_stream_keeps_per_key_order(
     topic = stack.topics.prompts
     first = await groups_process(stack, "groups-a")
     second = await groups_process(stack, "groups-b")
-    async with stream_engine(stack) as engine, Arrivals(stack.bootstrap, topic) as arrivals:
+    async with stream_engine(stack) as engine, arrivals_on(stack, topic) as arrivals:
         stream = OutboxStream(engine, topic)
         stream.start()
         await asyncio.sleep(3.0)
@@ -467,7 +421,7 @@ async def test_a_broker_outage_mid_stream_keeps_per_key_order(
 
     figures = order_figures(arrivals, stream)
     arrived: dict[str, float] = {}
-    for at, value in arrivals.records:
+    for at, value in arrivals.values():
         arrived.setdefault(value["id"], at)
     during = [
         arrived[rid] for rid, row in stream.inserted.items() if stopped <= row.committed_at <= back
