@@ -285,7 +285,14 @@ async def publish_in_batches(
     any). Records keep their order within each partition, and a keyed record goes to
     the partition `producer.send` would pick."""
     sent = await send_batches(producer, records)
-    return asyncio.gather(*(ack for _, ack in sent))
+    return asyncio.gather(*(batch.ack for batch in sent))
+
+
+@dataclass(frozen=True)
+class SentBatch:
+    positions: list[int]  # of its records in what was sent
+    partition: TopicPartition
+    ack: asyncio.Future[Any]  # fails when the broker refuses the batch
 
 
 async def send_batches(
@@ -293,10 +300,9 @@ async def send_batches(
     records: Sequence[OutgoingRecord],
     *,
     alone: Collection[int] = (),
-) -> list[tuple[list[int], asyncio.Future[Any]]]:
+) -> list[SentBatch]:
     """Hands `records` to the producer as whole per-partition batches, in order within
-    each partition; returns each batch's positions in `records` with the future of its
-    acknowledgement (which fails when the broker refuses the batch). The records at the
+    each partition (and in that order in the list returned). The records at the
     positions in `alone` go in a batch of their own, so a refusal names exactly them.
 
     `producer.send` costs a coroutine, a partitioner call and a future per record, which
@@ -313,34 +319,35 @@ async def send_batches(
             default_partition(key, choices) if key is not None else random.choice(choices)  # noqa: S311 (spreading unkeyed records)
         )
         by_partition.setdefault((topic, partition), []).append(position)
-    sent: list[tuple[list[int], asyncio.Future[Any]]] = []
+    sent: list[SentBatch] = []
     for (topic, partition), positions in by_partition.items():
+        tp = TopicPartition(topic, partition)
         batch, held = producer.create_batch(), list[int]()
         for position in positions:
             if held and position in alone:
-                sent.append((held, await _send_batch(producer, batch, topic, partition)))
+                sent.append(await _send_batch(producer, batch, tp, held))
                 batch, held = producer.create_batch(), []
             _, key, value, record_headers = records[position]
             headers = list(record_headers)  # aiokafka's batch builder takes a list only
             if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
-                sent.append((held, await _send_batch(producer, batch, topic, partition)))  # full
+                sent.append(await _send_batch(producer, batch, tp, held))  # full
                 batch, held = producer.create_batch(), []
                 batch.append(key=key, value=value, timestamp=None, headers=headers)
             held.append(position)
             if position in alone:
-                sent.append((held, await _send_batch(producer, batch, topic, partition)))
+                sent.append(await _send_batch(producer, batch, tp, held))
                 batch, held = producer.create_batch(), []
         if held:
-            sent.append((held, await _send_batch(producer, batch, topic, partition)))
+            sent.append(await _send_batch(producer, batch, tp, held))
     return sent
 
 
 async def _send_batch(
-    producer: AIOKafkaProducer, batch: Any, topic: str, partition: int
-) -> asyncio.Future[Any]:
+    producer: AIOKafkaProducer, batch: Any, tp: TopicPartition, positions: list[int]
+) -> SentBatch:
     batch.close()  # complete: no linger waiting for records that will not come
-    ack: asyncio.Future[Any] = await producer.send_batch(batch, topic, partition=partition)
-    return ack
+    ack: asyncio.Future[Any] = await producer.send_batch(batch, tp.topic, partition=tp.partition)
+    return SentBatch(positions, tp, ack)
 
 
 class FastDefaultPartitioner:

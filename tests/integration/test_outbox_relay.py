@@ -156,7 +156,8 @@ async def test_a_row_the_topic_refuses_for_good_is_parked_and_the_others_flow(
     assert all(committed[value] == 1 for value in others), "each published once"
     assert large["value"] not in committed
     copies = Counter(r.value for r in raw)  # aborted attempts included
-    assert max(copies[value] for value in others) <= 2, copies.most_common(3)
+    # What the broker took of the refused round was committed, not sent again.
+    assert max(copies[value] for value in others) == 1, copies.most_common(3)
     # Order per key is kept for the rows that flowed.
     for key in {r["key"] for r in before}:
         values = [r.value for r in published if r.key == key]

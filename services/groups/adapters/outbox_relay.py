@@ -8,10 +8,11 @@ transaction per round, and deletes them once the transaction has committed.
   flight becomes visible to a `read_committed` consumer after the new leader's records.
 - At least once. A crash between the commit and the delete sends those rows again, with
   the same CloudEvent ids (consumers drop repeated ids), before anything newer.
-- Refusals. A round the broker refuses is aborted: none of it is published, nothing the
-  broker acknowledged is re-sent outside a transaction that commits. A row refused for
-  good (too large, invalid) is parked (`outbox_parking`); when the refused batch held
-  several rows, the next round sends them one per batch to find which. A refusal of the
+- Refusals. Of a round the broker refuses in part, what it took is committed (per
+  partition, the batches before the refused one), so nothing is sent twice, and the rest
+  goes with the next round. A row refused for good (too large, invalid) is parked
+  (`outbox_parking`); when the refused batch held several rows, the next round sends them
+  one per batch to find which. A refusal of the
   topic (authorization failed, unknown topic) parks nothing, since it would park every
   row of that topic: the round is retried and an alert raised. Failures back off
   exponentially with jitter, and the backoff resets only when a transaction commits.
@@ -26,7 +27,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import aiokafka.errors
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import (
     BrokerResponseError,
     CorruptRecordException,
@@ -42,7 +43,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.common.background import BackgroundTask
 from services.common.backoff import Backoff, retry_forever
-from services.common.kafka import OutgoingRecord, send_batches
+from services.common.kafka import OutgoingRecord, SentBatch, send_batches
 from services.groups.adapters.leadership import Lease, LeaseLost
 from services.groups.adapters.metrics import GroupsMetrics
 from services.groups.adapters.outbox import decode_headers
@@ -236,22 +237,22 @@ class OutboxRelay:
         await producer.begin_transaction()
         try:
             sent = await send_batches(producer, records, alone=alone)
-            errors = await self._outcomes(sent, records)
+            errors = await self._outcomes(sent)
         except BaseException:
             await _abort(producer)
             raise
         refused = [
-            (positions, error)
-            for (positions, _), error in zip(sent, errors, strict=True)
+            (batch.positions, error)
+            for batch, error in zip(sent, errors, strict=True)
             if error is not None
         ]
         if not refused:
             await producer.commit_transaction()
             return [row.id for row in rows]
-        await _abort(producer)
+        committed = await _commit_what_was_taken(producer, sent, errors)
         # The producer's sequence numbers are off after a refused batch: this term ends
         # (the next one starts a new producer), whatever the refusal.
-        raise await self._refusal(connection, rows, refused)
+        raise await self._refusal(connection, rows, refused, [rows[p].id for p in committed])
 
     async def _check_topic(self, producer: AIOKafkaProducer, topic: str) -> None:
         """The topic's metadata, before a transaction starts: aiokafka would otherwise wait
@@ -265,28 +266,27 @@ class OutboxRelay:
 
     async def _outcomes(
         self,
-        sent: Sequence[tuple[list[int], asyncio.Future[Any]]],
-        records: Sequence[OutgoingRecord],
+        sent: Sequence[SentBatch],
     ) -> list[BaseException | None]:
         """Each batch's refusal, or None once acknowledged. The producer retries what
         the broker may still take (an outage, a leader moving) for as long as it takes;
         a warning names the topics waited for meanwhile."""
-        pending: set[asyncio.Future[Any]] = {ack for _, ack in sent}
+        pending: set[asyncio.Future[Any]] = {batch.ack for batch in sent}
         waited, interval = 0.0, 10.0
         while pending:
             _, pending = await asyncio.wait(pending, timeout=interval)
             if pending:
                 waited += interval
                 interval = min(2 * interval, 60.0)
-                topics = sorted({records[p[0]][0] for p, ack in sent if ack in pending})
+                topics = sorted({b.partition.topic for b in sent if b.ack in pending})
                 log.warning(
                     "outbox relay: a round unacknowledged for %.0f s, waiting for topics %s",
                     waited,
                     ", ".join(topics),
                 )
         return [
-            KafkaError("acknowledgement cancelled") if ack.cancelled() else ack.exception()
-            for _, ack in sent
+            KafkaError("acknowledgement cancelled") if b.ack.cancelled() else b.ack.exception()
+            for b in sent
         ]
 
     async def _refusal(
@@ -294,8 +294,14 @@ class OutboxRelay:
         connection: AsyncConnection,
         rows: Sequence[Row[Any]],
         refused: Sequence[tuple[list[int], BaseException]],
+        committed: list[int],
     ) -> BaseException:
-        """Park what was refused for good; the error to end this term with."""
+        """Delete what was committed (ids), park what was refused for good; the error to
+        end this term with."""
+        if committed:
+            await connection.execute(_DELETE, {"done": committed})
+            self._metrics.published.inc(len(committed))
+            self._alone.difference_update(committed)
         parked: list[tuple[int, str]] = []
         isolate: list[int] = []
         topic_refusal: TopicRefused | None = None
@@ -337,6 +343,35 @@ class OutboxRelay:
         return other
 
 
+async def _commit_what_was_taken(
+    producer: AIOKafkaProducer,
+    sent: Sequence[SentBatch],
+    errors: Sequence[BaseException | None],
+) -> list[int]:
+    """After a refusal: commit the batches the broker took, so that they are not sent
+    again, when that keeps each partition's order (the broker appends nothing after a
+    refused batch of a partition: a later one fails on the sequence gap); else abort.
+    Returns the positions committed; the rest stays in the outbox for the next round."""
+    taken: list[int] = []
+    refused: set[TopicPartition] = set()
+    for batch, error in zip(sent, errors, strict=True):
+        if error is not None:
+            refused.add(batch.partition)
+        elif batch.partition in refused:  # appended after a refused one: never commit that
+            await _abort(producer)
+            return []
+        else:
+            taken += batch.positions
+    if taken:
+        try:
+            await producer.commit_transaction()
+            return taken
+        except Exception as error:  # e.g. an abortable transaction: all of it goes again
+            log.info("outbox relay: a refused round not committed (%s)", type(error).__name__)
+    await _abort(producer)
+    return []
+
+
 async def _abort(producer: AIOKafkaProducer) -> None:
     """Abort the open transaction if the producer still can (a fenced one cannot; its
     transaction is aborted by the one that fenced it)."""
@@ -362,3 +397,5 @@ WHERE id <> ALL(CAST(:done AS bigint[]))
 ORDER BY id LIMIT :limit
 """
 )
+# The rows of a refused round's committed part, before the term ends.
+_DELETE = text("DELETE FROM outbox WHERE id = ANY(CAST(:done AS bigint[]))")
