@@ -123,6 +123,7 @@ class OutboxRelay:
         self._background = BackgroundTask(self.run, "outbox-relay")
         self._alone: set[int] = set()  # ids of rows to send in a batch of their own
         self.is_leader = False
+        self.standing_by = False  # waiting for the lease another process holds
         self.last_error: str | None = None
         self.alert: str | None = None  # a topic the broker refuses, until a commit
 
@@ -140,7 +141,9 @@ class OutboxRelay:
         """For /healthz: what the relay of this process is doing."""
         if self.is_leader:
             return "publishing" if self.last_error is None else f"retrying: {self.last_error}"
-        return "standby" if self.last_error is None else f"paused: {self.last_error}"
+        if self.standing_by:
+            return "standby"
+        return "starting" if self.last_error is None else f"paused: {self.last_error}"
 
     async def run(self) -> None:
         backoff = Backoff(cap=10.0)
@@ -153,7 +156,11 @@ class OutboxRelay:
             # One statement per round, outside a transaction (only the leader reads or
             # deletes), on the one session the lease names.
             connection = await connection.execution_options(isolation_level="AUTOCOMMIT")
-            await self._lease.acquire(connection)
+            self.standing_by = True
+            try:
+                await self._lease.acquire(connection)
+            finally:
+                self.standing_by = False
             try:
                 producer = await self._start_producer()  # fences the previous leader's
                 try:
@@ -332,6 +339,7 @@ class OutboxRelay:
                     row.topic,
                     len(row.key or b"") + len(row.value or b""),
                 )
+        self._alone.difference_update(row_id for row_id, _ in parked)
         self._alone.update(isolate)
         if topic_refusal is not None:
             return topic_refusal
