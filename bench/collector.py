@@ -46,6 +46,7 @@ class OutputCollector:
             # delays records of partitions outside the fetch in flight.
             fetch_max_wait_ms=20,
             max_partition_fetch_bytes=4 * 1024 * 1024,
+            isolation_level="read_committed",  # the relay publishes in transactions
         )
         await self._consumer.start()
         self._consumer.assign(partitions)

@@ -6,7 +6,9 @@ for operators (and `infra/kafka/acls.sh`, which docker-compose runs, is that out
 `apply_acls` adds it to a broker with Kafka's own AclCommand (aiokafka has no ACL API).
 
 Kafka's authorizer lets READ and WRITE imply DESCRIBE, and WRITE on any topic implies the
-cluster's IDEMPOTENT_WRITE (KIP-679), so an idempotent producer needs nothing more.
+cluster's IDEMPOTENT_WRITE (KIP-679), so an idempotent producer needs nothing more. The
+groups service's outbox relay publishes in transactions: it also needs WRITE (and
+DESCRIBE, to find its coordinator) on its `transactional.id`, and on nothing else's.
 """
 
 from __future__ import annotations
@@ -17,7 +19,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from services.common.settings import ExportSettings, GroupsSettings, TopicSettings
+from services.common.settings import (
+    ExportSettings,
+    GroupsSettings,
+    TopicSettings,
+    relay_transactional_id,
+)
 
 __all__ = [
     "ACL_COMMAND_CLASS",
@@ -33,7 +40,7 @@ __all__ = [
 
 ACL_COMMAND_CLASS = "org.apache.kafka.tools.AclCommand"
 
-Resource = Literal["topic", "group", "cluster"]
+Resource = Literal["topic", "group", "cluster", "transactional-id"]
 
 
 @dataclass(frozen=True)
@@ -80,11 +87,15 @@ def acl_set(
     *,
     groups_consumer_group: str,
     export_consumer_group: str,
+    groups_transactional_id: str | None = None,
     principals: Principals | None = None,
 ) -> list[Acl]:
-    """Least privilege for each principal; nobody but the migrate step may create topics."""
+    """Least privilege for each principal; nobody but the migrate step may create topics.
+    `groups_transactional_id`: the relay's (`GROUPS_RELAY_TRANSACTIONAL_ID`), by default
+    derived from the consumer group as the service derives it."""
     p = principals or Principals()
     inbound = topics.inbound
+    transactional_id = groups_transactional_id or relay_transactional_id(groups_consumer_group)
     return [
         Acl(
             p.groups,
@@ -94,6 +105,13 @@ def acl_set(
             "consumes bookings, starts, registrations and commands",
         ),
         Acl(p.groups, ("READ",), "group", (groups_consumer_group,), "its consumer group"),
+        Acl(
+            p.groups,
+            ("WRITE", "DESCRIBE"),
+            "transactional-id",
+            (transactional_id,),
+            "outbox relay: its transactions (a new leader fences the old one by this id)",
+        ),
         Acl(
             p.groups,
             ("WRITE",),
@@ -153,10 +171,12 @@ def acl_set(
 
 def default_acl_set(principals: Principals | None = None) -> list[Acl]:
     """The ACLs for the topic and group names of this environment's settings."""
+    groups = GroupsSettings()
     return acl_set(
         TopicSettings(),
-        groups_consumer_group=GroupsSettings().consumer_group,
+        groups_consumer_group=groups.consumer_group,
         export_consumer_group=ExportSettings().consumer_group,
+        groups_transactional_id=groups.transactional_id,
         principals=principals,
     )
 

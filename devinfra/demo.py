@@ -56,7 +56,9 @@ async def _wait_for(
     match: Callable[[dict[str, Any]], bool] = lambda _data: True,
 ) -> dict[str, Any]:
     """The first event of `type_` on `topic` whose data `match`es."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, isolation_level="read_committed"
+    )
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
     await consumer.start()
     await producer.start()

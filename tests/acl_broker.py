@@ -104,7 +104,9 @@ async def read_all(broker: AclBroker, topic: str) -> list[dict[str, Any]]:
         await admin.close()
     partitions = sorted(p["partition"] for p in described["partitions"])
     assert partitions, topic
-    consumer = AIOKafkaConsumer(**broker.client(), enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        **broker.client(), enable_auto_commit=False, isolation_level="read_committed"
+    )
     await consumer.start()
     try:
         assigned = [TopicPartition(topic, p) for p in partitions]

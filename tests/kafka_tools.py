@@ -56,9 +56,17 @@ class KafkaTestClient:
     async def send_event(self, topic: str, event: dict[str, Any], key: str | None = None) -> None:
         await self.send_raw(topic, json.dumps(event).encode(), key.encode() if key else None)
 
-    async def read_all(self, topic: str, *, timeout: float = 3.0) -> list[ConsumerRecord[Any, Any]]:
+    async def read_all(
+        self, topic: str, *, timeout: float = 3.0, isolation_level: str = "read_committed"
+    ) -> list[ConsumerRecord[Any, Any]]:
         """Everything currently on the topic (from the beginning)."""
-        return await self.read_until(topic, lambda _records: False, timeout=timeout, require=False)
+        return await self.read_until(
+            topic,
+            lambda _records: False,
+            timeout=timeout,
+            require=False,
+            isolation_level=isolation_level,
+        )
 
     async def read_until(
         self,
@@ -67,9 +75,15 @@ class KafkaTestClient:
         *,
         timeout: float = 30.0,
         require: bool = True,
+        isolation_level: str = "read_committed",
     ) -> list[ConsumerRecord[Any, Any]]:
+        """As the contract tells consumers: `read_committed`; `read_uncommitted` also shows
+        what aborted transactions left on the log."""
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+            bootstrap_servers=self.bootstrap,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            isolation_level=isolation_level,
         )
         await consumer.start()
         try:
@@ -111,10 +125,13 @@ class KafkaTestClient:
 class TopicCollector:
     """Reads a topic from the beginning in the background; tests wait on what arrived."""
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
+    def __init__(self, bootstrap: str, topic: str, *, fetch_max_wait_ms: int = 500) -> None:
+        """`fetch_max_wait_ms`: lower it to time arrivals closely."""
         self.bootstrap = bootstrap
         self.topic = topic
+        self.fetch_max_wait_ms = fetch_max_wait_ms
         self.records: list[ConsumerRecord[Any, Any]] = []
+        self.arrived_at: list[float] = []  # time.monotonic() when each record arrived
         self._task: asyncio.Task[None] | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._arrived = asyncio.Event()
@@ -130,7 +147,11 @@ class TopicCollector:
         finally:
             await producer.stop()
         self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap, enable_auto_commit=False
+            bootstrap_servers=self.bootstrap,
+            enable_auto_commit=False,
+            isolation_level="read_committed",  # as the contract tells consumers
+            fetch_max_wait_ms=self.fetch_max_wait_ms,
+            max_partition_fetch_bytes=4 * 1024 * 1024,
         )
         await self._consumer.start()
         self._consumer.assign(partitions)
@@ -149,8 +170,10 @@ class TopicCollector:
         assert self._consumer is not None
         while True:
             batch = await self._consumer.getmany(timeout_ms=100)
+            now = time.monotonic()
             for items in batch.values():
                 self.records.extend(items)
+                self.arrived_at += [now] * len(items)
             if batch:
                 self._arrived.set()
 

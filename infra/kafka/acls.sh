@@ -13,6 +13,8 @@ KAFKA_ACLS="${KAFKA_ACLS:-/opt/kafka/bin/kafka-acls.sh}"
 "$KAFKA_ACLS" --bootstrap-server "$KAFKA_BOOTSTRAP" --command-config "$KAFKA_ADMIN_CONFIG" --add --allow-principal User:customer-groups --operation READ --topic vaccination.bookings.v1 --topic vaccination.started.v1 --topic vaccination.registered.v1 --topic customer-groups.commands.v1
 # User:customer-groups: its consumer group
 "$KAFKA_ACLS" --bootstrap-server "$KAFKA_BOOTSTRAP" --command-config "$KAFKA_ADMIN_CONFIG" --add --allow-principal User:customer-groups --operation READ --group customer-groups
+# User:customer-groups: outbox relay: its transactions (a new leader fences the old one by this id)
+"$KAFKA_ACLS" --bootstrap-server "$KAFKA_BOOTSTRAP" --command-config "$KAFKA_ADMIN_CONFIG" --add --allow-principal User:customer-groups --operation WRITE --operation DESCRIBE --transactional-id customer-groups-outbox-relay
 # User:customer-groups: outbox relay: prompts, events, dead letters, dead-letter replay back to the inbound topic the record came from, and the catalog
 "$KAFKA_ACLS" --bootstrap-server "$KAFKA_BOOTSTRAP" --command-config "$KAFKA_ADMIN_CONFIG" --add --allow-principal User:customer-groups --operation WRITE --topic customer-groups.prompts.v1 --topic customer-groups.events.v1 --topic customer-groups.dlq.v1 --topic vaccination.bookings.v1 --topic vaccination.started.v1 --topic vaccination.registered.v1 --topic customer-groups.commands.v1 --topic customer-groups.catalog.v1
 # User:customer-groups-export: consumes the groups events

@@ -292,14 +292,34 @@ async def publish_in_batches(
     """Hands `records` to the producer as whole per-partition batches; the returned
     future completes once the broker acknowledged every one (and raises if it refused
     any). Records keep their order within each partition, and a keyed record goes to
-    the partition `producer.send` would pick.
+    the partition `producer.send` would pick."""
+    sent = await send_batches(producer, records)
+    return asyncio.gather(*(batch.ack for batch in sent))
+
+
+@dataclass(frozen=True)
+class SentBatch:
+    positions: list[int]  # of its records in what was sent
+    partition: TopicPartition
+    ack: asyncio.Future[Any]  # fails when the broker refuses the batch
+
+
+async def send_batches(
+    producer: AIOKafkaProducer,
+    records: Sequence[OutgoingRecord],
+    *,
+    alone: Collection[int] = (),
+) -> list[SentBatch]:
+    """Hands `records` to the producer as whole per-partition batches, in order within
+    each partition (and in that order in the list returned). The records at the
+    positions in `alone` go in a batch of their own, so a refusal names exactly them.
 
     `producer.send` costs a coroutine, a partitioner call and a future per record, which
     was most of a publishing loop's CPU; here a record is only appended to its batch.
     """
     partitions: dict[str, list[int]] = {}
-    by_partition: dict[tuple[str, int], list[OutgoingRecord]] = {}
-    for record in records:
+    by_partition: dict[tuple[str, int], list[int]] = {}
+    for position, record in enumerate(records):
         topic, key = record[0], record[1]
         if topic not in partitions:
             partitions[topic] = sorted(await producer.partitions_for(topic))
@@ -307,26 +327,36 @@ async def publish_in_batches(
         partition = (
             default_partition(key, choices) if key is not None else random.choice(choices)  # noqa: S311 (spreading unkeyed records)
         )
-        by_partition.setdefault((topic, partition), []).append(record)
-    acks = []
-    for (topic, partition), batch_records in by_partition.items():
-        batch = producer.create_batch()
-        for _, key, value, record_headers in batch_records:
+        by_partition.setdefault((topic, partition), []).append(position)
+    sent: list[SentBatch] = []
+    for (topic, partition), positions in by_partition.items():
+        tp = TopicPartition(topic, partition)
+        batch, held = producer.create_batch(), list[int]()
+        for position in positions:
+            if held and position in alone:
+                sent.append(await _send_batch(producer, batch, tp, held))
+                batch, held = producer.create_batch(), []
+            _, key, value, record_headers = records[position]
             headers = list(record_headers)  # aiokafka's batch builder takes a list only
             if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
-                acks.append(await _send_batch(producer, batch, topic, partition))  # full
-                batch = producer.create_batch()
+                sent.append(await _send_batch(producer, batch, tp, held))  # full
+                batch, held = producer.create_batch(), []
                 batch.append(key=key, value=value, timestamp=None, headers=headers)
-        acks.append(await _send_batch(producer, batch, topic, partition))
-    return asyncio.gather(*acks)
+            held.append(position)
+            if position in alone:
+                sent.append(await _send_batch(producer, batch, tp, held))
+                batch, held = producer.create_batch(), []
+        if held:
+            sent.append(await _send_batch(producer, batch, tp, held))
+    return sent
 
 
 async def _send_batch(
-    producer: AIOKafkaProducer, batch: Any, topic: str, partition: int
-) -> asyncio.Future[Any]:
+    producer: AIOKafkaProducer, batch: Any, tp: TopicPartition, positions: list[int]
+) -> SentBatch:
     batch.close()  # complete: no linger waiting for records that will not come
-    ack: asyncio.Future[Any] = await producer.send_batch(batch, topic, partition=partition)
-    return ack
+    ack: asyncio.Future[Any] = await producer.send_batch(batch, tp.topic, partition=tp.partition)
+    return SentBatch(positions, tp, ack)
 
 
 class FastDefaultPartitioner:
@@ -341,11 +371,17 @@ class FastDefaultPartitioner:
         return default_partition(key, all_partitions)
 
 
-async def start_producer(
-    settings: KafkaSettings, *, client_id: str, max_request_size: int | None = None
+def build_producer(
+    settings: KafkaSettings,
+    *,
+    client_id: str,
+    max_request_size: int | None = None,
+    transactional_id: str | None = None,
 ) -> AIOKafkaProducer:
-    """An idempotent producer with acks=all: a retried send is neither lost nor doubled."""
-    producer = AIOKafkaProducer(
+    """An idempotent producer with acks=all (a retried send is neither lost nor doubled),
+    not started. With `transactional_id` it publishes in transactions, and starting it
+    fences any earlier producer with that id (its open transaction is aborted)."""
+    return AIOKafkaProducer(
         **client_kwargs(settings),
         client_id=client_id,
         enable_idempotence=True,
@@ -356,7 +392,15 @@ async def start_producer(
         max_batch_size=512 * 1024,
         partitioner=FastDefaultPartitioner(),
         max_request_size=max_request_size or settings.max_message_bytes,
+        transactional_id=transactional_id,
     )
+
+
+async def start_producer(
+    settings: KafkaSettings, *, client_id: str, max_request_size: int | None = None
+) -> AIOKafkaProducer:
+    """`build_producer`, started."""
+    producer = build_producer(settings, client_id=client_id, max_request_size=max_request_size)
     await producer.start()
     return producer
 
@@ -400,6 +444,9 @@ def manual_batch_subscriber(
         fetch_max_wait_ms=20,
         fetch_min_bytes=fetch_min_bytes,
         auto_offset_reset="earliest",
+        # The groups service publishes in Kafka transactions (its outbox relay): never
+        # read what an aborted transaction or a fenced relay left on the log.
+        isolation_level="read_committed",
         ack_policy=AckPolicy.MANUAL,
         decoder=keep_raw_bytes,
         max_poll_interval_ms=30 * 60 * 1000,

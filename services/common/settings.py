@@ -72,6 +72,11 @@ class DatabaseSettings(BaseSettings):
         return self.database_migration_url or self.database_url
 
 
+def relay_transactional_id(consumer_group: str) -> str:
+    """The outbox relay's default `transactional.id` (the ACLs name it too)."""
+    return f"{consumer_group}-outbox-relay"
+
+
 class GroupsSettings(BaseSettings):
     """The groups service."""
 
@@ -88,6 +93,16 @@ class GroupsSettings(BaseSettings):
     batches_in_flight: int = Field(default=2, ge=1, le=8)
     # The retirement sweep also runs on start, on a new catalog and on a new day.
     retirement_sweep_seconds: float = Field(default=3600.0, gt=0)
+    # The outbox relay's Kafka transactional.id: one per deployment, the same in every
+    # process (a new leader fences the old one by it); default: derived from the group.
+    relay_transactional_id: str | None = Field(default=None, min_length=1, max_length=200)
+    # How long the relay's leader keeps its lease without progress before a standby
+    # process takes over.
+    relay_lease_seconds: float = Field(default=10.0, ge=1.0, le=300.0)
+
+    @property
+    def transactional_id(self) -> str:
+        return self.relay_transactional_id or relay_transactional_id(self.consumer_group)
 
     @property
     def allowed_unit_set(self) -> frozenset[str]:

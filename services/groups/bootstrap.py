@@ -20,9 +20,9 @@ from services.common.db import create_engine, is_transient_db_error
 from services.common.kafka import (
     OffsetCommits,
     build_broker,
+    build_producer,
     dead_letter_request_size,
     groups_topic_names,
-    start_producer,
     wait_for_topics,
 )
 from services.common.settings import (
@@ -138,7 +138,10 @@ class GroupsService:
             max_event_bytes=s.kafka.max_message_bytes,
         )
         self.relay = OutboxRelay(
-            self.engine, self._new_producer, on_published=self.metrics.published.inc
+            self.engine,
+            self._new_relay_producer,
+            lease_seconds=s.groups.relay_lease_seconds,
+            metrics=self.metrics,
         )
         self.sealer = AuditSealer(self.engine)
         self.processor = BatchApplier(
@@ -163,12 +166,13 @@ class GroupsService:
             timezone=self.settings.groups.timezone,
         )
 
-    async def _new_producer(self) -> AIOKafkaProducer:
+    def _new_relay_producer(self) -> AIOKafkaProducer:
         # The outbox also holds dead letters, which may be larger than the inbound limit.
-        return await start_producer(
+        return build_producer(
             self.settings.kafka,
             client_id=f"{SERVICE_NAME}-outbox",
             max_request_size=dead_letter_request_size(self.settings.kafka),
+            transactional_id=self.settings.groups.transactional_id,
         )
 
     def _after_commit(self, outcome: BatchOutcome) -> None:

@@ -26,10 +26,13 @@ from aiokafka.errors import (
     TopicAuthorizationFailedError,
 )
 from pydantic import SecretStr
+from sqlalchemy import func, insert, select
 
 from devinfra.acls import ACL_COMMAND_CLASS, Acl, apply_acls
+from services.common.db import create_engine
 from services.common.kafka import (
     TopicsMissing,
+    build_producer,
     ensure_topics,
     groups_topic_names,
     wait_for_topics,
@@ -41,6 +44,10 @@ from services.common.settings import (
     GroupsSettings,
 )
 from services.export.bootstrap import ExportSettingsBundle
+from services.groups.adapters import migrate
+from services.groups.adapters.metrics import GroupsMetrics
+from services.groups.adapters.orm import outbox, outbox_parked
+from services.groups.adapters.outbox_relay import OutboxRelay
 from services.groups.bootstrap import GroupsSettingsBundle
 from tests.acl_broker import PRINCIPALS, AclBroker, producer_as, read_all, running_acl_broker
 from tests.integration.conftest import ACTOR, running_groups_service, unique_topics
@@ -73,7 +80,11 @@ class Collector:
 
     def __init__(self, client: dict[str, Any], group_id: str, *topics: str) -> None:
         self._consumer = AIOKafkaConsumer(
-            *topics, **client, group_id=group_id, auto_offset_reset="earliest"
+            *topics,
+            **client,
+            group_id=group_id,
+            auto_offset_reset="earliest",
+            isolation_level="read_committed",
         )
         self.events: list[dict[str, Any]] = []
         self._task: asyncio.Task[None] | None = None
@@ -267,3 +278,52 @@ async def test_services_with_only_their_acls_serve_and_a_refused_writer_reaches_
     assert add["id"] in answered and refused["id"] not in answered
     assert not any(e["type"] == "customer_group.command_rejected" for e in events)
     assert await read_all(acl_broker, topics.dlq) == []
+
+
+async def test_the_relay_parks_nothing_for_a_topic_it_may_not_write_and_alerts(
+    acl_broker: AclBroker, database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    topics = acl_broker.topics
+    settings = GroupsSettings(consumer_group=acl_broker.groups_group)
+    kafka = acl_broker.settings(PRINCIPALS.groups)
+    engine = create_engine(DatabaseSettings(database_url=database_url))
+    await migrate.upgrade(engine)
+    metrics = GroupsMetrics()
+    relay = OutboxRelay(
+        engine,
+        lambda: build_producer(
+            kafka, client_id="relay-acl-test", transactional_id=settings.transactional_id
+        ),
+        metrics=metrics,
+    )
+    caplog.set_level(logging.ERROR, logger="services.groups.adapters.outbox_relay")
+    # The groups service may not write the export topic (the export service's).
+    refused = {"topic": topics.export, "key": PNR.encode(), "value": b"{}", "headers": []}
+    marker = {"relay-acl-test": uuid.uuid4().hex}
+    later = {
+        "topic": topics.events,
+        "key": PNR.encode(),
+        "value": json.dumps(marker).encode(),
+        "headers": [],
+    }
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(insert(outbox), [refused, later])
+        relay.start()
+        await asyncio.sleep(4.0)
+        async with engine.connect() as connection:
+            waiting = await connection.scalar(select(func.count()).select_from(outbox))
+            parked = await connection.scalar(select(func.count()).select_from(outbox_parked))
+    finally:
+        await relay.stop()
+        await engine.dispose()
+
+    assert (waiting, parked) == (2, 0), "a refused topic parks nothing and loses nothing"
+    assert relay.alert is not None and topics.export in relay.alert
+    refusals = metrics.registry.get_sample_value(
+        "groups_outbox_topic_refusals_total",
+        {"topic": topics.export, "error": "TopicAuthorizationFailedError"},
+    )
+    assert refusals is not None and 2 <= refusals <= 8, refusals
+    assert any(topics.export in r.getMessage() for r in caplog.records)
+    assert marker not in await read_all(acl_broker, topics.events), "rows after it wait"

@@ -304,15 +304,21 @@ async def _partitions(bootstrap: str, topics: Sequence[str]) -> list[TopicPartit
 
 
 async def read_topic(
-    bootstrap: str, topic: str, *, timeout: float = 120.0
+    bootstrap: str,
+    topic: str,
+    *,
+    timeout: float = 120.0,
+    isolation_level: str = "read_committed",
 ) -> list[ConsumerRecord[bytes, bytes]]:
-    """Every record on `topic` up to its end offsets at the time of the call."""
+    """Every record on `topic` up to its end offsets at the time of the call, as the
+    contract tells consumers to read (`read_uncommitted`: aborted transactions' too)."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         max_partition_fetch_bytes=4 * 1024 * 1024,
         fetch_max_bytes=16 * 1024 * 1024,
+        isolation_level=isolation_level,
     )
     await consumer.start()
     try:
@@ -336,20 +342,41 @@ async def read_topic(
 
 
 async def group_lag(bootstrap: str, group: str, topics: Sequence[str]) -> dict[str, int]:
-    """Records not yet committed by `group`, per "topic[partition]" (0 = caught up)."""
+    """Records not yet committed by `group`, per "topic[partition]" (0 = caught up).
+
+    Counted as the records a `read_committed` consumer still gets after the committed
+    offset: the markers of the outbox relay's transactions take offsets but are not
+    records, and a consumer that commits "last record + 1" stops before the last one."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, isolation_level="read_committed"
+    )
     await admin.start()
     await consumer.start()
     try:
         committed = await admin.list_consumer_group_offsets(group)
         partitions = await _partitions(bootstrap, topics)
         end = await consumer.end_offsets(partitions)
-        lag: dict[str, int] = {}
+        behind: dict[TopicPartition, int] = {}
         for tp in partitions:
             meta = committed.get(tp)
             offset = meta.offset if meta is not None and meta.offset >= 0 else 0
-            lag[f"{tp.topic}[{tp.partition}]"] = end[tp] - offset
+            if end[tp] > offset:
+                behind[tp] = offset
+        lag = {f"{tp.topic}[{tp.partition}]": 0 for tp in partitions}
+        if behind:
+            consumer.assign(list(behind))
+            for tp, offset in behind.items():
+                consumer.seek(tp, offset)
+            deadline = time.monotonic() + 30.0
+            while time.monotonic() < deadline:
+                positions = {tp: await consumer.position(tp) for tp in behind}
+                if all(positions[tp] >= end[tp] for tp in behind):
+                    break
+                batch = await consumer.getmany(timeout_ms=200)
+                for tp, items in batch.items():
+                    waiting = sum(1 for r in items if r.offset < end[tp])
+                    lag[f"{tp.topic}[{tp.partition}]"] += waiting
         return lag
     finally:
         await consumer.stop()

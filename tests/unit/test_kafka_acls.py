@@ -48,6 +48,11 @@ def test_least_privilege_per_principal() -> None:
     # WRITE on the inbound topics too: dead-letter replay republishes to the source topic.
     assert {n for n, ops in groups.items() if "WRITE" in ops} == set(groups_topic_names(t))
     assert _granted(rules, p.groups, "group") == {"customer-groups": {"READ"}}
+    # The outbox relay's transactions: its own transactional.id, nobody else's.
+    assert _granted(rules, p.groups, "transactional-id") == {
+        "customer-groups-outbox-relay": {"WRITE", "DESCRIBE"}
+    }
+    assert {r.principal for r in rules if r.resource == "transactional-id"} == {p.groups}
     export = _granted(rules, p.export)
     assert export == {t.events: {"READ"}, t.export: {"WRITE"}, t.dlq: {"WRITE"}}
     assert set(export) == set(export_topic_names(t))

@@ -35,3 +35,23 @@ class GroupsMetrics:
             "Active memberships the retirement sweep ended because the catalog ended their group",
             registry=r,
         )
+        self.relay_retries = Counter(
+            "groups_outbox_relay_retries_total",
+            "Outbox relay rounds that failed and were retried after a backoff",
+            ["error"],
+            registry=r,
+        )
+        self.parked = Counter(
+            "groups_outbox_parked_total",
+            "Outbox rows parked: refused by the broker for good (too large, invalid)",
+            registry=r,
+        )
+        self.parked_rows = Gauge(
+            "groups_outbox_parked_rows", "Outbox rows parked now (read when scraped)", registry=r
+        )
+        self.topic_refusals = Counter(
+            "groups_outbox_topic_refusals_total",
+            "Outbox relay rounds refused for a topic (authorization, unknown topic): alert",
+            ["topic", "error"],
+            registry=r,
+        )

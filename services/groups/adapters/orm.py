@@ -188,6 +188,34 @@ outbox = Table(
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
 
+# Outbox rows the broker refused for good (too large, invalid): out of the publishing
+# order, with their outbox id and content, until an operator retries them (migration 0006).
+outbox_parked = Table(
+    "outbox_parked",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=False),
+    Column("topic", String(249), nullable=False),
+    Column("key", LargeBinary),
+    Column("value", LargeBinary),
+    Column("headers", JSONB, nullable=False, server_default=text("'[]'::jsonb")),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("error", String(64), nullable=False),
+    Column("parked_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+# Who leads a role among the service's processes, until when (database time); the leader
+# renews while it makes progress, so a frozen one is replaced (`leadership.Lease`).
+leases = Table(
+    "leases",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("holder", String(200), nullable=False),
+    Column("term", BigInteger, nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    # The holder's database session: when it is gone (a crash), no need to wait for expiry.
+    Column("backend_pid", Integer),
+)
+
 dead_letters = Table(
     "dead_letters",
     metadata,

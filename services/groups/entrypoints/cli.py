@@ -27,7 +27,7 @@ from services.common.settings import (
     TopicSettings,
     UnsafeSettings,
 )
-from services.groups.adapters import migrate
+from services.groups.adapters import migrate, outbox_parking
 from services.groups.bootstrap import SERVICE_NAME, catalog_path_of, read_catalog_file
 from services.groups.domain.catalog import Catalog
 from services.groups.domain.errors import DomainError
@@ -218,6 +218,26 @@ def replay_dead_letters(ids: list[int] | None) -> int:
     return 0
 
 
+def list_parked_rows(limit: int) -> int:
+    """Parked outbox rows, one JSON line each: never their key or value (a personnummer)."""
+    rows = _with_uow(lambda uow: outbox_parking.list_parked(uow.connection, limit=limit))
+    for row in rows:
+        _print_json(asdict(row))
+    print(f"{len(rows)} parked outbox rows", file=sys.stderr)
+    return 0
+
+
+def retry_parked_rows(ids: list[int] | None) -> int:
+    async def retry(uow: UnitOfWork) -> int:
+        count = await outbox_parking.retry_parked(uow.connection, ids)
+        await uow.commit()
+        return count
+
+    count = _with_uow(retry)
+    print(f"{count} parked rows back in the outbox, to be published in their id order")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m services.groups")
     commands = parser.add_subparsers(dest="command")
@@ -262,6 +282,18 @@ def main(argv: list[str] | None = None) -> int:
     which = replay.add_mutually_exclusive_group(required=True)
     which.add_argument("--id", type=int, action="append", dest="ids")
     which.add_argument("--all", action="store_true")
+    outbox = commands.add_parser(
+        "outbox", help="outbox rows the broker refused for good (parked): list or retry"
+    )
+    outbox_commands = outbox.add_subparsers(dest="outbox_action", required=True)
+    parked = outbox_commands.add_parser("parked", help="list parked rows (no record values)")
+    parked.add_argument("--limit", type=int, default=100)
+    retry = outbox_commands.add_parser(
+        "retry", help="after a fix: parked rows back into the outbox, same id and content"
+    )
+    retry_which = retry.add_mutually_exclusive_group(required=True)
+    retry_which.add_argument("--id", type=int, action="append", dest="ids")
+    retry_which.add_argument("--all", action="store_true")
     args = parser.parse_args(argv)
 
     configure_logging(AppSettings().log_level)
@@ -286,6 +318,10 @@ def main(argv: list[str] | None = None) -> int:
         )
     if args.command == "audit-verify":
         return audit_verify(args.grace_seconds)
+    if args.command == "outbox":
+        if args.outbox_action == "parked":
+            return list_parked_rows(args.limit)
+        return retry_parked_rows(None if args.all else args.ids)
     if args.action == "list":
         return list_dead_letters(args.all, args.limit)
     return replay_dead_letters(None if args.all else args.ids)

@@ -17,6 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from services.common.asgi import ASGIApp, Request, Response, route
+from services.groups.adapters import outbox_parking
 from services.groups.adapters.access_tokens import Identity, InvalidToken
 from services.groups.bootstrap import GroupsService
 from services.groups.domain.errors import DomainError, Unauthorized
@@ -83,6 +84,13 @@ def build_routes(service: GroupsService) -> list[tuple[str, ASGIApp]]:
 
         return guarded
 
+    async def parked_rows() -> int | None:
+        try:
+            async with service.engine.connect() as connection:
+                return await outbox_parking.count_parked(connection)
+        except Exception:  # the database check says why
+            return None
+
     async def healthz(_request: Request) -> Response:
         checks: dict[str, str] = {}
         try:
@@ -95,8 +103,16 @@ def build_routes(service: GroupsService) -> list[tuple[str, ASGIApp]]:
         failure = service.pipeline.failure
         checks["inbound"] = "ok" if failure is None else f"stopped: {type(failure).__name__}"
         healthy = all(v == "ok" for v in checks.values())
+        # Details for the operator, not the status: a parked row waits for `outbox retry`
+        # while everything else flows; a refused topic is an alert of its own (metrics).
+        outbox = {
+            "relay": service.relay.state(),
+            "parked_rows": await parked_rows(),
+            "alert": service.relay.alert,
+        }
         return Response.json(
-            200 if healthy else 503, {"status": "ok" if healthy else "degraded", "checks": checks}
+            200 if healthy else 503,
+            {"status": "ok" if healthy else "degraded", "checks": checks, "outbox": outbox},
         )
 
     async def readyz(_request: Request) -> Response:
@@ -104,6 +120,8 @@ def build_routes(service: GroupsService) -> list[tuple[str, ASGIApp]]:
 
     async def metrics(_request: Request) -> Response:
         service.metrics.relay_leader.set(1 if service.relay.is_leader else 0)
+        if (parked := await parked_rows()) is not None:
+            service.metrics.parked_rows.set(parked)
         return Response(200, generate_latest(service.metrics.registry), CONTENT_TYPE_LATEST)
 
     document = openapi_document()

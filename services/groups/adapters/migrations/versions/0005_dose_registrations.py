@@ -1,7 +1,7 @@
 """the dose-level record: registrations, basis, status, vaccine, re-confirmations
 
 Revision ID: 0005_dose_registrations
-Revises: 0003
+Revises: 0004_membership_provenance
 Create Date: 2026-11-30
 
 `vaccination_confirmations` becomes the record of every dose, popup or not: a dose
