@@ -79,7 +79,6 @@ async def test_database_outage_mid_stream(
             continue
         await busy(stack)
         applied_before = await stack.inbox_count()
-        db_stop_time: datetime = await stack.scalar(text("SELECT now()"))
         await postgres.astop()
         down = time.monotonic()
         cpu_before = groups.cpu_seconds()
@@ -98,6 +97,9 @@ async def test_database_outage_mid_stream(
         outage_seconds = time.monotonic() - down
         await postgres.astart()
         back = time.monotonic()
+        # The restarted server's start: every transaction applied before the outage began
+        # before it (a batch may still commit between the stop's request and the stop).
+        db_restart_time: datetime = await stack.scalar(text("SELECT pg_postmaster_start_time()"))
         await gate(stack, expected)
         resumed = time.monotonic() - back
         outage = {
@@ -105,7 +107,7 @@ async def test_database_outage_mid_stream(
             "seconds": outage_seconds,
             "cpu_seconds": cpu,
             "resumed_s": resumed,
-            "db_stop_time": db_stop_time.timestamp(),
+            "db_restart_time": db_restart_time.timestamp(),
         }
 
     await settle(stack, total)
@@ -119,7 +121,7 @@ async def test_database_outage_mid_stream(
             "SELECT topic, event_id, processed_at FROM inbox"
         )
     }
-    stop_at = outage["db_stop_time"]
+    restart_at = outage["db_restart_time"]
     past_unapplied = []
     checked = 0
     for item, meta in sent:
@@ -128,7 +130,7 @@ async def test_database_outage_mid_stream(
             continue
         checked += 1
         at = processed_at.get((meta.topic, item.event_id))
-        if at is None or at.timestamp() > stop_at:
+        if at is None or at.timestamp() >= restart_at:
             past_unapplied.append((meta.topic, meta.partition, meta.offset))
 
     reconciliation = await reconcile(stack, stream.model)
