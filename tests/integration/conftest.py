@@ -27,6 +27,7 @@ from services.groups.adapters.orm import bookings
 from services.groups.bootstrap import GroupsService, GroupsSettingsBundle
 from services.groups.catalog import example_catalog_path
 from services.groups.entrypoints.consumer import register_consumer
+from services.groups.service_layer.context import Clock
 from tests.kafka_tools import KafkaTestClient, TopicCollector, cloudevent
 from tests.schema_validation import validate_event
 
@@ -61,9 +62,11 @@ def groups_settings(
 
 
 @contextlib.asynccontextmanager
-async def running_groups_service(settings: GroupsSettingsBundle) -> AsyncIterator[GroupsService]:
+async def running_groups_service(
+    settings: GroupsSettingsBundle, *, clock: Clock | None = None
+) -> AsyncIterator[GroupsService]:
     """The groups service in this process: consumer, outbox relay, no HTTP server."""
-    service = GroupsService(settings)
+    service = GroupsService(settings, clock=clock)
     register_consumer(service.broker, service)
     await service.prepare()
     await service.broker.start()
