@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -26,7 +25,6 @@ from services.common.settings import (
     KafkaSettings,
     UnsafeSettings,
 )
-from services.groups.adapters import migrate
 from services.groups.adapters.orm import (
     audit_log,
     dead_letters,
@@ -43,6 +41,7 @@ from services.groups.bootstrap import GroupsService, GroupsSettingsBundle
 from services.groups.service_layer.context import Clock
 from tests.integration.conftest import (
     ACTOR,
+    groups_cli,
     nurse_client,
     running_groups_service,
     unique_topics,
@@ -52,14 +51,6 @@ from tests.kafka_tools import KafkaTestClient, cloudevent
 PNR = "191212121212"
 DAY = timedelta(days=1)
 DAY_MS = 24 * 3600 * 1000
-
-
-@pytest.fixture
-async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(DatabaseSettings(database_url=database_url))
-    await migrate.upgrade(engine)
-    yield engine
-    await engine.dispose()
 
 
 async def count(engine: AsyncEngine, table: Any) -> int:
@@ -327,3 +318,19 @@ async def test_the_service_refuses_an_inbound_topic_that_outlives_its_inbox(
             await asyncio.wait_for(service.prepare(), 120)
     finally:
         await service.stop()
+
+
+async def test_migrate_refuses_to_create_inbound_topics_that_outlive_the_inbox() -> None:
+    done = await groups_cli(
+        # Nothing listens at either: the check comes before any connection.
+        "postgresql+asyncpg://nobody@127.0.0.1:1/none",
+        "migrate",
+        env={
+            "GROUPS_INBOX_RETENTION_DAYS": "15",
+            "KAFKA_INBOUND_RETENTION_DAYS": "20",
+            "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1",
+        },
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "GROUPS_INBOX_RETENTION_DAYS is 15" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -5,10 +5,8 @@ creation, and pruning backs off when the database is away."""
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -98,28 +96,6 @@ def test_the_service_refuses_to_start_with_a_window_below_7_days_in_dev_mode_too
         GroupsService(too_long_on_topics)
 
 
-def test_migrate_refuses_to_create_inbound_topics_that_outlive_the_inbox() -> None:
-    env = {
-        **os.environ,
-        "APP_ENV": "test",
-        "GROUPS_INBOX_RETENTION_DAYS": "15",
-        "KAFKA_INBOUND_RETENTION_DAYS": "20",
-        # Nothing listens here: the check comes before any connection.
-        "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1",
-    }
-    done = subprocess.run(
-        [sys.executable, "-m", "services.groups", "migrate"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 2, done.stderr[-2000:]
-    assert "GROUPS_INBOX_RETENTION_DAYS is 15" in done.stderr
-    assert "Traceback" not in done.stderr
-
-
 def test_topics_holding_personnummer_get_their_retention_at_creation() -> None:
     kafka = KafkaSettings(
         inbound_retention_days=5,
@@ -199,3 +175,14 @@ def test_the_groups_principal_may_read_the_inbound_topics_retention() -> None:
         for name in rule.names
     }
     assert described == set(TopicSettings().inbound)
+
+
+def test_the_readme_documents_every_retention_setting() -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    names = [
+        f"GROUPS_{name.upper()}"
+        for name in GroupsSettings.model_fields
+        if "retention" in name or name.startswith("prune")
+    ] + [f"KAFKA_{name.upper()}" for name in KafkaSettings.model_fields if "retention" in name]
+    assert len(names) == 10
+    assert [name for name in names if name not in readme] == []
