@@ -66,7 +66,7 @@ class DatabaseSettings(BaseSettings):
     # postgresql+asyncpg://user:password@host:port/db ; add ?ssl=require for TLS
     database_url: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/customer_groups"
     # Per process: inbound parts in flight (up to 3 per batch), the relay, the audit
-    # sealer, HTTP reads.
+    # sealer, the retention pruner now and then, HTTP reads.
     database_pool_size: int = 10
     # Only the `migrate` step uses it (DDL, grants); the service runs as DATABASE_URL.
     database_migration_url: str | None = None
