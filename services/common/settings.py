@@ -53,7 +53,8 @@ class KafkaSettings(BaseSettings):
     # passes): fewer, larger inbound batches under load (BENCHMARKS.md, fix 17).
     fetch_min_bytes: int = Field(default=3072, ge=1)
     # Retention (`retention.ms`) of the topics the service creates that hold personnummer
-    # (README, "Retention"); the inbound topics' bounds the inbox's (`inbox_problems`).
+    # (README, "Retention"). The inbox must outlive what the inbound topics keep
+    # (`inbox_problems`).
     inbound_retention_days: int = Field(default=7, ge=1)
     prompts_retention_days: int = Field(default=7, ge=1)
     events_retention_days: int = Field(default=14, ge=1)
