@@ -99,10 +99,11 @@ def acl_set(
     return [
         Acl(
             p.groups,
-            ("READ",),
+            ("READ", "DescribeConfigs"),
             "topic",
             inbound,
-            "consumes bookings, starts, registrations and commands",
+            "consumes bookings, starts, registrations and commands (and checks at start that "
+            "their retention is within its idempotency window)",
         ),
         Acl(p.groups, ("READ",), "group", (groups_consumer_group,), "its consumer group"),
         Acl(

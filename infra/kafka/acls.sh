@@ -9,8 +9,8 @@
 set -euo pipefail
 : "${KAFKA_BOOTSTRAP:?}" "${KAFKA_ADMIN_CONFIG:?}"
 KAFKA_ACLS="${KAFKA_ACLS:-/opt/kafka/bin/kafka-acls.sh}"
-# User:customer-groups: consumes bookings, starts, registrations and commands
-"$KAFKA_ACLS" --bootstrap-server "$KAFKA_BOOTSTRAP" --command-config "$KAFKA_ADMIN_CONFIG" --add --allow-principal User:customer-groups --operation READ --topic vaccination.bookings.v1 --topic vaccination.started.v1 --topic vaccination.registered.v1 --topic customer-groups.commands.v1
+# User:customer-groups: consumes bookings, starts, registrations and commands (and checks at start that their retention is within its idempotency window)
+"$KAFKA_ACLS" --bootstrap-server "$KAFKA_BOOTSTRAP" --command-config "$KAFKA_ADMIN_CONFIG" --add --allow-principal User:customer-groups --operation READ --operation DescribeConfigs --topic vaccination.bookings.v1 --topic vaccination.started.v1 --topic vaccination.registered.v1 --topic customer-groups.commands.v1
 # User:customer-groups: its consumer group
 "$KAFKA_ACLS" --bootstrap-server "$KAFKA_BOOTSTRAP" --command-config "$KAFKA_ADMIN_CONFIG" --add --allow-principal User:customer-groups --operation READ --group customer-groups
 # User:customer-groups: outbox relay: its transactions (a new leader fences the old one by this id)

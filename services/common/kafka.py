@@ -20,10 +20,12 @@ import ssl
 import struct
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.coordinator.assignors.abstract import AbstractPartitionAssignor
 from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from aiokafka.errors import IllegalStateError, KafkaError, TopicAlreadyExistsError, for_code
@@ -42,7 +44,12 @@ from faststream.security import (
 from services.common.backoff import Backoff, retry_forever
 from services.common.kafka_metadata import pace_metadata_refreshes
 from services.common.records import keep_raw_bytes
-from services.common.settings import KafkaSettings, ServiceSettings, TopicSettings
+from services.common.settings import (
+    TOPIC_SEGMENT,
+    KafkaSettings,
+    ServiceSettings,
+    TopicSettings,
+)
 from services.common.telemetry import telemetry_middlewares
 
 log = logging.getLogger(__name__)
@@ -115,13 +122,19 @@ class TopicSpec:
 
 def topic_specs(topics: TopicSettings, kafka: KafkaSettings) -> list[TopicSpec]:
     inbound = kafka.inbound_partitions
+    # Inbound records are deleted by the broker's clock, not the producers': the inbox
+    # must outlive them (`inbox_problems`), and a producer's clock cannot stretch that.
+    inbound_config = {
+        **retention_config(kafka.inbound_retention_days),
+        "message.timestamp.type": "LogAppendTime",
+    }
     return [
-        TopicSpec(topics.bookings, inbound, {}),
-        TopicSpec(topics.started, inbound, {}),
-        TopicSpec(topics.registered, inbound, {}),
-        TopicSpec(topics.commands, inbound, {}),
-        TopicSpec(topics.prompts, inbound, {}),
-        TopicSpec(topics.events, inbound, {}),
+        TopicSpec(topics.bookings, inbound, inbound_config),
+        TopicSpec(topics.started, inbound, inbound_config),
+        TopicSpec(topics.registered, inbound, inbound_config),
+        TopicSpec(topics.commands, inbound, inbound_config),
+        TopicSpec(topics.prompts, inbound, retention_config(kafka.prompts_retention_days)),
+        TopicSpec(topics.events, inbound, retention_config(kafka.events_retention_days)),
         # Compacted: the last value per key is the current state of that record.
         TopicSpec(
             topics.export,
@@ -137,11 +150,21 @@ def topic_specs(topics: TopicSettings, kafka: KafkaSettings) -> list[TopicSpec]:
             topics.dlq,
             3,
             {
-                "retention.ms": str(30 * 24 * 3600 * 1000),
+                **retention_config(kafka.dlq_retention_days),
                 "max.message.bytes": str(dead_letter_request_size(kafka)),
             },
         ),
     ]
+
+
+def retention_config(days: int) -> dict[str, str]:
+    """A deleting topic's configs: records are gone `days` after they were written, give
+    or take one segment (`TOPIC_SEGMENT`)."""
+    return {"retention.ms": str(_ms(timedelta(days=days))), "segment.ms": str(_ms(TOPIC_SEGMENT))}
+
+
+def _ms(span: timedelta) -> int:
+    return int(span / timedelta(milliseconds=1))
 
 
 def groups_topic_names(topics: TopicSettings) -> tuple[str, ...]:
@@ -152,6 +175,31 @@ def groups_topic_names(topics: TopicSettings) -> tuple[str, ...]:
 def export_topic_names(topics: TopicSettings) -> tuple[str, ...]:
     """The topics the export service reads or writes."""
     return (topics.events, topics.export, topics.dlq)
+
+
+async def describe_topic_configs(
+    kafka: KafkaSettings, names: Collection[str]
+) -> tuple[dict[str, dict[str, str]], dict[str, str]]:
+    """The effective configs of these topics (set on the topic or the broker's defaults),
+    and the topics the broker did not describe, with its error (e.g.
+    `TopicAuthorizationFailedError`: no DESCRIBE_CONFIGS)."""
+    admin = AIOKafkaAdminClient(**client_kwargs(kafka))
+    await admin.start()
+    try:
+        responses = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, name) for name in names]
+        )
+    finally:
+        await admin.close()
+    configs: dict[str, dict[str, str]] = {}
+    errors: dict[str, str] = {}
+    for response in responses:
+        for error_code, _message, _type, name, entries in response.resources:
+            if error_code:
+                errors[name] = for_code(error_code).__name__
+            else:
+                configs[name] = {entry[0]: entry[1] for entry in entries}
+    return configs, errors
 
 
 class TopicsMissing(RuntimeError):

@@ -6,6 +6,7 @@ Every variable is documented in the README; `docker-compose.yml` wires the same 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Literal
 
 from pydantic import Field, SecretStr
@@ -51,6 +52,13 @@ class KafkaSettings(BaseSettings):
     # What the broker gathers for a consumer's fetch before it answers (or the fetch wait
     # passes): fewer, larger inbound batches under load (BENCHMARKS.md, fix 17).
     fetch_min_bytes: int = Field(default=3072, ge=1)
+    # Retention (`retention.ms`) of the topics the service creates that hold personnummer
+    # (README, "Retention"). The inbox must outlive what the inbound topics keep
+    # (`inbox_problems`).
+    inbound_retention_days: int = Field(default=7, ge=1)
+    prompts_retention_days: int = Field(default=7, ge=1)
+    events_retention_days: int = Field(default=14, ge=1)
+    dlq_retention_days: int = Field(default=30, ge=1)
 
 
 class DatabaseSettings(BaseSettings):
@@ -59,7 +67,7 @@ class DatabaseSettings(BaseSettings):
     # postgresql+asyncpg://user:password@host:port/db ; add ?ssl=require for TLS
     database_url: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/customer_groups"
     # Per process: inbound parts in flight (up to 3 per batch), the relay, the audit
-    # sealer, HTTP reads.
+    # sealer, the retention pruner now and then, HTTP reads.
     database_pool_size: int = 10
     # Only the `migrate` step uses it (DDL, grants); the service runs as DATABASE_URL.
     database_migration_url: str | None = None
@@ -70,6 +78,26 @@ class DatabaseSettings(BaseSettings):
     @property
     def migration_url(self) -> str:
         return self.database_migration_url or self.database_url
+
+
+# The contract's idempotency window: a repeated id is recognised for at least this long.
+IDEMPOTENCY_WINDOW_MIN = timedelta(days=7)
+# `segment.ms` of the topics created with a retention: the broker deletes a whole segment
+# once its newest record is past the retention, so a record outlives its retention by up
+# to one segment's span, plus the broker's retention check (5 minutes by default).
+TOPIC_SEGMENT = timedelta(days=1)
+RETENTION_CHECK_MARGIN = timedelta(hours=1)
+
+
+def record_lifetime(retention: timedelta, segment: timedelta) -> timedelta:
+    """The longest a record stays on a topic with this `retention.ms` and `segment.ms`."""
+    return retention + segment + RETENTION_CHECK_MARGIN
+
+
+def inbound_record_lifetime(kafka: KafkaSettings) -> timedelta:
+    """The longest an inbound record stays on the topics the service creates, i.e. how
+    late a redelivery (a consumer group re-reading from the start) can come."""
+    return record_lifetime(timedelta(days=kafka.inbound_retention_days), TOPIC_SEGMENT)
 
 
 def relay_transactional_id(consumer_group: str) -> str:
@@ -99,6 +127,21 @@ class GroupsSettings(BaseSettings):
     # How long the relay's leader keeps its lease without progress before a standby
     # process takes over.
     relay_lease_seconds: float = Field(default=10.0, ge=1.0, le=300.0)
+    # Retention of the tables pruned by age (README, "Retention"). The inbox is the
+    # idempotency window: at least the contract's 7 days and longer than an inbound record
+    # can stay on its topic (`inbox_problems`).
+    inbox_retention_days: int = Field(default=15, ge=1)
+    dead_letter_retention_days: int = Field(default=30, ge=1)
+    parked_retention_days: int = Field(default=30, ge=1)
+    # Pruning: a pass every interval in every process, in batches of this many rows with
+    # a pause between them, so it never holds locks or the disk for long.
+    prune_interval_seconds: float = Field(default=3600.0, gt=0)
+    prune_batch_size: int = Field(default=1000, ge=1, le=100_000)
+    prune_pause_seconds: float = Field(default=0.2, ge=0)
+
+    @property
+    def inbox_retention(self) -> timedelta:
+        return timedelta(days=self.inbox_retention_days)
 
     @property
     def transactional_id(self) -> str:
@@ -107,6 +150,33 @@ class GroupsSettings(BaseSettings):
     @property
     def allowed_unit_set(self) -> frozenset[str]:
         return frozenset(u.strip() for u in self.allowed_units.split(",") if u.strip())
+
+
+def inbox_problems(groups: GroupsSettings, kafka: KafkaSettings) -> list[str]:
+    """Why the inbox could forget an id it must still recognise: shorter than the
+    contract's window, or than an inbound record can stay on its topic (a consumer group
+    that re-reads from the start would then apply that record twice)."""
+    window = groups.inbox_retention
+    problems = []
+    if window < IDEMPOTENCY_WINDOW_MIN:
+        problems.append(
+            f"GROUPS_INBOX_RETENTION_DAYS is {groups.inbox_retention_days}: the contract's "
+            f"idempotency window is at least {IDEMPOTENCY_WINDOW_MIN.days} days"
+        )
+    lifetime = inbound_record_lifetime(kafka)
+    if window < lifetime:
+        problems.append(
+            f"GROUPS_INBOX_RETENTION_DAYS is {groups.inbox_retention_days}: an inbound record "
+            f"may stay on its topic for up to {_span(lifetime)} "
+            f"(KAFKA_INBOUND_RETENTION_DAYS {kafka.inbound_retention_days} plus one "
+            "segment and the broker's check), so the inbox must keep its id at least as long"
+        )
+    return problems
+
+
+def _span(span: timedelta) -> str:
+    hours = span.seconds // 3600
+    return f"{span.days} days" + (f" {hours} h" if hours else "")
 
 
 class AuthSettings(BaseSettings):

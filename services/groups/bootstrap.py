@@ -29,6 +29,7 @@ from services.common.settings import (
     AuthSettings,
     GroupsSettings,
     ServiceSettings,
+    inbox_problems,
     refuse_unsafe,
 )
 from services.groups.adapters import migrate
@@ -37,6 +38,11 @@ from services.groups.adapters.audit_sealer import AuditSealer
 from services.groups.adapters.metrics import GroupsMetrics
 from services.groups.adapters.outbox_relay import OutboxRelay
 from services.groups.adapters.repository import CatalogRepository
+from services.groups.adapters.retention import (
+    RetentionPruner,
+    inbound_retention_problems,
+    prune_targets,
+)
 from services.groups.catalog import default_catalog_path
 from services.groups.domain.authorization import Authorization
 from services.groups.domain.catalog import Catalog
@@ -116,7 +122,10 @@ class GroupsService:
         s = self.settings
         self.catalog_file = catalog_path_of(s.groups)
         shipped = read_catalog_file(self.catalog_file)
-        refuse_unsafe(SERVICE_NAME, unsafe_settings(s, shipped))
+        # The idempotency window holds in dev mode too.
+        refuse_unsafe(
+            SERVICE_NAME, [*inbox_problems(s.groups, s.kafka), *unsafe_settings(s, shipped)]
+        )
         self.metrics = GroupsMetrics()
         self.engine: AsyncEngine = create_engine(s.database)
         self.clock = clock or Clock(s.groups.timezone)
@@ -144,6 +153,18 @@ class GroupsService:
             metrics=self.metrics,
         )
         self.sealer = AuditSealer(self.engine)
+        self.pruner = RetentionPruner(
+            self.engine,
+            prune_targets(s.groups),
+            batch_size=s.groups.prune_batch_size,
+            pause_seconds=s.groups.prune_pause_seconds,
+            interval_seconds=s.groups.prune_interval_seconds,
+            clock=self.clock.now,
+            on_pruned=lambda table, count: self.metrics.pruned.labels(table).inc(count),
+            on_retry=lambda error, _delay: self.metrics.prune_retries.labels(
+                type(error).__name__
+            ).inc(),
+        )
         self.processor = BatchApplier(
             self.new_uow,
             self.bus,
@@ -207,6 +228,7 @@ class GroupsService:
     async def _prepare_once(self) -> None:
         topics = self.settings.topics
         await wait_for_topics(topics, self.settings.kafka, needed=groups_topic_names(topics))
+        await self._check_inbound_retention()
         if self.settings.app.dev_mode:
             await migrate.upgrade(self.engine)
         else:  # the service's role runs no DDL: the deployment runs `migrate`
@@ -221,6 +243,16 @@ class GroupsService:
             )
         await self.reload_catalog()
         log.info("catalog %s loaded", self.catalog.current.version)
+
+    async def _check_inbound_retention(self) -> None:
+        """Topics may predate the service or be altered: refuse to consume from one whose
+        records can outlive the inbox (a re-read would apply them twice)."""
+        problems = await inbound_retention_problems(
+            self.settings.kafka, self.settings.topics.inbound, self.settings.groups.inbox_retention
+        )
+        for problem in problems:  # an exception's message is kept out of the logs
+            log.error("refusing to start: %s", problem)
+        refuse_unsafe(SERVICE_NAME, problems)
 
     async def reload_catalog(self) -> None:
         """The catalog tables are the truth (`import-catalog` may change them at any time)."""
@@ -253,6 +285,7 @@ class GroupsService:
     async def start_background(self) -> None:
         self.relay.start()
         self.sealer.start()
+        self.pruner.start()
         self._catalog_task = asyncio.create_task(self._reload_catalog_periodically())
         self.ready = True
 
@@ -264,4 +297,5 @@ class GroupsService:
                 await self._catalog_task
         await self.relay.stop()
         await self.sealer.stop()
+        await self.pruner.stop()
         await self.engine.dispose()

@@ -14,8 +14,10 @@ from typing import Any
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from devinfra.provider import Infrastructure
+from services.common.db import create_engine
 from services.common.settings import (
     AppSettings,
     DatabaseSettings,
@@ -23,10 +25,12 @@ from services.common.settings import (
     KafkaSettings,
     TopicSettings,
 )
+from services.groups.adapters import migrate
 from services.groups.adapters.orm import bookings
 from services.groups.bootstrap import GroupsService, GroupsSettingsBundle
 from services.groups.catalog import example_catalog_path
 from services.groups.entrypoints.consumer import register_consumer
+from services.groups.service_layer.context import Clock
 from tests.kafka_tools import KafkaTestClient, TopicCollector, cloudevent
 from tests.schema_validation import validate_event
 
@@ -38,6 +42,15 @@ def unique_topics(suffix: str) -> TopicSettings:
     return TopicSettings(
         **{name: f"{getattr(defaults, name)}.{suffix}" for name in TopicSettings.model_fields}
     )
+
+
+@pytest.fixture
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    """The migration role's (superuser's) engine on a fresh database migrated to head."""
+    engine = create_engine(DatabaseSettings(database_url=database_url))
+    await migrate.upgrade(engine)
+    yield engine
+    await engine.dispose()
 
 
 @pytest.fixture
@@ -61,9 +74,11 @@ def groups_settings(
 
 
 @contextlib.asynccontextmanager
-async def running_groups_service(settings: GroupsSettingsBundle) -> AsyncIterator[GroupsService]:
+async def running_groups_service(
+    settings: GroupsSettingsBundle, *, clock: Clock | None = None
+) -> AsyncIterator[GroupsService]:
     """The groups service in this process: consumer, outbox relay, no HTTP server."""
-    service = GroupsService(settings)
+    service = GroupsService(settings, clock=clock)
     register_consumer(service.broker, service)
     await service.prepare()
     await service.broker.start()

@@ -50,15 +50,6 @@ def _row(n: int = 0, **overrides: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
-async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
-    """The migration role's (superuser's) engine on a migrated database."""
-    engine = create_engine(DatabaseSettings(database_url=database_url))
-    await migrate.upgrade(engine)
-    yield engine
-    await engine.dispose()
-
-
-@pytest.fixture
 async def service_url(engine: AsyncEngine, database_url: str) -> AsyncIterator[str]:
     """DATABASE_URL for a fresh service role that `migrate` granted."""
     role = f"svc_{uuid.uuid4().hex[:10]}"

@@ -55,3 +55,15 @@ class GroupsMetrics:
             ["topic", "error"],
             registry=r,
         )
+        self.pruned = Counter(
+            "groups_retention_pruned_rows_total",
+            "Rows deleted by the retention pruner, per table, for being older than its retention",
+            ["table"],
+            registry=r,
+        )
+        self.prune_retries = Counter(
+            "groups_retention_prune_retries_total",
+            "Retention pruning passes that failed and were retried after a backoff",
+            ["error"],
+            registry=r,
+        )

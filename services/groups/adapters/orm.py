@@ -173,6 +173,8 @@ inbox = Table(
     Column("topic", String(249), primary_key=True),
     Column("event_id", String(1024), primary_key=True),
     Column("processed_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    # Pruning by age (migration 0007): the oldest rows first, without a scan of the table.
+    Index("ix_inbox_processed_at", "processed_at"),
 )
 
 # Transactional outbox: every outgoing record is written with the state change that
@@ -201,6 +203,7 @@ outbox_parked = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("error", String(64), nullable=False),
     Column("parked_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Index("ix_outbox_parked_parked_at", "parked_at"),
 )
 
 # Who leads a role among the service's processes, until when (database time); the leader
@@ -230,6 +233,7 @@ dead_letters = Table(
     Column("error_message", Text, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("replayed_at", DateTime(timezone=True)),
+    Index("ix_dead_letters_created_at", "created_at"),
 )
 
 # PDL (patientdatalagen) access log: every change and every read of a customer's groups.

@@ -26,6 +26,7 @@ from services.common.settings import (
     KafkaSettings,
     TopicSettings,
     UnsafeSettings,
+    inbox_problems,
 )
 from services.groups.adapters import migrate, outbox_parking
 from services.groups.bootstrap import SERVICE_NAME, catalog_path_of, read_catalog_file
@@ -81,9 +82,14 @@ def migrate_command() -> int:
     """The deployment's privileged step: create the topics, migrate the schema (as
     DATABASE_MIGRATION_URL's role) and grant DATABASE_SERVICE_ROLE what the service needs,
     so the running services need neither CREATE on the broker nor DDL rights."""
+    kafka = KafkaSettings()
+    # Never create inbound topics whose records would outlive the inbox.
+    if problems := inbox_problems(GroupsSettings(), kafka):
+        print(f"error: {'; '.join(problems)}", file=sys.stderr)
+        return 2
 
     async def run() -> None:
-        await ensure_topics(TopicSettings(), KafkaSettings())
+        await ensure_topics(TopicSettings(), kafka)
         settings = DatabaseSettings()
         engine = create_engine(settings.model_copy(update={"database_url": settings.migration_url}))
         try:
