@@ -100,16 +100,18 @@ class CustomerGroupsClient:
         await self.close()
 
     async def start(self) -> None:
+        """Connect (a refused login or an unreachable broker raises here, not at the
+        first send) and, when listening, fix the reading position."""
         self._producer = AIOKafkaProducer(
             **self.kafka.aiokafka_kwargs(), acks="all", enable_idempotence=True
         )
-        await self._producer.start()
-        if self._listen:
-            try:
+        try:
+            await self._producer.start()
+            if self._listen:
                 await self._start_reader()
-            except BaseException:
-                await self.close()
-                raise
+        except BaseException:
+            await self.close()
+            raise
 
     async def close(self) -> None:
         if self._reader is not None:
