@@ -247,17 +247,18 @@ async def test_a_missed_prompt_is_served_as_the_topic_got_it_to_its_own_unit_onl
 
     rows = [r for r in await _audit_rows(service) if r["action"] != "customer_group.prompt_close"]
     prompt_id = sent["data"]["prompt_id"]
+    prompt_read = (
+        "prompt_read",
+        "SE-HSA-unit-1",
+        "unit-1",
+        PNR,
+        {"vaccination_id": "v-http-1", "prompt_id": prompt_id},
+    )
     assert [
         (r["action"], r["user_id"], r["unit_id"], r["personnummer"], r["detail"]) for r in rows
     ] == [
         ("prompt_shown", ACTOR["user_id"], "unit-1", PNR, {"vaccination_id": "v-http-1"}),
-        (
-            "prompt_read",
-            "SE-HSA-unit-1",
-            "unit-1",
-            PNR,
-            {"vaccination_id": "v-http-1", "prompt_id": prompt_id},
-        ),
+        prompt_read,
         (
             "access_refused",
             "SE-HSA-unit-3",
@@ -277,11 +278,5 @@ async def test_a_missed_prompt_is_served_as_the_topic_got_it_to_its_own_unit_onl
             None,
             {"route": "/prompt", "reason": "unit_not_allowed"},
         ),
-        (
-            "prompt_read",
-            "SE-HSA-unit-1",
-            "unit-1",
-            PNR,
-            {"vaccination_id": "v-http-1", "prompt_id": prompt_id},
-        ),
+        prompt_read,
     ]

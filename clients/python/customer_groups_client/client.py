@@ -9,7 +9,7 @@ import logging
 from collections.abc import AsyncIterator
 from datetime import date, datetime
 from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final, NotRequired, Self, TypedDict, Unpack
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import (
@@ -46,6 +46,28 @@ class _Unchanged:
 UNCHANGED: Final = _Unchanged()
 
 _FATAL = (TopicAuthorizationFailedError, GroupAuthorizationFailedError)
+
+
+class StartFields(TypedDict):
+    """`publish_start`'s keyword arguments."""
+
+    actor: Actor
+    personnummer: str
+    booking_id: NotRequired[str | None]
+    vaccine: NotRequired[Vaccine | None]
+    event_id: NotRequired[str | None]
+
+
+class RegistrationFields(TypedDict):
+    """`publish_registration`'s keyword arguments."""
+
+    actor: Actor
+    personnummer: str
+    administered_at: datetime
+    vaccine: Vaccine
+    booking_id: NotRequired[str | None]
+    entered_in_error: NotRequired[bool]
+    event_id: NotRequired[str | None]
 
 
 class CustomerGroupsClient:
@@ -363,30 +385,20 @@ class CustomerGroupsClient:
         self,
         vaccination_id: str,
         *,
-        actor: Actor,
-        personnummer: str,
-        booking_id: str | None = None,
-        vaccine: Vaccine | None = None,
-        event_id: str | None = None,
         timeout: float | None = None,
+        **start: Unpack[StartFields],
     ) -> Prompt:
-        """Publish the start and wait for its prompt. Raises CommandRejected when the
-        service refused the start, OutcomeTimeout when nothing came in time (then fetch
-        it with `GET /prompt`, or publish the start again: the same prompt comes)."""
+        """Publish the start (`publish_start`'s arguments) and wait for its prompt.
+        Raises CommandRejected when the service refused the start, OutcomeTimeout when
+        nothing came in time (then fetch it with `GET /prompt`, or publish the start
+        again: the same prompt comes)."""
         self._require_listening()
-        start_id = await self.publish_start(
-            vaccination_id,
-            actor=actor,
-            personnummer=personnummer,
-            booking_id=booking_id,
-            vaccine=vaccine,
-            event_id=event_id,
-        )
+        start_id = await self.publish_start(vaccination_id, **start)
         return await self._correlator.answer_to_start(
             start_id,
             vaccination_id,
-            personnummer=personnummer,
-            unit_id=actor.unit_id,
+            personnummer=start["personnummer"],
+            unit_id=start["actor"].unit_id,
             timeout=timeout or self.timeout,
         )
 
@@ -427,29 +439,15 @@ class CustomerGroupsClient:
         self,
         vaccination_id: str,
         *,
-        actor: Actor,
-        personnummer: str,
-        administered_at: datetime,
-        vaccine: Vaccine,
-        booking_id: str | None = None,
-        entered_in_error: bool = False,
-        event_id: str | None = None,
         timeout: float | None = None,
+        **registration: Unpack[RegistrationFields],
     ) -> Outcome:
-        """Publish the registration and wait for its answer (the dose's record,
-        `outcome.confirmation`, or a rejection). The same registration again is not
-        answered (nothing changed): that wait ends in OutcomeTimeout."""
+        """Publish the registration (`publish_registration`'s arguments) and wait for its
+        answer (the dose's record, `outcome.confirmation`, or a rejection). The same
+        registration again is not answered (nothing changed): that wait ends in
+        OutcomeTimeout."""
         self._require_listening()
-        sent = await self.publish_registration(
-            vaccination_id,
-            actor=actor,
-            personnummer=personnummer,
-            administered_at=administered_at,
-            vaccine=vaccine,
-            booking_id=booking_id,
-            entered_in_error=entered_in_error,
-            event_id=event_id,
-        )
+        sent = await self.publish_registration(vaccination_id, **registration)
         return await self.outcome(sent, timeout=timeout)
 
     # -- commands --------------------------------------------------------------------

@@ -136,32 +136,31 @@ class Correlator:
                 if not waiting:
                     self._waiters.pop(key, None)
 
+    async def _known_or_next(
+        self, key: _Key, known: _Answer | None, what: str, timeout: float
+    ) -> _Answer:
+        try:
+            async with asyncio.timeout(timeout):
+                return known if known is not None else await self._first([key])
+        except TimeoutError:
+            raise OutcomeTimeout(what, timeout) from None
+
     async def outcome(self, command_id: str, timeout: float) -> Outcome:
         """The answer to the command (or registration) whose CloudEvent id is
         `command_id`; OutcomeTimeout when none came within `timeout` seconds."""
-        try:
-            async with asyncio.timeout(timeout):
-                found = self.known_outcome(command_id)
-                if found is None:
-                    answer = await self._first([("command", command_id)])
-                    assert isinstance(answer, Outcome)
-                    found = answer
-                return found
-        except TimeoutError:
-            raise OutcomeTimeout(f"command {command_id}", timeout) from None
+        known = self.known_outcome(command_id)
+        what = f"command {command_id}"
+        answer = await self._known_or_next(("command", command_id), known, what, timeout)
+        assert isinstance(answer, Outcome)
+        return answer
 
     async def prompt(self, vaccination_id: str, timeout: float) -> Prompt:
         """The prompt of `vaccination_id`; OutcomeTimeout when none came in time."""
-        try:
-            async with asyncio.timeout(timeout):
-                found = self.known_prompt(vaccination_id)
-                if found is None:
-                    answer = await self._first([("prompt", vaccination_id)])
-                    assert isinstance(answer, Prompt)
-                    found = answer
-                return found
-        except TimeoutError:
-            raise OutcomeTimeout(f"vaccination {vaccination_id}", timeout) from None
+        known = self.known_prompt(vaccination_id)
+        what = f"vaccination {vaccination_id}"
+        answer = await self._known_or_next(("prompt", vaccination_id), known, what, timeout)
+        assert isinstance(answer, Prompt)
+        return answer
 
     async def answer_to_start(
         self,

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from customer_groups_client import KafkaConfig
+from customer_groups_client import KafkaConfig, Topics
+from services.common.settings import TopicSettings
 
 CLIENT = Path(__file__).resolve().parents[3] / "clients" / "python"
 
@@ -86,3 +87,11 @@ def test_the_services_environment_variables_configure_the_client() -> None:
     )
     assert config.bootstrap_servers == "b1:9092,b2:9092"
     assert config.aiokafka_kwargs()["sasl_mechanism"] == "SCRAM-SHA-256"
+
+
+def test_its_default_topic_names_are_the_services() -> None:
+    # The client cannot import the service's settings, so this keeps the two in step.
+    service = TopicSettings()
+    client = Topics()
+    for name in Topics.__dataclass_fields__:
+        assert getattr(client, name) == getattr(service, name), name
