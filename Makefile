@@ -7,10 +7,10 @@ BIN := $(VENV)/bin
 
 .PHONY: run demo test lint install clean
 
-$(BIN)/.installed: pyproject.toml constraints.txt
+$(BIN)/.installed: pyproject.toml constraints.txt clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -c constraints.txt -e ".[dev]"
+	$(BIN)/pip install -q -c constraints.txt -e ".[dev]" -e clients/python
 	touch $@
 
 install: $(BIN)/.installed

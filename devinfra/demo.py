@@ -2,9 +2,11 @@
 
 Starts the real Apache Kafka broker (jars from Maven) and embedded PostgreSQL, both
 services as their own processes, then plays the user guide's two flows for the public
-test identity (with the popup, and without it: an after-registration) and prints what
-each step produced, ending with the dose's export record, and where everything runs. Keeps running
-until Ctrl+C unless `--once`.
+test identity (with the popup, and without it: an after-registration) through the client
+package (`clients/python`: each answer matched by its command's id, as a client must)
+and prints what each step produced, ending with the dose's export record, then reads
+back over HTTP and says where everything runs. Keeps running until Ctrl+C unless
+`--once`.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -25,37 +26,29 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import TopicPartition
 
+from customer_groups_client import (
+    Actor,
+    CustomerGroupsClient,
+    KafkaConfig,
+    RequestedGroup,
+    Topics,
+    Vaccine,
+    fetch_prompt,
+)
 from devinfra.provider import provide_infrastructure
 from devinfra.services import ServiceProcess, free_port, http_json
 from devinfra.tokens import TokenIssuer, bearer
 from services.common.settings import TopicSettings
 
 TEST_IDENTITY = "191212121212"  # the public test identity from the user guide
-ACTOR = {"user_id": "demo-nurse", "unit_id": "demo-unit"}
-CONFIRMED = "customer_group.vaccination_groups_confirmed"
+NURSE = Actor("demo-nurse", "demo-unit")
+INFLUVAC = Vaccine("J07BB02", "Influvac Tetra", dose=1)
+WAIT = 60.0
 
 
-def _event(type_: str, data: dict[str, Any]) -> bytes:
-    return json.dumps(
-        {
-            "specversion": "1.0",
-            "id": str(uuid.uuid4()),
-            "source": "/demo",
-            "type": type_,
-            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "datacontenttype": "application/json",
-            "data": data,
-        }
-    ).encode()
-
-
-async def _wait_for(
-    bootstrap: str,
-    topic: str,
-    type_: str,
-    match: Callable[[dict[str, Any]], bool] = lambda _data: True,
-) -> dict[str, Any]:
-    """The first event of `type_` on `topic` whose data `match`es."""
+async def _export_record(bootstrap: str, topic: str, vaccination_id: str) -> dict[str, Any]:
+    """The warehouse's view: the dose's record on the export topic, keyed by its
+    vaccination_id (read_committed, from the start)."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, enable_auto_commit=False, isolation_level="read_committed"
     )
@@ -66,14 +59,12 @@ async def _wait_for(
         partitions = [TopicPartition(topic, p) for p in await producer.partitions_for(topic)]
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            for records in (await consumer.getmany(timeout_ms=200)).values():
-                for record in records:
-                    event = json.loads(record.value)
-                    if event["type"] == type_ and match(event["data"]):
-                        return dict(event)
-        raise TimeoutError(f"no {type_} on {topic}")
+        async with asyncio.timeout(WAIT):
+            while True:
+                for records in (await consumer.getmany(timeout_ms=200)).values():
+                    for record in records:
+                        if record.key == vaccination_id.encode():
+                            return dict(json.loads(record.value))
     finally:
         await consumer.stop()
         await producer.stop()
@@ -81,31 +72,29 @@ async def _wait_for(
 
 async def _feed(
     bootstrap: str, topics: TopicSettings, groups_url: str, token: dict[str, str]
-) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
-    await producer.start()
-    key = TEST_IDENTITY.encode()
-
-    async def send(topic: str, type_: str, data: dict[str, Any]) -> None:
-        await producer.send_and_wait(topic, _event(type_, data), key=key)
-
-    try:
+) -> str:
+    """Plays both flows through the client package (every answer matched by its
+    command_id or vaccination_id); returns the popup's vaccination id."""
+    kafka = KafkaConfig(bootstrap)
+    client_topics = Topics(**{name: getattr(topics, name) for name in Topics.__dataclass_fields__})
+    async with (
+        CustomerGroupsClient(
+            kafka, topics=client_topics, source="/booking/demo", listen=False
+        ) as booking_system,
+        CustomerGroupsClient(
+            kafka, topics=client_topics, source="/vaccination/demo", timeout=WAIT
+        ) as client,
+    ):
         print("1. booking.created -> vaccination.bookings.v1 (booked online: Influensa 65+)")
-        await send(
-            topics.bookings,
-            "booking.created",
-            {
-                "booking_id": "demo-booking-1",
-                "unit_id": "demo-unit",
-                "start_time": "2026-11-26T14:20:00+01:00",
-                "customer": {
-                    "personnummer": TEST_IDENTITY,
-                    "first_name": "Test",
-                    "last_name": "Testsson",
-                },
-                "vaccine": {"code": "J07BB02", "name": "Influvac Tetra", "dose": 1},
-                "requested_group": {"group_code": "INFLUENSA", "subgroup_code": "ALDER_65_PLUS"},
-            },
+        await booking_system.publish_booking(
+            "demo-booking-1",
+            unit_id=NURSE.unit_id,
+            start_time=datetime.fromisoformat("2026-11-26T14:20:00+01:00"),
+            personnummer=TEST_IDENTITY,
+            first_name="Test",
+            last_name="Testsson",
+            vaccine=INFLUVAC,
+            requested_group=RequestedGroup("INFLUENSA", "ALDER_65_PLUS"),
         )
         # Topics are not ordered with each other; a real start comes long after its
         # booking, so the demo waits until the booking is stored.
@@ -118,142 +107,112 @@ async def _feed(
             await asyncio.sleep(0.1)
         vaccination_id = f"demo-vaccination-{uuid.uuid4().hex[:6]}"
         print(f"2. vaccination.started ({vaccination_id}) -> the popup's prompt")
-        await send(
-            topics.started,
-            "vaccination.started",
-            {
-                "vaccination_id": vaccination_id,
-                "unit_id": "demo-unit",
-                "user_id": "demo-nurse",
-                "personnummer": TEST_IDENTITY,
-                "booking_id": "demo-booking-1",
-                "vaccine": {"code": "J07BB02", "name": "Influvac Tetra"},
-            },
+        prompt = await client.start_vaccination(
+            vaccination_id,
+            actor=NURSE,
+            personnummer=TEST_IDENTITY,
+            booking_id="demo-booking-1",
+            vaccine=INFLUVAC,
         )
-        prompt = (await _wait_for(bootstrap, topics.prompts, "customer_group.prompt"))["data"]
         print(
-            f"   prompt {prompt['prompt_id']}: required={prompt['required']}, "
-            f"{len(prompt['catalog'])} selectable groups, suggestions="
-            f"{[(s['group_code'], s['subgroup_code'], s['reason']) for s in prompt['suggestions']]}"
+            f"   prompt {prompt.prompt_id}: required={prompt.required}, "
+            f"{len(prompt.catalog)} selectable groups, suggestions="
+            f"{[(s.group_code, s.subgroup_code, s.reason) for s in prompt.suggestions]}"
         )
         print("3. customer_group.add (nurse picks the suggestion in the popup)")
-        await send(
-            topics.commands,
-            "customer_group.add",
-            {
-                "personnummer": TEST_IDENTITY,
-                "actor": ACTOR,
-                "group_code": "INFLUENSA",
-                "subgroup_code": "ALDER_65_PLUS",
-                "prompt_id": prompt["prompt_id"],
-            },
+        added = await client.add(
+            TEST_IDENTITY,
+            actor=NURSE,
+            group_code="INFLUENSA",
+            subgroup_code="ALDER_65_PLUS",
+            prompt_id=prompt.prompt_id,
         )
-        added = await _wait_for(bootstrap, topics.events, "customer_group.added")
-        membership = added["data"]["membership"]
+        membership = added.raise_for_rejection().membership
+        assert membership is not None
         print(
-            f"   added: {membership['group_name']} - {membership['subgroup_name']} "
-            f"({membership['status']}, from {membership['valid_from']})"
+            f"   {added.type} for command {added.command_id}: {membership.group_name} - "
+            f"{membership.subgroup_name} ({membership.status}, from {membership.valid_from})"
         )
         print("4. customer_group.prompt_close (nurse closes the popup)")
-        await send(
-            topics.commands,
-            "customer_group.prompt_close",
-            {
-                "personnummer": TEST_IDENTITY,
-                "actor": ACTOR,
-                "prompt_id": prompt["prompt_id"],
-                "vaccination_id": vaccination_id,
-            },
+        closed = await client.close_prompt(
+            TEST_IDENTITY,
+            actor=NURSE,
+            prompt_id=prompt.prompt_id,
+            vaccination_id=vaccination_id,
         )
-        confirmed = await _wait_for(bootstrap, topics.events, CONFIRMED)
-        print(
-            f"   confirmed for the dose: "
-            f"{[m['group_code'] for m in confirmed['data']['memberships']]}"
-        )
+        confirmed = closed.raise_for_rejection().confirmation
+        assert confirmed is not None
+        print(f"   confirmed for the dose: {[m.group_code for m in confirmed.memberships]}")
         print("5. vaccination.registered (the dose signed in the record) -> its dose record")
-        await send(topics.registered, "vaccination.registered", _registration(vaccination_id))
-        registered = await _wait_for(
-            bootstrap, topics.events, CONFIRMED, lambda d: d["basis"] == "registration"
+        registered = await client.register_vaccination(
+            vaccination_id,
+            actor=NURSE,
+            personnummer=TEST_IDENTITY,
+            administered_at=datetime.now(UTC),
+            vaccine=INFLUVAC,
         )
-        print(f"   basis={registered['data']['basis']}, version={registered['data']['version']}")
+        record = registered.raise_for_rejection().confirmation
+        assert record is not None
+        print(f"   basis={record.basis}, version={record.version}")
 
         print("6. without popup, an after-registration: customer_group.add of the group that")
         print("   applied three weeks ago (Covid-19 - Rekommenderad), then the dose's registration")
         three_weeks_back = datetime.now(UTC) - timedelta(days=21)
-        await send(
-            topics.commands,
-            "customer_group.add",
-            {
-                "personnummer": TEST_IDENTITY,
-                "actor": ACTOR,
-                "group_code": "COVID_19",
-                "subgroup_code": "REKOMMENDERAD",
-                "valid_from": three_weeks_back.date().isoformat(),
-            },
+        # The group is stored (its outcome read) before the dose is registered: topics
+        # are not ordered with each other.
+        saved = await client.add(
+            TEST_IDENTITY,
+            actor=NURSE,
+            group_code="COVID_19",
+            subgroup_code="REKOMMENDERAD",
+            valid_from=three_weeks_back.date(),
         )
-        # Topics are not ordered with each other: the group is stored before the dose.
-        await _wait_for(
-            bootstrap, topics.events, "customer_group.added",
-            lambda d: d["membership"]["group_code"] == "COVID_19",
-        )  # fmt: skip
+        saved.raise_for_rejection()
         late_dose = f"demo-vaccination-{uuid.uuid4().hex[:6]}"
-        await send(
-            topics.registered,
-            "vaccination.registered",
-            _registration(late_dose, three_weeks_back, ("J07BN01", "Comirnaty")),
+        late = await client.register_vaccination(
+            late_dose,
+            actor=NURSE,
+            personnummer=TEST_IDENTITY,
+            administered_at=three_weeks_back,
+            vaccine=Vaccine("J07BN01", "Comirnaty", dose=1),
         )
-        late = await _wait_for(
-            bootstrap, topics.events, CONFIRMED, lambda d: d["vaccination_id"] == late_dose
-        )
+        late_record = late.raise_for_rejection().confirmation
+        assert late_record is not None
         print(
             f"   {late_dose}: groups of its day "
-            f"{[m['group_code'] for m in late['data']['memberships']]}, no popup "
-            f"(prompt_id={late['data']['prompt_id']})"
+            f"{[m.group_code for m in late_record.memberships]}, no popup "
+            f"(prompt_id={late_record.prompt_id})"
         )
-        record = await _wait_for(
-            bootstrap,
-            topics.export,
-            "customer_group.vaccination_record",
-            lambda d: d["vaccination_id"] == late_dose,
-        )
-        data = record["data"]
-        print(
-            f"7. export: vaccination_record of {late_dose} for subject {data['subject_id'][:16]}…:"
-            f" administered_at={data['administered_at']}, vaccine={data['vaccine']},"
-            f" basis={data['basis']}, missing_group={data['missing_group']},"
-            f" groups={[(g['group_code'], g['subgroup_code']) for g in data['groups']]}"
-        )
-    finally:
-        await producer.stop()
+    exported = await _export_record(bootstrap, topics.export, late_dose)
+    data = exported["data"]
+    print(
+        f"7. export: vaccination_record of {late_dose} for subject {data['subject_id'][:16]}…:"
+        f" administered_at={data['administered_at']}, vaccine={data['vaccine']},"
+        f" basis={data['basis']}, missing_group={data['missing_group']},"
+        f" groups={[(g['group_code'], g['subgroup_code']) for g in data['groups']]}"
+    )
+    return vaccination_id
 
 
-def _registration(
-    vaccination_id: str,
-    given: datetime | None = None,
-    vaccine: tuple[str, str] = ("J07BB02", "Influvac Tetra"),
-) -> dict[str, Any]:
-    return {
-        "vaccination_id": vaccination_id,
-        "unit_id": ACTOR["unit_id"],
-        "user_id": ACTOR["user_id"],
-        "personnummer": TEST_IDENTITY,
-        "administered_at": (given or datetime.now(UTC)).isoformat(),
-        "vaccine": {"code": vaccine[0], "name": vaccine[1], "dose_number": 1},
-    }
-
-
-def _read_back(groups_url: str, token: dict[str, str]) -> None:
+def _read_back(groups_url: str, token: str, vaccination_id: str) -> None:
+    headers = bearer(token)
     status, card = http_json(
-        f"{groups_url}/customer-card", {"personnummer": TEST_IDENTITY}, headers=token
+        f"{groups_url}/customer-card", {"personnummer": TEST_IDENTITY}, headers=headers
     )
     assert status == 200, card
     print(f"8. customer card from PostgreSQL: active={[m['group_code'] for m in card['active']]}")
-    status, found = http_json(f"{groups_url}/booking?booking_id=demo-booking-1", headers=token)
+    status, found = http_json(f"{groups_url}/booking?booking_id=demo-booking-1", headers=headers)
     assert status == 200, found
     booking = found["booking"]
     print(
         f"9. booking from PostgreSQL: {booking['booking_id']} at {booking['start_time']}, "
         f"status={booking['status']}, requested={booking['requested_group']}"
+    )
+    prompt = asyncio.run(fetch_prompt(groups_url, vaccination_id, token=token))
+    assert prompt is not None
+    print(
+        f"10. GET /prompt?vaccination_id={vaccination_id} (a client that missed it): "
+        f"prompt {prompt.prompt_id}, event {prompt.event.id}"
     )
 
 
@@ -291,14 +250,14 @@ def main(argv: list[str] | None = None) -> int:
         idp = TokenIssuer()
         key_path = idp.save_key(workdir / "auth" / "dev-idp.pem")
         jwks_path = idp.write_jwks(workdir / "auth" / "jwks.json")
-        token = bearer(idp.token(ACTOR["user_id"], ACTOR["unit_id"]))
+        token = idp.token(NURSE.user_id, NURSE.unit_id)
         groups_port, export_port = free_port(), free_port()
         groups = ServiceProcess(
             "services.groups",
             {
                 **env,
                 **idp.env(jwks_path),
-                "GROUPS_ALLOWED_UNITS": ACTOR["unit_id"],
+                "GROUPS_ALLOWED_UNITS": NURSE.unit_id,
                 "GROUPS_HTTP_PORT": str(groups_port),
             },
             port=groups_port,
@@ -321,8 +280,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"python -m devinfra.tokens --key {key_path} --user demo-nurse --unit demo-unit"
             )
             print(f"up in {time.monotonic() - started:.1f}s; playing the demo feed\n")
-            asyncio.run(_feed(infra.kafka_bootstrap, topics, groups.url, token))
-            _read_back(groups.url, token)
+            vaccination_id = asyncio.run(
+                _feed(infra.kafka_bootstrap, topics, groups.url, bearer(token))
+            )
+            _read_back(groups.url, token, vaccination_id)
             print(
                 "\nDemo done: the booking, the groups and both doses' records are stored "
                 "and exported."

@@ -201,3 +201,82 @@ async def test_the_card_shows_who_added_and_changed_a_group_and_not_one_entered_
     assert active["created_at"] == kept["data"]["membership"]["created_at"]
     assert [m["group_code"] for m in card["historical"]] == ["PNEUMOKOCK"]
     assert "INFLUENSA" not in json.dumps(card), "entered in error: in neither list"
+
+
+async def test_a_missed_prompt_is_served_as_the_topic_got_it_to_its_own_unit_only(
+    service: GroupsService,
+    routes: dict[str, ASGIApp],
+    issuer: TokenIssuer,
+    kafka: KafkaTestClient,
+    infra: Infrastructure,
+) -> None:
+    topics = service.settings.topics
+    async with (
+        TopicCollector(infra.kafka_bootstrap, topics.events) as events,
+        TopicCollector(infra.kafka_bootstrap, topics.prompts) as prompts,
+    ):
+        nurse = NurseClient(kafka, topics, events, prompts)
+        sent = await nurse.start("v-http-1", PNR, booking_id=BOOKING)
+        [record] = [r for r in prompts.records if json.loads(r.value)["id"] == sent["id"]]
+
+        async def read(unit: str, vaccination_id: str = "v-http-1") -> tuple[int, Any, Any]:
+            return await call(
+                routes["/prompt"],
+                headers=bearer(issuer.token(f"SE-HSA-{unit}", unit)),
+                query={"vaccination_id": vaccination_id},
+            )
+
+        # Its own unit (another nurse there) gets the very event the topic got.
+        status, headers, body = await read("unit-1")
+        assert status == 200
+        assert headers["content-type"] == "application/cloudevents+json; charset=UTF-8"
+        assert body == json.loads(record.value)
+        # Another allowed unit learns no more than for an id never started.
+        other = await read("unit-3")
+        unknown = await read("unit-1", "v-http-unknown")
+        assert other[0] == unknown[0] == 404 and other[2] == unknown[2]
+        # A unit off the allowlist is refused before any lookup.
+        status, _, body = await read("unit-2")
+        assert status == 403 and PNR not in json.dumps(body)
+        # After the popup is closed the prompt is still there, unchanged.
+        await nurse.command(
+            "prompt_close", PNR, prompt_id=sent["data"]["prompt_id"], vaccination_id="v-http-1"
+        )
+        status, _, body = await read("unit-1")
+        assert status == 200 and body == json.loads(record.value)
+
+    rows = [r for r in await _audit_rows(service) if r["action"] != "customer_group.prompt_close"]
+    prompt_id = sent["data"]["prompt_id"]
+    prompt_read = (
+        "prompt_read",
+        "SE-HSA-unit-1",
+        "unit-1",
+        PNR,
+        {"vaccination_id": "v-http-1", "prompt_id": prompt_id},
+    )
+    assert [
+        (r["action"], r["user_id"], r["unit_id"], r["personnummer"], r["detail"]) for r in rows
+    ] == [
+        ("prompt_shown", ACTOR["user_id"], "unit-1", PNR, {"vaccination_id": "v-http-1"}),
+        prompt_read,
+        (
+            "access_refused",
+            "SE-HSA-unit-3",
+            "unit-3",
+            PNR,
+            {
+                "route": "/prompt",
+                "reason": "other_unit",
+                "vaccination_id": "v-http-1",
+                "prompt_id": prompt_id,
+            },
+        ),
+        (
+            "access_refused",
+            "SE-HSA-unit-2",
+            "unit-2",
+            None,
+            {"route": "/prompt", "reason": "unit_not_allowed"},
+        ),
+        prompt_read,
+    ]

@@ -28,7 +28,11 @@ from services.groups.service_layer import messages, views
 log = logging.getLogger(__name__)
 
 # Routes that answer with a patient's data: token required, allowlist applied, audited.
-PATIENT_DATA_ROUTES = ("/customer-card", "/booking")
+PATIENT_DATA_ROUTES = ("/customer-card", "/booking", "/prompt")
+# A stored prompt is the CloudEvent the topic got, served in the CloudEvents HTTP
+# binding's structured mode, so any CloudEvents SDK reads it as it reads the record.
+CLOUDEVENT_JSON = "application/cloudevents+json; charset=UTF-8"
+MAX_ID_CHARS = 128  # ids in messages (schemas/common.schema.json#/$defs/id)
 
 PatientHandler = Callable[[Request, Identity], Awaitable[Response]]
 
@@ -172,6 +176,21 @@ def build_routes(service: GroupsService) -> list[tuple[str, ASGIApp]]:
             return Response.json(404, {"error": "booking not found"})
         return Response.json(200, card)
 
+    async def prompt(request: Request, identity: Identity) -> Response:
+        vaccination_id = request.query.get("vaccination_id")
+        if not vaccination_id:
+            return Response.json(400, {"error": "vaccination_id is required"})
+        event = None
+        if len(vaccination_id) <= MAX_ID_CHARS:  # a longer one was never a vaccination's
+            async with service.new_uow() as uow:
+                event = await views.stored_prompt(
+                    uow, vaccination_id, user_id=identity.user_id, unit_id=identity.unit_id
+                )
+                await uow.commit()
+        if event is None:
+            return Response.json(404, {"error": "no prompt for this vaccination at your unit"})
+        return Response(200, event, CLOUDEVENT_JSON)
+
     return [
         ("/healthz", route(healthz)),
         ("/readyz", route(readyz)),
@@ -183,4 +202,5 @@ def build_routes(service: GroupsService) -> list[tuple[str, ASGIApp]]:
             route(patient_data("/customer-card", customer_card), methods=("POST",)),
         ),
         ("/booking", route(patient_data("/booking", booking))),
+        ("/prompt", route(patient_data("/prompt", prompt))),
     ]

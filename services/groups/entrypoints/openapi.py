@@ -30,9 +30,8 @@ def _refusals() -> dict[str, Any]:
     }
 
 
-_CATALOG_GROUP_SCHEMA_ID = (
-    "https://schemas.customer-groups.example/v1/customer_group.catalog_group.schema.json"
-)
+_SCHEMAS = "https://schemas.customer-groups.example/v1"
+_CATALOG_GROUP_SCHEMA_ID = f"{_SCHEMAS}/customer_group.catalog_group.schema.json"
 
 
 def _period(required: list[str], extra: dict[str, Any]) -> dict[str, Any]:
@@ -67,6 +66,57 @@ def _catalog_schema() -> dict[str, Any]:
         "type": "object",
         "required": ["catalog_version", "groups"],
         "properties": {"catalog_version": text, "groups": {"type": "array", "items": group}},
+    }
+
+
+def _prompt_operation() -> dict[str, Any]:
+    """GET /prompt: the stored `customer_group.prompt` CloudEvent of one vaccination."""
+    event = {
+        "type": "object",
+        "description": (
+            "the CloudEvent exactly as the topic customer-groups.prompts.v1 got it "
+            f"({_SCHEMAS}/envelope.schema.json); its data is a customer_group.prompt "
+            f"({_SCHEMAS}/customer_group.prompt.schema.json)"
+        ),
+        "required": ["specversion", "id", "source", "type", "data"],
+        "properties": {
+            "specversion": {"const": "1.0"},
+            "id": {"type": "string"},
+            "type": {"const": "customer_group.prompt"},
+            "data": {"type": "object"},
+        },
+    }
+    return {
+        "get": {
+            "summary": "the prompt of a vaccination started at the caller's unit",
+            "description": (
+                "For a client that missed the prompt on the topic (late, or the client was "
+                "away): the very event the topic got (same CloudEvent id, prompt_id and data, "
+                "the state when the vaccination was first started), also after the popup "
+                "was closed. Only the unit that started the vaccination (the prompt's "
+                "unit_id) reads it: for another unit's vaccination the answer is the same "
+                "404 as for an unknown one, and the attempt is audited (access_refused). "
+                "Each answer is written to the PDL audit log (prompt_read)."
+            ),
+            "security": _BEARER,
+            "parameters": [
+                {
+                    "name": "vaccination_id",
+                    "in": "query",
+                    "required": True,
+                    "schema": {"type": "string", "maxLength": 128},
+                }
+            ],
+            "responses": {
+                "200": {
+                    "description": "the stored prompt (CloudEvents HTTP binding, structured mode)",
+                    "content": {"application/cloudevents+json": {"schema": event}},
+                },
+                "400": _json("no vaccination_id"),
+                **_refusals(),
+                "404": _json("no prompt for this vaccination at the caller's unit"),
+            },
+        }
     }
 
 
@@ -188,5 +238,6 @@ def openapi_document() -> dict[str, Any]:
                     },
                 }
             },
+            "/prompt": _prompt_operation(),
         },
     }

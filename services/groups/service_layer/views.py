@@ -7,7 +7,7 @@ from typing import Any
 from services.groups.domain.catalog import Catalog
 from services.groups.domain.personnummer import Personnummer
 from services.groups.service_layer import messages
-from services.groups.service_layer.unit_of_work import UnitOfWork
+from services.groups.service_layer.unit_of_work import AbstractUnitOfWork, UnitOfWork
 
 
 async def customer_card(
@@ -56,6 +56,37 @@ async def booking_card(
         },
         "customer": card,
     }
+
+
+async def stored_prompt(
+    uow: AbstractUnitOfWork, vaccination_id: str, *, user_id: str, unit_id: str
+) -> bytes | None:
+    """The prompt the prompts topic got for this vaccination, byte for byte, for a client
+    that missed it; None when there is none the caller's unit may read.
+
+    Only the unit that started the vaccination reads its prompt. Another unit's is
+    answered as if there were none, so a caller cannot probe which vaccination ids
+    exist, but the attempt is audited (`access_refused`, naming the patient whose prompt
+    it was, so a review of that patient's log shows it). An unknown id names no patient
+    and writes nothing, as an unknown booking."""
+    prompt = await uow.repo.get_prompt_by_vaccination(vaccination_id)
+    if prompt is None:
+        return None
+    patient = Personnummer.parse(prompt.personnummer)
+    detail = {"vaccination_id": prompt.vaccination_id, "prompt_id": prompt.prompt_id}
+    if prompt.unit_id != unit_id:
+        await uow.repo.audit(
+            action="access_refused",
+            user_id=user_id,
+            unit_id=unit_id,
+            personnummer=patient,
+            detail={"route": "/prompt", "reason": "other_unit", **detail},
+        )
+        return None
+    await uow.repo.audit(
+        action="prompt_read", user_id=user_id, unit_id=unit_id, personnummer=patient, detail=detail
+    )
+    return prompt.event
 
 
 async def access_refused(uow: UnitOfWork, *, user_id: str, unit_id: str, route: str) -> None:

@@ -46,7 +46,8 @@ async def _read(app: ASGIApp, path: str, headers: dict[str, str]) -> tuple[int, 
             app, "POST", headers=headers, json_body={"personnummer": PNR}
         )
     else:
-        status, response_headers, _ = await call(app, headers=headers, query={"booking_id": "b-1"})
+        query = {"booking_id": "b-1"} if path == "/booking" else {"vaccination_id": "v-1"}
+        status, response_headers, _ = await call(app, headers=headers, query=query)
     return status, response_headers
 
 
@@ -127,4 +128,18 @@ async def test_the_catalog_needs_no_token_and_lists_every_group(
     for group in document["groups"]:
         validate_data(messages.CATALOG_GROUP, group)
     status, _, _ = await call(routes["/catalog"], "POST")
+    assert status == 405
+
+
+async def test_a_prompt_read_names_its_vaccination_and_never_reaches_for_an_overlong_id(
+    routes: dict[str, ASGIApp], issuer: TokenIssuer
+) -> None:
+    token = bearer(issuer.token("nurse-1", "unit-1"))
+    for query in ({}, {"vaccination_id": ""}):
+        status, _, body = await call(routes["/prompt"], headers=token, query=query)
+        assert (status, body) == (400, {"error": "vaccination_id is required"})
+    # No id longer than an id may be was ever started: not found, without a database.
+    status, _, _ = await call(routes["/prompt"], headers=token, query={"vaccination_id": "v" * 129})
+    assert status == 404
+    status, _, _ = await call(routes["/prompt"], "POST", headers=token)
     assert status == 405
