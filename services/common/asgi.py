@@ -12,7 +12,8 @@ from urllib.parse import parse_qs
 from faststream.asgi import AsgiFastStream
 from faststream.kafka import KafkaBroker
 
-from services.common.asyncapi import for_deployment, render_html, render_yaml
+from services.common.asyncapi import for_deployment, render_yaml
+from services.common.asyncapi_page import render_html
 from services.common.settings import ServiceSettings
 
 Scope = MutableMapping[str, Any]
