@@ -10,14 +10,26 @@ from collections.abc import Mapping
 from typing import Any
 
 
-def _resolve(document: Mapping[str, Any], node: Mapping[str, Any]) -> Any:
-    """What a `{"$ref": "#/..."}` points at; any other node as it is."""
-    if set(node) != {"$ref"}:
-        return node
+def _target(document: Mapping[str, Any], ref: str) -> Any:
     target: Any = document
-    for part in node["$ref"].removeprefix("#/").split("/"):
+    for part in ref.removeprefix("#/").split("/"):
         target = target[part]
     return target
+
+
+def _expanded(document: Mapping[str, Any], node: Any, depth: int = 0) -> Any:
+    """`node` with every `$ref` replaced by what it points at (annotations beside it
+    kept), so a reader of the page need not follow references. The schemas have no
+    cycles; `depth` stops one all the same."""
+    if isinstance(node, list):
+        return [_expanded(document, item, depth) for item in node]
+    if not isinstance(node, Mapping):
+        return node
+    if "$ref" in node and depth < 20:
+        rest = {k: v for k, v in node.items() if k != "$ref"}
+        target = _expanded(document, _target(document, node["$ref"]), depth + 1)
+        return {**target, **rest} if isinstance(target, Mapping) else target
+    return {k: _expanded(document, v, depth) for k, v in node.items()}
 
 
 def _pre(value: Any) -> str:
@@ -72,7 +84,7 @@ def render_html(document: Mapping[str, Any]) -> str:
     for name, message in document["components"]["messages"].items():
         payload = message["payload"]
         data = (
-            _resolve(document, payload["allOf"][1]["properties"]["data"])
+            _expanded(document, payload["allOf"][1]["properties"]["data"])
             if "allOf" in payload
             else payload
         )
@@ -83,7 +95,7 @@ def render_html(document: Mapping[str, Any]) -> str:
             f"<p>Content type {e(message['contentType'])}; key: "
             f"{e(key.get('description', ''))}.</p>",
             f"<details><summary>Kafka headers</summary>"
-            f"{_pre(_resolve(document, message['headers']))}</details>",
+            f"{_pre(_expanded(document, message['headers']))}</details>",
             f"<details><summary>data schema</summary>{_pre(data)}</details>",
         ]
     parts.append("</body></html>")

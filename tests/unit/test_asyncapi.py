@@ -248,6 +248,8 @@ async def test_served_as_json_yaml_and_a_page_that_loads_nothing() -> None:
     for name in DOCUMENT["components"]["messages"]:
         assert f"id='{name}'" in page
     assert "Customer groups (kundgrupper)" in page
+    assert "$ref" not in page, "references are expanded for the reader"
+    assert "^[0-9]{12}$" in page, "the personnummer pattern, from common.schema.json"
 
 
 def test_dead_letter_codes_are_those_the_services_use_and_document() -> None:
