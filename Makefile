@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run demo test lint install clean
+.PHONY: run demo test lint install clean check-asyncapi
 
 $(BIN)/.installed: pyproject.toml constraints.txt clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,10 +24,21 @@ demo: install
 test: install
 	$(BIN)/python -m pytest
 
-lint: install
+lint: install check-asyncapi
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+
+# The AsyncAPI parser (npm, versions and hashes pinned by tools/asyncapi-check's lock
+# file) must find no error in the served document.
+ASYNCAPI_CHECK := tools/asyncapi-check
+
+$(ASYNCAPI_CHECK)/node_modules/.installed: $(ASYNCAPI_CHECK)/package-lock.json
+	cd $(ASYNCAPI_CHECK) && npm ci --ignore-scripts --loglevel=error
+	touch $@
+
+check-asyncapi: $(ASYNCAPI_CHECK)/node_modules/.installed
+	node $(ASYNCAPI_CHECK)/check.mjs services/common/asyncapi.yaml
 
 clean:
 	rm -rf $(VENV) .run .tools

@@ -9,8 +9,12 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
 
-from faststream.asgi import AsgiFastStream, AsyncAPIRoute
+from faststream.asgi import AsgiFastStream
 from faststream.kafka import KafkaBroker
+
+from services.common.asyncapi import for_deployment, render_yaml
+from services.common.asyncapi_page import render_html
+from services.common.settings import ServiceSettings
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -96,10 +100,33 @@ def route(
     return app
 
 
-def asyncapi_docs() -> AsyncAPIRoute:
-    """The AsyncAPI page and JSON, without FastStream's "try it out" route: that route
-    publishes whatever an HTTP caller sends, which no production service should offer."""
-    return AsyncAPIRoute("/asyncapi", try_it_out_path=None)
+def _constant(response: Response) -> ASGIApp:
+    async def handler(_request: Request) -> Response:
+        return response
+
+    return route(handler)
+
+
+def asyncapi_routes(settings: ServiceSettings) -> list[tuple[str, ASGIApp]]:
+    """The contract's AsyncAPI document (`services.common.asyncapi`) with this deployment's
+    topics, as JSON, YAML and a page that loads nothing from elsewhere (it works on a
+    closed network). They replace FastStream's document, which knew only the consumers
+    (no payloads, no outgoing topics), and its page, which loaded its script from a CDN."""
+    document = for_deployment(settings.topics, settings.kafka)
+    page = Response(
+        200,
+        render_html(document).encode(),
+        "text/html; charset=utf-8",
+        headers=(("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'"),),
+    )
+    return [
+        ("/asyncapi.json", _constant(Response.json(200, document))),
+        ("/asyncapi.yaml", _constant(Response(200, render_yaml(document).encode(), _YAML))),
+        ("/asyncapi", _constant(page)),
+    ]
+
+
+_YAML = "application/yaml; charset=utf-8"
 
 
 Hook = Callable[[], Awaitable[None]]
@@ -109,17 +136,18 @@ def service_app(
     broker: KafkaBroker,
     routes: Sequence[tuple[str, ASGIApp]],
     *,
+    settings: ServiceSettings,
     on_startup: Sequence[Hook],
     after_startup: Sequence[Hook],
     on_shutdown: Sequence[Hook],
     after_shutdown: Sequence[Hook],
 ) -> AsgiFastStream:
     """A service process: its consumer and its HTTP routes in one ASGI app, with the
-    AsyncAPI document (see `asyncapi_docs`)."""
+    contract's AsyncAPI document (see `asyncapi_routes`)."""
     return AsgiFastStream(
         broker,
-        asgi_routes=list(routes),
-        asyncapi_path=asyncapi_docs(),
+        asgi_routes=[*routes, *asyncapi_routes(settings)],
+        asyncapi_path=None,
         logger=logging.getLogger("services.faststream.app"),
         on_startup=list(on_startup),
         after_startup=list(after_startup),

@@ -18,6 +18,21 @@ import orjson
 SPECVERSION = "1.0"
 MAX_EVENT_BYTES = 256 * 1024
 
+# Every record the services publish, dead letters aside, is a CloudEvent in structured
+# mode (contract revision 2): this header tells any CloudEvents SDK's Kafka binding so.
+STRUCTURED_CONTENT_TYPE = "application/cloudevents+json; charset=UTF-8"
+CLOUDEVENT_HEADERS: tuple[tuple[str, bytes], ...] = (
+    ("content-type", STRUCTURED_CONTENT_TYPE.encode()),
+)
+# The `$id`s of the JSON Schemas in schemas/: names, not download locations.
+SCHEMA_ID_BASE = "https://schemas.customer-groups.example/v1/"
+
+
+def dataschema_for(type_: str) -> str:
+    """The `dataschema` attribute of an event of `type_`: the `$id` of its data's schema
+    (schemas/<type>.schema.json)."""
+    return f"{SCHEMA_ID_BASE}{type_}.schema.json"
+
 
 class PoisonRecord(Exception):
     """A record that can never be processed as it is; it goes to the dead-letter topic."""
@@ -36,6 +51,7 @@ class CloudEvent:
     time: datetime | None
     data: Any
     subject: str | None = None
+    dataschema: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         event: dict[str, Any] = {
@@ -45,6 +61,8 @@ class CloudEvent:
             "type": self.type,
             "datacontenttype": "application/json",
         }
+        if self.dataschema is not None:
+            event["dataschema"] = self.dataschema
         if self.time is not None:
             event["time"] = self.time.isoformat().replace("+00:00", "Z")
         if self.subject is not None:
@@ -70,12 +88,14 @@ def encode_json(value: Any) -> bytes:
 def new_event(
     type_: str, source: str, data: Any, *, event_id: str | None = None, time: datetime | None = None
 ) -> CloudEvent:
+    """An outgoing event: its `dataschema` names the schema of its type."""
     return CloudEvent(
         id=event_id or str(uuid.uuid4()),
         source=source,
         type=type_,
         time=time or datetime.now(UTC),
         data=data,
+        dataschema=dataschema_for(type_),
     )
 
 

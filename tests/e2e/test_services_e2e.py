@@ -134,10 +134,16 @@ async def test_popup_flow_through_both_services(stack: Stack, kafka: KafkaTestCl
     status, metrics = await asyncio.to_thread(http_json, f"{stack.groups.url}/metrics")
     assert status == 200 and "groups_records_total" in metrics
     status, asyncapi = await asyncio.to_thread(http_json, f"{stack.groups.url}/asyncapi.json")
-    assert status == 200
-    assert any("bookings" in name for name in asyncapi["channels"])
+    assert status == 200 and asyncapi["info"]["title"] == "Customer groups (kundgrupper)"
+    addresses = {channel["address"] for channel in asyncapi["channels"].values()}
+    assert {stack.topics.bookings, stack.topics.prompts, stack.topics.export} <= addresses
+    for path in ("/asyncapi.yaml", "/asyncapi"):
+        status, text = await asyncio.to_thread(http_json, f"{stack.groups.url}{path}")
+        assert status == 200 and "Customer groups (kundgrupper)" in text, path
+    status, exported = await asyncio.to_thread(http_json, f"{stack.export.url}/asyncapi.json")
+    assert (status, exported) == (200, asyncapi), "both services serve the one document"
     status, _ = await asyncio.to_thread(http_json, f"{stack.groups.url}/asyncapi/try")
-    assert status == 404, "the try-it-out publish route must stay off"
+    assert status == 404, "no publish route over HTTP"
 
 
 def test_outside_dev_mode_the_groups_service_needs_the_identity_provider(tmp_path: Path) -> None:

@@ -6,7 +6,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.common.envelope import PoisonRecord, decode_cloudevent, new_event
+from services.common.envelope import (
+    CLOUDEVENT_HEADERS,
+    PoisonRecord,
+    decode_cloudevent,
+    new_event,
+)
+from services.groups.adapters import batch_writer
+from services.groups.adapters.outbox import Outbox, decode_headers
 
 
 @given(st.binary(max_size=2048))
@@ -77,3 +84,30 @@ def test_a_number_beyond_the_json_parsers_limits_is_invalid_json() -> None:
     with pytest.raises(PoisonRecord) as caught:
         decode_cloudevent(raw, max_bytes=10_000)
     assert caught.value.error_code == "INVALID_JSON"
+
+
+def test_an_outgoing_event_names_its_schema_before_its_time() -> None:
+    event = json.loads(new_event("customer_group.added", "/src", {"a": 1}).to_bytes())
+    assert event["dataschema"] == (
+        "https://schemas.customer-groups.example/v1/customer_group.added.schema.json"
+    )
+    assert list(event) == [
+        "specversion",
+        "id",
+        "source",
+        "type",
+        "datacontenttype",
+        "dataschema",
+        "time",
+        "data",
+    ]
+
+
+async def test_events_go_out_with_the_structured_content_type_and_dead_letters_without() -> None:
+    outbox = Outbox(dlq_topic="dlq", service="groups-service")
+    await outbox.add_event("events", b"k", b"{}")
+    await outbox.add("bookings", b"k", b"original")  # a replay: the original record
+    rows = outbox.take_writes()[batch_writer.OUTBOX]
+    headers = [decode_headers(json.loads(row["headers"])) for row in rows]
+    assert headers == [list(CLOUDEVENT_HEADERS), []]
+    assert CLOUDEVENT_HEADERS == (("content-type", b"application/cloudevents+json; charset=UTF-8"),)

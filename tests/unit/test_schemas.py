@@ -16,6 +16,7 @@ from pydantic import BaseModel
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
+from services.common.envelope import dataschema_for
 from services.export.domain.records import (
     MEMBERSHIP_FIELDS,
     MEMBERSHIP_RECORD,
@@ -302,6 +303,15 @@ def test_outgoing_type_names_are_the_codes() -> None:
         VACCINATION_RECORD,
     }
     assert emitted == OUTBOUND_TYPES
+
+
+@pytest.mark.parametrize("type_", sorted(OUTBOUND_TYPES))
+def test_outgoing_events_name_their_schema(type_: str) -> None:
+    """`dataschema` (contract revision 2) is the `$id` of the type's schema, in the code
+    and in the example."""
+    schema_id = load_schemas()[type_]["$id"]
+    assert dataschema_for(type_) == schema_id
+    assert example(type_)["dataschema"] == schema_id
 
 
 # -- the schemas reject what the contract forbids ---------------------------------

@@ -16,6 +16,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
+from services.common.envelope import CLOUDEVENT_HEADERS
 from services.common.kafka import OutgoingRecord, publish_in_batches
 
 
@@ -34,6 +35,9 @@ class ExportPublisher:
     ) -> asyncio.Future[Any]:
         """Hands `messages` (and any `dead_letters`, each with its own topic and headers)
         to the producer; the returned future completes once the broker acknowledged every
-        one of them (and raises if it refused any)."""
-        records: list[OutgoingRecord] = [(self._topic, key, value, ()) for key, value in messages]
+        one of them (and raises if it refused any). Every export record is a CloudEvent in
+        structured mode, so it carries the CloudEvents `content-type` header."""
+        records: list[OutgoingRecord] = [
+            (self._topic, key, value, CLOUDEVENT_HEADERS) for key, value in messages
+        ]
         return await publish_in_batches(self._producer, [*records, *dead_letters])

@@ -17,6 +17,7 @@ def build_app(service: ExportService | None = None) -> AsgiFastStream:
     return service_app(
         service.broker,
         build_routes(service),
+        settings=service.settings,
         on_startup=[service.prepare],
         after_startup=[service.mark_ready, settle_after_start],
         # Before the broker closes its consumer: the last applied offsets still commit.

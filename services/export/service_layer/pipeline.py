@@ -14,12 +14,24 @@ from datetime import UTC, datetime
 from aiokafka import AIOKafkaProducer
 
 from services.common.backoff import Backoff, retry_forever
-from services.common.envelope import CloudEvent, PoisonRecord, decode_cloudevent, encode_json
+from services.common.envelope import (
+    CloudEvent,
+    PoisonRecord,
+    dataschema_for,
+    decode_cloudevent,
+    encode_json,
+)
 from services.common.kafka import OutgoingRecord
 from services.common.records import SourceRecord, dead_letter_headers
 from services.export.adapters.export_topic import ExportPublisher
 from services.export.adapters.metrics import ExportMetrics
-from services.export.domain.records import EXPORT_SOURCE, ExportRecord, RecordBuilder
+from services.export.domain.records import (
+    EXPORT_SOURCE,
+    MEMBERSHIP_RECORD,
+    VACCINATION_RECORD,
+    ExportRecord,
+    RecordBuilder,
+)
 from services.export.service_layer.translate import records_from_event
 
 log = logging.getLogger(__name__)
@@ -27,11 +39,17 @@ SERVICE_NAME = "export-service"
 
 
 # CloudEvent's envelope of an export record, taken from CloudEvent itself once (attribute
-# order, constant attributes); per record only id, type, time and data are set. Building a
-# CloudEvent and its dict per record cost more than encoding it.
+# order, constant attributes); per record only id, type, dataschema, time and data are set.
+# Building a CloudEvent and its dict per record cost more than encoding it.
 _ENVELOPE = CloudEvent(
-    id="", source=EXPORT_SOURCE, type="", time=datetime(2000, 1, 1, tzinfo=UTC), data=None
+    id="",
+    source=EXPORT_SOURCE,
+    type="",
+    time=datetime(2000, 1, 1, tzinfo=UTC),
+    data=None,
+    dataschema="",
 ).to_dict()
+_DATASCHEMAS = {type_: dataschema_for(type_) for type_ in (MEMBERSHIP_RECORD, VACCINATION_RECORD)}
 
 
 def record_value(record: ExportRecord) -> bytes:
@@ -43,6 +61,7 @@ def record_value(record: ExportRecord) -> bytes:
         **_ENVELOPE,
         "id": record.event_id,
         "type": record.type,
+        "dataschema": _DATASCHEMAS[record.type],
         # As CloudEvent.to_dict writes its time (UTC as "Z").
         "time": datetime.fromisoformat(record.updated_at).isoformat().replace("+00:00", "Z"),
         "data": record.data,

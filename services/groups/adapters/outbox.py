@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 
 from services.common.db import postgres_can_store
+from services.common.envelope import CLOUDEVENT_HEADERS
 from services.common.records import Header, SourceRecord, dead_letter_headers
 from services.groups.adapters import batch_writer
 
@@ -45,6 +46,9 @@ def _headers_json(headers: Sequence[Header]) -> str:
     return orjson.dumps(encode_headers(headers)).decode()
 
 
+_CLOUDEVENT_HEADERS_JSON = _headers_json(CLOUDEVENT_HEADERS)
+
+
 class Outbox:
     """Collects rows in memory; the unit of work writes them with its other changes."""
 
@@ -64,6 +68,14 @@ class Outbox:
     ) -> None:
         self._rows.append(
             {"topic": topic, "key": key, "value": value, "headers": _headers_json(headers)}
+        )
+
+    async def add_event(self, topic: str, key: bytes | None, value: bytes) -> None:
+        """A CloudEvent the service publishes (prompt, event, catalog group), with the
+        structured-mode `content-type` header. Dead letters and replays use `add`: they
+        go out as the original record was."""
+        self._rows.append(
+            {"topic": topic, "key": key, "value": value, "headers": _CLOUDEVENT_HEADERS_JSON}
         )
 
     async def dead_letter(self, record: SourceRecord, error_code: str, message: str) -> None:

@@ -17,6 +17,7 @@ def build_app(service: GroupsService | None = None) -> AsgiFastStream:
     return service_app(
         service.broker,
         build_routes(service),
+        settings=service.settings,
         on_startup=[service.prepare],
         after_startup=[service.start_background, settle_after_start],
         # Before the broker closes its consumer: batches in flight finish and their

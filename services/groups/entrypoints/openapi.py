@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from services.common.envelope import dataschema_for
+from services.groups.service_layer import messages
+
 _JSON = "application/json"
 _BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
 
@@ -31,7 +34,7 @@ def _refusals() -> dict[str, Any]:
 
 
 _SCHEMAS = "https://schemas.customer-groups.example/v1"
-_CATALOG_GROUP_SCHEMA_ID = f"{_SCHEMAS}/customer_group.catalog_group.schema.json"
+_CATALOG_GROUP_SCHEMA_ID = dataschema_for(messages.CATALOG_GROUP)
 
 
 def _period(required: list[str], extra: dict[str, Any]) -> dict[str, Any]:

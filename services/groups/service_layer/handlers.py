@@ -152,7 +152,9 @@ async def vaccination_started(
         return
     if existing is not None:
         # Same vaccination again: re-send the very same prompt (same ids, same bytes).
-        await uow.outbox.add(deps.prompts_topic, existing.personnummer.encode(), existing.event)
+        await uow.outbox.add_event(
+            deps.prompts_topic, existing.personnummer.encode(), existing.event
+        )
         return
     now, today, catalog = deps.clock.now(), deps.clock.today(), deps.catalog.current
     await uow.repo.ensure_customer(personnummer, now=now)
@@ -215,7 +217,7 @@ async def vaccination_started(
         personnummer=personnummer,
         detail={"vaccination_id": started.vaccination_id},
     )
-    await uow.outbox.add(deps.prompts_topic, personnummer.value.encode(), value)
+    await uow.outbox.add_event(deps.prompts_topic, personnummer.value.encode(), value)
 
 
 # -- commands --------------------------------------------------------------------------

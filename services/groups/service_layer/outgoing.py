@@ -70,7 +70,7 @@ async def publish(
 ) -> None:
     """An event on the events topic, also one no command caused (a re-confirmation)."""
     event = new_event(type_, messages.EVENT_SOURCE, data, event_id=id_, time=time)
-    await uow.outbox.add(deps.events_topic, key, event.to_bytes())
+    await uow.outbox.add_event(deps.events_topic, key, event.to_bytes())
 
 
 async def refuse(uow: AbstractUnitOfWork, ctx: Context) -> None:
@@ -140,4 +140,4 @@ async def publish_catalog(
             event_id=event_id(messages.CATALOG_GROUP, encode_json(data).decode()),
             time=now,
         )
-        await outbox.add(topic, group.code.encode(), event.to_bytes())
+        await outbox.add_event(topic, group.code.encode(), event.to_bytes())

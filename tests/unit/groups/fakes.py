@@ -152,7 +152,7 @@ class FakeOutbox:
         self.records: list[tuple[str, bytes | None, bytes | None]] = []
         self.dead_letters: list[tuple[SourceRecord, str, str]] = []
 
-    async def add(self, topic: str, key: bytes | None, value: bytes | None) -> None:
+    async def add_event(self, topic: str, key: bytes | None, value: bytes) -> None:
         self.records.append((topic, key, value))
 
     async def dead_letter(self, record: SourceRecord, error_code: str, message: str) -> None:
