@@ -96,6 +96,19 @@ def route(
     return app
 
 
+async def livez(_request: Request) -> Response:
+    """Liveness: answering at all shows the event loop runs. Nothing else is checked
+    here (a database or broker outage is no reason to restart the process); /readyz
+    says whether it can serve."""
+    return Response.json(200, {"live": True})
+
+
+def readiness(checks: dict[str, bool]) -> Response:
+    """/readyz: 200 when every check holds, else 503 naming them."""
+    ready = all(checks.values())
+    return Response.json(200 if ready else 503, {"ready": ready, "checks": checks})
+
+
 def asyncapi_docs() -> AsyncAPIRoute:
     """The AsyncAPI page and JSON, without FastStream's "try it out" route: that route
     publishes whatever an HTTP caller sends, which no production service should offer."""

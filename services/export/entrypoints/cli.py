@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from services.common import serving
 from services.common.db import create_engine
 from services.common.kafka import ensure_topics, start_producer
 from services.common.logs import configure_logging
@@ -110,8 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(settings.app.log_level)
     try:
         if args.command in (None, "serve"):
-            serve(settings)
-            return 0
+            return serve(settings)
         if args.command == "backfill":
             summary = _run(run_backfill(settings, args))
         else:
@@ -126,17 +126,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def serve(settings: ExportSettingsBundle) -> None:
-    import uvicorn
-
+def serve(settings: ExportSettingsBundle) -> int:
+    from services.export.bootstrap import ExportService
     from services.export.entrypoints.app import build_app
 
-    uvicorn.run(
-        build_app(),
+    service = ExportService(settings)
+    return serving.serve(
+        build_app(service),
         host=settings.export.http_host,
         port=settings.export.http_port,
-        log_config=None,
-        access_log=False,
+        fatal=service.fatal,
     )
 
 

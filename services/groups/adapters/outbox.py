@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -54,6 +55,9 @@ class Outbox:
         self._rows: list[dict[str, Any]] = []
         self._dead_letters: list[dict[str, Any]] = []
         self.written = 0
+        # The rows' `created_at`: the receipt of the inbound batch that causes them (the
+        # relay measures prompt latency from it), else the transaction's start.
+        self.received_at: datetime | None = None
 
     async def add(
         self,
@@ -63,7 +67,13 @@ class Outbox:
         headers: Sequence[Header] = (),
     ) -> None:
         self._rows.append(
-            {"topic": topic, "key": key, "value": value, "headers": _headers_json(headers)}
+            {
+                "topic": topic,
+                "key": key,
+                "value": value,
+                "headers": _headers_json(headers),
+                "created_at": self.received_at,
+            }
         )
 
     async def dead_letter(self, record: SourceRecord, error_code: str, message: str) -> None:

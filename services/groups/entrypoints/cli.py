@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
+from services.common import serving
 from services.common.db import create_engine
 from services.common.kafka import ensure_topics
 from services.common.logs import configure_logging
@@ -62,19 +63,14 @@ def _print_json(value: Any) -> None:
 
 
 def serve() -> int:
-    import uvicorn
-
-    settings = GroupsSettings()
+    from services.groups.bootstrap import GroupsService
     from services.groups.entrypoints.app import build_app
 
-    uvicorn.run(
-        build_app(),
-        host=settings.http_host,
-        port=settings.http_port,
-        log_config=None,
-        access_log=False,
+    service = GroupsService()
+    settings = service.settings.groups
+    return serving.serve(
+        build_app(service), host=settings.http_host, port=settings.http_port, fatal=service.fatal
     )
-    return 0
 
 
 def migrate_command() -> int:
