@@ -25,9 +25,13 @@ class FatalStop:
     `serve` then returns `EXIT_FATAL`. Without a server (a service run inside tests) it
     only records the reason."""
 
-    def __init__(self, service: str) -> None:
+    def __init__(
+        self, service: str, *, exit_after_seconds: float | None = FATAL_SHUTDOWN_SECONDS
+    ) -> None:
         self._service = service
         self._server: Any = None
+        self._exit_after = exit_after_seconds
+        self._backstop: threading.Timer | None = None
         self.reason: str | None = None
 
     def attach(self, server: Any) -> None:
@@ -46,9 +50,15 @@ class FatalStop:
         )
         if self._server is not None:
             self._server.should_exit = True  # a graceful shutdown: offsets already due commit
-            backstop = threading.Timer(FATAL_SHUTDOWN_SECONDS, os._exit, args=(EXIT_FATAL,))
-            backstop.daemon = True
-            backstop.start()
+            if self._exit_after is not None:
+                self._backstop = threading.Timer(self._exit_after, os._exit, args=(EXIT_FATAL,))
+                self._backstop.daemon = True
+                self._backstop.start()
+
+    def shut_down(self) -> None:
+        """The server has stopped: no need for the backstop any more."""
+        if self._backstop is not None:
+            self._backstop.cancel()
 
 
 def serve(app: Any, *, host: str, port: int, fatal: FatalStop) -> int:
@@ -59,7 +69,10 @@ def serve(app: Any, *, host: str, port: int, fatal: FatalStop) -> int:
         uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False)
     )
     fatal.attach(server)
-    server.run()
+    try:
+        server.run()
+    finally:
+        fatal.shut_down()
     if fatal.reason is not None:
         log.critical("exiting with status %d: %s", EXIT_FATAL, fatal.reason)
         return EXIT_FATAL

@@ -1,0 +1,98 @@
+"""A fatal pipeline error in a real service process: it logs why and exits with a
+non-zero status (an orchestrator restarts it), and the restarted process applies what
+the failed batch held (its offsets were never committed)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from pathlib import Path
+
+from devinfra.provider import Infrastructure
+from devinfra.services import ServiceProcess, free_port
+from services.common.serving import EXIT_FATAL
+from services.common.settings import TopicSettings
+from tests.e2e.conftest import stack_env
+from tests.e2e.faulty_service import TRIGGER
+from tests.kafka_tools import KafkaTestClient, TopicCollector, cloudevent
+
+PNR = "191212121212"
+
+
+def faulty(module_env: dict[str, str], service: str, tmp_path: Path) -> ServiceProcess:
+    port_var = "GROUPS_HTTP_PORT" if service == "groups" else "EXPORT_HTTP_PORT"
+    port = free_port()
+    return ServiceProcess(
+        "tests.e2e.faulty_service",
+        {**module_env, "FAULTY_SERVICE": service, port_var: str(port)},
+        port=port,
+        log_path=tmp_path / f"faulty-{service}.log",
+    )
+
+
+async def exit_status(process: ServiceProcess, timeout: float = 90.0) -> int | None:
+    return await asyncio.to_thread(process.wait, timeout)
+
+
+async def test_a_fatal_error_ends_the_groups_process_and_loses_nothing(
+    infra: Infrastructure, database_url: str, kafka: KafkaTestClient, tmp_path: Path
+) -> None:
+    env = stack_env(infra, database_url, uuid.uuid4().hex[:8])
+    topics = TopicSettings(**{n: env[f"TOPIC_{n.upper()}"] for n in TopicSettings.model_fields})
+    process = faulty(env, "groups", tmp_path)
+    await asyncio.to_thread(process.start)
+    try:
+        vaccination_id = f"vacc-{TRIGGER.decode()}"
+        start = cloudevent(
+            "vaccination.started",
+            {
+                "vaccination_id": vaccination_id,
+                "unit_id": "unit-1",
+                "user_id": "nurse-1",
+                "personnummer": PNR,
+            },
+        )
+        await kafka.send_event(topics.started, start, key=PNR)
+        status = await exit_status(process)
+    finally:
+        process.stop()
+    assert status == EXIT_FATAL
+    log = process.log_path.read_text()
+    assert "an inbound batch ended without being applied (LookupError)" in log
+    assert f"exits with status {EXIT_FATAL}" in log
+
+    # Restarted (without the bug): the start is delivered again and answered.
+    port = free_port()
+    restarted = ServiceProcess(
+        "services.groups",
+        {**env, "GROUPS_HTTP_PORT": str(port)},
+        port=port,
+        log_path=tmp_path / "groups.log",
+    )
+    async with TopicCollector(infra.kafka_bootstrap, topics.prompts) as prompts:
+        await asyncio.to_thread(restarted.start)
+        try:
+            found = await prompts.wait_for(
+                lambda e: e["data"]["vaccination_id"] == vaccination_id, timeout=90
+            )
+        finally:
+            restarted.stop()
+    assert len(found) == 1
+
+
+async def test_a_fatal_error_ends_the_export_process(
+    infra: Infrastructure, database_url: str, kafka: KafkaTestClient, tmp_path: Path
+) -> None:
+    env = stack_env(infra, database_url, uuid.uuid4().hex[:8])
+    topics = TopicSettings(**{n: env[f"TOPIC_{n.upper()}"] for n in TopicSettings.model_fields})
+    process = faulty(env, "export", tmp_path)
+    await asyncio.to_thread(process.start)
+    try:
+        await kafka.send_raw(topics.events, TRIGGER, key=b"k")
+        status = await exit_status(process)
+    finally:
+        process.stop()
+    assert status == EXIT_FATAL
+    log = process.log_path.read_text()
+    assert "an export batch ended without being exported (LookupError)" in log
+    assert f"exits with status {EXIT_FATAL}" in log
