@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run demo test lint install clean
+.PHONY: run demo test lint install clean deploy-check promtool
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,23 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+
+# deploy/: manifests against the Kubernetes schemas (offline), dashboard and alerts
+# against the metrics served, alert rules through promtool (tests/unit/test_deploy.py).
+deploy-check: install promtool
+	$(BIN)/python -m pytest -q tests/unit/test_deploy.py
+
+# promtool comes with Debian's `prometheus` package (its server is not started); only
+# root installs it, anyone else is told how.
+promtool:
+	@command -v promtool >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing promtool (Debian package prometheus)"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      --no-install-recommends prometheus) >/dev/null; \
+	  else \
+	    echo "promtool missing: sudo apt-get install prometheus (its tests are skipped)"; \
+	  fi; }
 
 clean:
 	rm -rf $(VENV) .run .tools
