@@ -223,3 +223,15 @@ def test_promtool_accepts_the_alert_rules(args: tuple[str, ...]) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout + result.stderr
+
+
+def test_readme_lists_every_service_metric() -> None:
+    readme = (DEPLOY.parent / "README.md").read_text(encoding="utf-8")
+    documented = set(re.findall(r"`((?:groups|export)_[a-z0-9_]+)", readme))
+    served = {
+        family.name + ("_total" if family.type == "counter" else "")
+        for registry in (GroupsMetrics().registry, ExportMetrics().registry)
+        for family in registry.collect()
+        if family.name.startswith(("groups_", "export_"))
+    }
+    assert served - documented == set()
