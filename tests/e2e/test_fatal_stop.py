@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Awaitable
 from pathlib import Path
 
 from devinfra.provider import Infrastructure
@@ -30,36 +31,46 @@ def faulty(module_env: dict[str, str], service: str, tmp_path: Path) -> ServiceP
     )
 
 
-async def exit_status(process: ServiceProcess, timeout: float = 90.0) -> int | None:
-    return await asyncio.to_thread(process.wait, timeout)
+def stack(infra: Infrastructure, database_url: str) -> tuple[dict[str, str], TopicSettings]:
+    """The environment of one test's own topics and consumer groups, and those topics."""
+    env = stack_env(infra, database_url, uuid.uuid4().hex[:8])
+    names = {n: env[f"TOPIC_{n.upper()}"] for n in TopicSettings.model_fields}
+    return env, TopicSettings(**names)
+
+
+async def fatal_log(process: ServiceProcess, trigger: Awaitable[None]) -> str:
+    """Start `process`, send the trigger; it must end by itself with `EXIT_FATAL` after
+    logging so. Returns its log."""
+    await asyncio.to_thread(process.start)
+    try:
+        await trigger
+        status = await asyncio.to_thread(process.wait, 90.0)
+    finally:
+        process.stop()
+    assert status == EXIT_FATAL
+    log = process.log_path.read_text()
+    assert f"exits with status {EXIT_FATAL}" in log
+    return log
 
 
 async def test_a_fatal_error_ends_the_groups_process_and_loses_nothing(
     infra: Infrastructure, database_url: str, kafka: KafkaTestClient, tmp_path: Path
 ) -> None:
-    env = stack_env(infra, database_url, uuid.uuid4().hex[:8])
-    topics = TopicSettings(**{n: env[f"TOPIC_{n.upper()}"] for n in TopicSettings.model_fields})
-    process = faulty(env, "groups", tmp_path)
-    await asyncio.to_thread(process.start)
-    try:
-        vaccination_id = f"vacc-{TRIGGER.decode()}"
-        start = cloudevent(
-            "vaccination.started",
-            {
-                "vaccination_id": vaccination_id,
-                "unit_id": "unit-1",
-                "user_id": "nurse-1",
-                "personnummer": PNR,
-            },
-        )
-        await kafka.send_event(topics.started, start, key=PNR)
-        status = await exit_status(process)
-    finally:
-        process.stop()
-    assert status == EXIT_FATAL
-    log = process.log_path.read_text()
+    env, topics = stack(infra, database_url)
+    vaccination_id = f"vacc-{TRIGGER.decode()}"
+    start = cloudevent(
+        "vaccination.started",
+        {
+            "vaccination_id": vaccination_id,
+            "unit_id": "unit-1",
+            "user_id": "nurse-1",
+            "personnummer": PNR,
+        },
+    )
+    log = await fatal_log(
+        faulty(env, "groups", tmp_path), kafka.send_event(topics.started, start, key=PNR)
+    )
     assert "an inbound batch ended without being applied (LookupError)" in log
-    assert f"exits with status {EXIT_FATAL}" in log
 
     # Restarted (without the bug): the start is delivered again and answered.
     port = free_port()
@@ -83,16 +94,8 @@ async def test_a_fatal_error_ends_the_groups_process_and_loses_nothing(
 async def test_a_fatal_error_ends_the_export_process(
     infra: Infrastructure, database_url: str, kafka: KafkaTestClient, tmp_path: Path
 ) -> None:
-    env = stack_env(infra, database_url, uuid.uuid4().hex[:8])
-    topics = TopicSettings(**{n: env[f"TOPIC_{n.upper()}"] for n in TopicSettings.model_fields})
-    process = faulty(env, "export", tmp_path)
-    await asyncio.to_thread(process.start)
-    try:
-        await kafka.send_raw(topics.events, TRIGGER, key=b"k")
-        status = await exit_status(process)
-    finally:
-        process.stop()
-    assert status == EXIT_FATAL
-    log = process.log_path.read_text()
+    env, topics = stack(infra, database_url)
+    log = await fatal_log(
+        faulty(env, "export", tmp_path), kafka.send_raw(topics.events, TRIGGER, key=b"k")
+    )
     assert "an export batch ended without being exported (LookupError)" in log
-    assert f"exits with status {EXIT_FATAL}" in log

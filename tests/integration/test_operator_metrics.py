@@ -21,6 +21,7 @@ from tests.http_tools import call
 from tests.integration.conftest import NurseClient, nurse_client, running_groups_service
 from tests.integration.export.conftest import export_settings, running_export_service
 from tests.kafka_tools import KafkaTestClient
+from tests.reliability.harness import wait_until
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -44,12 +45,8 @@ def named(samples: Samples, name: str) -> dict[tuple[tuple[str, str], ...], floa
     return {labels: v for (n, labels), v in samples.items() if n == name}
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.2)
+async def eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
+    await wait_until(check, timeout=60, what=what, interval=0.2)
 
 
 async def test_groups_metrics_after_a_start(

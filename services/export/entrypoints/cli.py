@@ -35,6 +35,7 @@ from services.common.cli import (
     EXIT_USAGE,
     CommandError,
     new_parser,
+    positive_int,
     print_result,
     run_command,
 )
@@ -53,16 +54,6 @@ from services.export.service_layer.backfill import CheckpointStore, Progress, Pr
 log = logging.getLogger("services.export.cli")
 T = TypeVar("T")
 PROG = "customer-groups-export"
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,12 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     back.add_argument(
         "--batch-size",
-        type=_positive,
+        type=positive_int,
         default=backfill_service.DEFAULT_BATCH_SIZE,
         help="rows per chunk; the checkpoint moves after each acknowledged chunk",
     )
     back.add_argument(
-        "--limit", type=_positive, help="stop after this many rows (resume with --checkpoint)"
+        "--limit", type=positive_int, help="stop after this many rows (resume with --checkpoint)"
     )
     back.add_argument(
         "--catch-up-margin",
@@ -106,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     snap.add_argument("--out", type=Path, required=True, help="directory for the files")
     snap.add_argument(
         "--batch-size",
-        type=_positive,
+        type=positive_int,
         default=snapshot_service.DEFAULT_BATCH_SIZE,
         help="rows per chunk (one Parquet row group each)",
     )

@@ -23,6 +23,7 @@ from services.common.cli import (
     EXIT_USAGE,
     CommandError,
     new_parser,
+    positive_int,
     print_result,
     run_command,
 )
@@ -254,16 +255,6 @@ def retry_parked_rows(ids: list[int] | None) -> int:
     return 0
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
-
-
 def _instant(text: str) -> datetime:
     """An ISO date or date-time; UTC unless it names a zone."""
     try:
@@ -314,22 +305,22 @@ def build_parser() -> argparse.ArgumentParser:
     letter_commands = letters.add_subparsers(dest="action", required=True)
     listing = letter_commands.add_parser("list")
     listing.add_argument("--all", action="store_true", help="include replayed ones")
-    listing.add_argument("--limit", type=_positive, default=100)
+    listing.add_argument("--limit", type=positive_int, default=100)
     replay = letter_commands.add_parser("replay")
     which = replay.add_mutually_exclusive_group(required=True)
-    which.add_argument("--id", type=_positive, action="append", dest="ids")
+    which.add_argument("--id", type=positive_int, action="append", dest="ids")
     which.add_argument("--all", action="store_true")
     outbox = commands.add_parser(
         "outbox", help="outbox rows the broker refused for good (parked): list or retry"
     )
     outbox_commands = outbox.add_subparsers(dest="outbox_action", required=True)
     parked = outbox_commands.add_parser("parked", help="list parked rows (no record values)")
-    parked.add_argument("--limit", type=_positive, default=100)
+    parked.add_argument("--limit", type=positive_int, default=100)
     retry = outbox_commands.add_parser(
         "retry", help="after a fix: parked rows back into the outbox, same id and content"
     )
     retry_which = retry.add_mutually_exclusive_group(required=True)
-    retry_which.add_argument("--id", type=_positive, action="append", dest="ids")
+    retry_which.add_argument("--id", type=positive_int, action="append", dest="ids")
     retry_which.add_argument("--all", action="store_true")
     return parser
 
