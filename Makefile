@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run demo test lint install clean check-asyncapi
+.PHONY: run demo test lint install clean check-asyncapi deploy-check promtool
 
 $(BIN)/.installed: pyproject.toml constraints.txt clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,23 @@ $(ASYNCAPI_CHECK)/node_modules/.installed: $(ASYNCAPI_CHECK)/package-lock.json
 
 check-asyncapi: $(ASYNCAPI_CHECK)/node_modules/.installed
 	node $(ASYNCAPI_CHECK)/check.mjs services/common/asyncapi.yaml
+
+# deploy/: manifests against the Kubernetes schemas (offline), dashboard and alerts
+# against the metrics served, alert rules through promtool (tests/unit/test_deploy.py).
+deploy-check: install promtool
+	$(BIN)/python -m pytest -q tests/unit/test_deploy.py
+
+# promtool comes with Debian's `prometheus` package (its server is not started); only
+# root installs it, anyone else is told how.
+promtool:
+	@command -v promtool >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing promtool (Debian package prometheus)"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      --no-install-recommends prometheus) >/dev/null; \
+	  else \
+	    echo "promtool missing: sudo apt-get install prometheus (its tests are skipped)"; \
+	  fi; }
 
 clean:
 	rm -rf $(VENV) .run .tools

@@ -73,6 +73,17 @@ class ServiceProcess:
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
+    def wait(self, timeout: float) -> int | None:
+        """The exit status once the process has ended by itself within `timeout`, else None."""
+        if self._process is None:
+            return None
+        try:
+            status = self._process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+        self._close_log()
+        return status
+
     def stop(self, timeout: float = 30.0) -> None:
         if self._process is not None and self._process.poll() is None:
             self._process.send_signal(signal.SIGTERM)

@@ -129,6 +129,19 @@ def asyncapi_routes(settings: ServiceSettings) -> list[tuple[str, ASGIApp]]:
 _YAML = "application/yaml; charset=utf-8"
 
 
+async def livez(_request: Request) -> Response:
+    """Liveness: answering at all shows the event loop runs. Nothing else is checked
+    here (a database or broker outage is no reason to restart the process); /readyz
+    says whether it can serve."""
+    return Response.json(200, {"live": True})
+
+
+def readiness(checks: dict[str, bool]) -> Response:
+    """/readyz: 200 when every check holds, else 503 naming them."""
+    ready = all(checks.values())
+    return Response.json(200 if ready else 503, {"ready": ready, "checks": checks})
+
+
 Hook = Callable[[], Awaitable[None]]
 
 

@@ -1,19 +1,37 @@
 """Configuration from the environment (pydantic-settings).
 
 Every variable is documented in the README; `docker-compose.yml` wires the same names.
+Any of them may also come from a file named like the variable in the directory
+`SETTINGS_SECRETS_DIR` (a Kubernetes secret mounted there, say: `deploy/`); a variable
+set in the environment wins over its file.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+SECRETS_DIR_VARIABLE = "SETTINGS_SECRETS_DIR"
 
-class TopicSettings(BaseSettings):
+
+class EnvSettings(BaseSettings):
+    """Settings from the environment, then from the files in `SETTINGS_SECRETS_DIR` (so
+    secrets need not be environment variables, which child processes and crash dumps
+    inherit)."""
+
+    def __init__(self, **values: Any) -> None:
+        directory = os.environ.get(SECRETS_DIR_VARIABLE)
+        if directory and "_secrets_dir" not in values:
+            values["_secrets_dir"] = directory
+        super().__init__(**values)
+
+
+class TopicSettings(EnvSettings):
     """Topic names; the defaults are the contract's."""
 
     model_config = SettingsConfigDict(env_prefix="TOPIC_", extra="ignore")
@@ -33,7 +51,7 @@ class TopicSettings(BaseSettings):
         return (self.bookings, self.started, self.registered, self.commands)
 
 
-class KafkaSettings(BaseSettings):
+class KafkaSettings(EnvSettings):
     """Broker connection. SASL/SSL are optional; secrets are never logged."""
 
     model_config = SettingsConfigDict(env_prefix="KAFKA_", extra="ignore")
@@ -61,7 +79,7 @@ class KafkaSettings(BaseSettings):
     dlq_retention_days: int = Field(default=30, ge=1)
 
 
-class DatabaseSettings(BaseSettings):
+class DatabaseSettings(EnvSettings):
     model_config = SettingsConfigDict(extra="ignore")
 
     # postgresql+asyncpg://user:password@host:port/db ; add ?ssl=require for TLS
@@ -105,7 +123,7 @@ def relay_transactional_id(consumer_group: str) -> str:
     return f"{consumer_group}-outbox-relay"
 
 
-class GroupsSettings(BaseSettings):
+class GroupsSettings(EnvSettings):
     """The groups service."""
 
     model_config = SettingsConfigDict(env_prefix="GROUPS_", extra="ignore")
@@ -179,7 +197,7 @@ def _span(span: timedelta) -> str:
     return f"{span.days} days" + (f" {hours} h" if hours else "")
 
 
-class AuthSettings(BaseSettings):
+class AuthSettings(EnvSettings):
     """Who may read patient data over HTTP: OIDC access tokens from one issuer.
 
     The keys come from `jwks_url` (fetched, cached, refetched on an unknown key id) or
@@ -209,7 +227,7 @@ class AuthSettings(BaseSettings):
         return missing
 
 
-class ExportSettings(BaseSettings):
+class ExportSettings(EnvSettings):
     """The export service."""
 
     model_config = SettingsConfigDict(env_prefix="EXPORT_", extra="ignore")
@@ -224,7 +242,7 @@ class ExportSettings(BaseSettings):
     include_personnummer: bool = False
 
 
-class AppSettings(BaseSettings):
+class AppSettings(EnvSettings):
     """Process-wide switches."""
 
     model_config = SettingsConfigDict(extra="ignore")

@@ -17,6 +17,7 @@ from services.common.kafka import (
     start_producer,
     wait_for_topics,
 )
+from services.common.serving import FatalStop
 from services.common.settings import (
     ExportSettings,
     GroupsSettings,
@@ -86,6 +87,8 @@ class ExportService:
         self.broker: KafkaBroker = build_broker(s, client_id=SERVICE_NAME)
         self.offset_commits = OffsetCommits()
         self.ready = False
+        self.fatal = FatalStop(SERVICE_NAME)
+        self.failure: BaseException | None = None
 
     async def _new_producer(self) -> AIOKafkaProducer:
         return await start_producer(self.settings.kafka, client_id=SERVICE_NAME)
@@ -98,6 +101,21 @@ class ExportService:
 
     async def mark_ready(self) -> None:
         self.ready = True
+
+    def check_serving(self) -> None:
+        """Raises once a batch failed: nothing after it may be exported or committed."""
+        if self.failure is not None:
+            raise RuntimeError("the export stopped after an unexpected error") from self.failure
+
+    def stop_serving(self, error: BaseException) -> None:
+        """A batch ended without being exported (the pipeline retries every broker
+        error, so this is a bug): the process ends, and a restart re-delivers from the
+        last committed offset."""
+        if self.failure is None:
+            self.failure = error
+            self.ready = False
+            log.error("an export batch ended without being exported", exc_info=error)
+            self.fatal("an export batch ended without being exported", error)
 
     async def stop(self) -> None:
         self.ready = False

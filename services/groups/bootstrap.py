@@ -25,6 +25,7 @@ from services.common.kafka import (
     groups_topic_names,
     wait_for_topics,
 )
+from services.common.serving import FatalStop
 from services.common.settings import (
     AuthSettings,
     GroupsSettings,
@@ -151,6 +152,7 @@ class GroupsService:
             self._new_relay_producer,
             lease_seconds=s.groups.relay_lease_seconds,
             metrics=self.metrics,
+            prompts_topic=s.topics.prompts,
         )
         self.sealer = AuditSealer(self.engine)
         self.pruner = RetentionPruner(
@@ -177,6 +179,7 @@ class GroupsService:
         self.broker: KafkaBroker = build_broker(s, client_id=SERVICE_NAME)
         self.offset_commits = OffsetCommits()
         self.ready = False
+        self.fatal = FatalStop(SERVICE_NAME)
         self._catalog_task: asyncio.Task[None] | None = None
 
     def new_uow(self) -> UnitOfWork:
@@ -204,9 +207,11 @@ class GroupsService:
         m.labels("dead_lettered").inc(outcome.dead_lettered)
         self.relay.wake()
 
-    def _stop_serving(self, _error: BaseException) -> None:
-        # /readyz and /healthz answer 503 from now on, so the process gets restarted.
+    def _stop_serving(self, error: BaseException) -> None:
+        # Nothing after the failed batch may be applied or committed: the process ends
+        # (a restart re-delivers from the last committed offset).
         self.ready = False
+        self.fatal("an inbound batch ended without being applied", error)
 
     def _on_retry(self, error: BaseException, _delay: float) -> None:
         self.metrics.batch_retries.labels(type(error).__name__).inc()

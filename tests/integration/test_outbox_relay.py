@@ -207,13 +207,19 @@ async def test_parked_rows_are_listed_without_their_values_and_retried_after_a_f
         await _set_max_message_bytes(groups_settings, topic, 1_048_588)
         retried = await groups_cli(database_url, "outbox", "retry", "--id", str(ids[1]))
         assert retried.returncode == 0, retried.stderr
-        assert retried.stdout.startswith("1 parked rows back in the outbox")
+        assert json.loads(retried.stdout) == {"command": "outbox retry", "retried": 1}
         relay.wake()
         again = await kafka.read_until(topic, lambda records: len(records) >= 4, timeout=30)
         await wait_for(lambda: _empty(engine), 20, "the retried row published")
         assert await count(engine, outbox_parked) == 0
         none_left = await groups_cli(database_url, "outbox", "retry", "--all")
-        assert none_left.stdout.startswith("0 parked rows")
+        assert json.loads(none_left.stdout)["retried"] == 0
+        # An id that is no parked row (any more): one line, a non-zero status.
+        unknown = await groups_cli(database_url, "outbox", "retry", "--id", str(ids[1]))
+        assert unknown.returncode == 1 and unknown.stdout == ""
+        last = unknown.stderr.strip().splitlines()[-1]
+        assert last.startswith("customer-groups: error: not every id")
+        assert "Traceback" not in unknown.stderr
 
     assert [r.value for r in published] == [small[0]["value"], *(r["value"] for r in small[1:])]
     assert again[-1].value == large["value"] and again[-1].key == b"customer-1"

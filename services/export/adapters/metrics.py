@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import Counter, Histogram
+
+from services.common.metrics import consumer_lag_gauge, service_registry
 
 
 class ExportMetrics:
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
+        self.registry = service_registry("export")
         r = self.registry
         self.records = Counter(
             "export_records_total", "Export records published, by type", ["type"], registry=r
@@ -23,3 +25,4 @@ class ExportMetrics:
             "Time from batch received to all records acknowledged",
             registry=r,
         )
+        self.consumer_lag = consumer_lag_gauge("export", r)

@@ -1,13 +1,15 @@
-"""`python -m services.export [serve | backfill | snapshot]`; settings from the environment.
+"""`customer-groups-export [serve | backfill | snapshot]` (or `python -m services.export`);
+settings from the environment.
 
-    python -m services.export                      # the service (default; same as `serve`)
-    python -m services.export backfill [--checkpoint FILE] [--batch-size N] [--limit N]
-    python -m services.export snapshot --out DIR [--batch-size N]
+    customer-groups-export                      # the service (default; same as `serve`)
+    customer-groups-export backfill [--checkpoint FILE] [--batch-size N] [--limit N]
+    customer-groups-export snapshot --out DIR [--batch-size N]
 
 backfill and snapshot read the groups database (DATABASE_URL) and build records with the
 service's own settings (EXPORT_PSEUDONYM_KEY, EXPORT_INCLUDE_PERSONNUMMER, GROUPS_TIMEZONE),
 so they must run with the same values as the service. Each prints a one-line JSON summary
-on stdout; logs and the progress bar go to stderr. pyarrow and tqdm are imported only by
+on stdout; logs and the progress bar go to stderr; an error is one line on stderr with a
+non-zero status (`services.common.cli`). pyarrow and tqdm are imported only by
 the commands that use them: the service does not need them.
 """
 
@@ -16,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import logging
 import resource
 import signal
@@ -28,10 +29,20 @@ from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from services.common import serving
+from services.common.cli import (
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    CommandError,
+    new_parser,
+    positive_int,
+    print_result,
+    run_command,
+)
 from services.common.db import create_engine
 from services.common.kafka import ensure_topics, start_producer
 from services.common.logs import configure_logging
-from services.common.settings import UnsafeSettings
+from services.common.settings import AppSettings, UnsafeSettings
 from services.export.adapters.checkpoint import FileCheckpointStore, MemoryCheckpointStore
 from services.export.adapters.export_topic import ExportPublisher
 from services.export.adapters.groups_db import GroupsTables, SourceTable, open_tables
@@ -42,22 +53,12 @@ from services.export.service_layer.backfill import CheckpointStore, Progress, Pr
 
 log = logging.getLogger("services.export.cli")
 T = TypeVar("T")
-
-EXIT_INTERRUPTED = 130
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
+PROG = "customer-groups-export"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m services.export",
-        description="The export service (default), or a backfill / snapshot from the groups "
-        "database.",
+    parser = new_parser(
+        PROG, "The export service (default), or a backfill / snapshot from the groups database."
     )
     commands = parser.add_subparsers(dest="command", metavar="{serve,backfill,snapshot}")
     commands.add_parser("serve", help="run the export service (the default)")
@@ -74,12 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     back.add_argument(
         "--batch-size",
-        type=_positive,
+        type=positive_int,
         default=backfill_service.DEFAULT_BATCH_SIZE,
         help="rows per chunk; the checkpoint moves after each acknowledged chunk",
     )
     back.add_argument(
-        "--limit", type=_positive, help="stop after this many rows (resume with --checkpoint)"
+        "--limit", type=positive_int, help="stop after this many rows (resume with --checkpoint)"
     )
     back.add_argument(
         "--catch-up-margin",
@@ -96,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     snap.add_argument("--out", type=Path, required=True, help="directory for the files")
     snap.add_argument(
         "--batch-size",
-        type=_positive,
+        type=positive_int,
         default=snapshot_service.DEFAULT_BATCH_SIZE,
         help="rows per chunk (one Parquet row group each)",
     )
@@ -106,37 +107,38 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    configure_logging(AppSettings().log_level)
+    return run_command(PROG, lambda: _dispatch(args))
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     settings = ExportSettingsBundle()
-    configure_logging(settings.app.log_level)
     try:
         if args.command in (None, "serve"):
-            serve(settings)
-            return 0
+            return serve(settings)
         if args.command == "backfill":
             summary = _run(run_backfill(settings, args))
         else:
             summary = _run(run_snapshot(settings, args))
     except UnsafeSettings as error:
-        print(error, file=sys.stderr)
-        return 2
+        raise CommandError(str(error), EXIT_USAGE) from None
     if summary is None:
         return EXIT_INTERRUPTED
     summary["peak_rss_mib"] = round(_peak_rss_mib(), 1)
-    print(json.dumps(summary), flush=True)
+    print_result(summary)
     return 0
 
 
-def serve(settings: ExportSettingsBundle) -> None:
-    import uvicorn
-
+def serve(settings: ExportSettingsBundle) -> int:
+    from services.export.bootstrap import ExportService
     from services.export.entrypoints.app import build_app
 
-    uvicorn.run(
-        build_app(),
+    service = ExportService(settings)
+    return serving.serve(
+        build_app(service),
         host=settings.export.http_host,
         port=settings.export.http_port,
-        log_config=None,
-        access_log=False,
+        fatal=service.fatal,
     )
 
 

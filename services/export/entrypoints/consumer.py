@@ -2,7 +2,8 @@
 
 Offsets are committed (in the background, by `OffsetCommits`) only after every record
 of the batch was acknowledged by the broker (see `manual_batch_subscriber` for the
-FastStream defaults replaced).
+FastStream defaults replaced). A batch that fails for another reason than the broker
+(retried) ends the process (`ExportService.stop_serving`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,13 @@ def register_consumer(broker: KafkaBroker, service: ExportService) -> None:
         description="customer-groups.events.v1 -> customer-groups.export.v1",
     )
     async def consume_events(msg: KafkaMessage) -> None:
-        with service.metrics.batches.time():
-            await service.pipeline.process(batch_records(msg.raw_message))
+        service.check_serving()
+        try:
+            with service.metrics.batches.time():
+                await service.pipeline.process(batch_records(msg.raw_message))
+        except Exception as error:
+            # FastStream would log it and go on with the next batch, whose offsets would
+            # then pass this one's records.
+            service.stop_serving(error)
+            raise
         service.offset_commits.applied(msg.consumer, msg.raw_message)

@@ -198,7 +198,8 @@ CONFIRMATIONS = Columns.of(vaccination_confirmations, "vc")
 AUDIT = Columns.of(audit_log, "a", omit=("id", "at"))
 INBOX = Columns.of(inbox, "i", omit=("processed_at",))
 DEAD_LETTERS = Columns.of(dead_letters, "d", omit=("id", "created_at", "replayed_at"))
-OUTBOX = Columns.of(outbox, "o", omit=("id", "created_at"))
+# `created_at` is the inbound batch's receipt, or now() for rows no batch causes.
+OUTBOX = Columns.of(outbox, "o", omit=("id",))
 
 ALL: tuple[Columns, ...] = (
     CUSTOMERS,
@@ -256,6 +257,9 @@ UPDATE_MEMBERSHIPS: TextClause = text(_UPDATE_MEMBERSHIPS)
 
 def _write(*, with_membership_updates: bool) -> TextClause:
     outbox_names = ", ".join(OUTBOX.names)
+    outbox_values = ", ".join(
+        "coalesce(created_at, now())" if name == "created_at" else name for name in OUTBOX.names
+    )
     parts = [
         _insert(
             CUSTOMERS,
@@ -274,7 +278,7 @@ def _write(*, with_membership_updates: bool) -> TextClause:
         _insert(INBOX, " ON CONFLICT DO NOTHING"),
         _insert(DEAD_LETTERS),
         # Outbox ids, and so the relay's publishing order, follow the arrays' order.
-        f"INSERT INTO outbox ({outbox_names}) SELECT {outbox_names} FROM {OUTBOX.unnest()}"
+        f"INSERT INTO outbox ({outbox_names}) SELECT {outbox_values} FROM {OUTBOX.unnest()}"
         f" WITH ORDINALITY AS k({outbox_names}, n) ORDER BY n",
     ]
     if with_membership_updates:

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from services.common.metrics import consumer_lag_gauge, service_registry
+
+# Fine where BENCHMARKS.md measures prompt latency, coarse up to an outage's minutes.
+PROMPT_LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+
 
 class GroupsMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self.registry = registry or CollectorRegistry()
+        self.registry = registry or service_registry("groups")
         r = self.registry
         self.records = Counter(
             "groups_records_total", "Inbound records by outcome", ["outcome"], registry=r
@@ -48,6 +53,30 @@ class GroupsMetrics:
         )
         self.parked_rows = Gauge(
             "groups_outbox_parked_rows", "Outbox rows parked now (read when scraped)", registry=r
+        )
+        self.backlog_rows = Gauge(
+            "groups_outbox_backlog_rows",
+            "Outbox rows waiting to be published (read when scraped; NaN: no answer in time)",
+            registry=r,
+        )
+        self.oldest_age = Gauge(
+            "groups_outbox_oldest_age_seconds",
+            "Age of the outbox row next in line, 0 when the outbox is empty (read when "
+            "scraped; NaN: no answer in time)",
+            registry=r,
+        )
+        self.dead_letters_pending = Gauge(
+            "groups_dead_letters_pending_rows",
+            "Dead letters not replayed (read when scraped; NaN: no answer in time)",
+            registry=r,
+        )
+        self.consumer_lag = consumer_lag_gauge("groups", r)
+        self.prompt_latency = Histogram(
+            "groups_prompt_latency_seconds",
+            "From a vaccination start received by the service to its prompt committed on "
+            "the prompts topic (observed by the relay that published it)",
+            registry=r,
+            buckets=PROMPT_LATENCY_BUCKETS,
         )
         self.topic_refusals = Counter(
             "groups_outbox_topic_refusals_total",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -58,6 +59,9 @@ class Outbox:
         self._rows: list[dict[str, Any]] = []
         self._dead_letters: list[dict[str, Any]] = []
         self.written = 0
+        # The rows' `created_at`: the receipt of the inbound batch that causes them (the
+        # relay measures prompt latency from it), else the transaction's start.
+        self.received_at: datetime | None = None
 
     async def add(
         self,
@@ -67,7 +71,13 @@ class Outbox:
         headers: Sequence[Header] = (),
     ) -> None:
         self._rows.append(
-            {"topic": topic, "key": key, "value": value, "headers": _headers_json(headers)}
+            {
+                "topic": topic,
+                "key": key,
+                "value": value,
+                "headers": _headers_json(headers),
+                "created_at": self.received_at,
+            }
         )
 
     async def add_event(self, topic: str, key: bytes | None, value: bytes) -> None:
@@ -75,7 +85,13 @@ class Outbox:
         structured-mode `content-type` header. Dead letters and replays use `add`: they
         go out as the original record was."""
         self._rows.append(
-            {"topic": topic, "key": key, "value": value, "headers": _CLOUDEVENT_HEADERS_JSON}
+            {
+                "topic": topic,
+                "key": key,
+                "value": value,
+                "headers": _CLOUDEVENT_HEADERS_JSON,
+                "created_at": self.received_at,
+            }
         )
 
     async def dead_letter(self, record: SourceRecord, error_code: str, message: str) -> None:

@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import aiokafka.errors
@@ -108,9 +109,11 @@ class OutboxRelay:
         metrics: GroupsMetrics | None = None,
         metadata_wait_seconds: float = 5.0,
         start_timeout_seconds: float = 30.0,
+        prompts_topic: str | None = None,
     ) -> None:
         """`producer_factory` builds (does not start) a producer with the relay's
-        `transactional_id`."""
+        `transactional_id`. Rows for `prompts_topic` are observed in the prompt latency
+        histogram once their transaction commits."""
         self._engine = engine
         self._producer_factory = producer_factory
         self._lease = Lease(LEASE_NAME, seconds=lease_seconds)
@@ -119,6 +122,7 @@ class OutboxRelay:
         self._metrics = metrics or GroupsMetrics()
         self._metadata_wait = metadata_wait_seconds
         self._start_timeout = start_timeout_seconds
+        self._prompts_topic = prompts_topic
         self._wakeup = asyncio.Event()
         self._background = BackgroundTask(self.run, "outbox-relay")
         self._alone: set[int] = set()  # ids of rows to send in a batch of their own
@@ -255,11 +259,22 @@ class OutboxRelay:
         ]
         if not refused:
             await producer.commit_transaction()
+            self._observe_prompts(rows)
             return [row.id for row in rows]
         committed = await _commit_what_was_taken(producer, sent, errors)
+        self._observe_prompts([rows[p] for p in committed])
         # The producer's sequence numbers are off after a refused batch: this term ends
         # (the next one starts a new producer), whatever the refusal.
         raise await self._refusal(connection, rows, refused, [rows[p].id for p in committed])
+
+    def _observe_prompts(self, rows: Sequence[Row[Any]]) -> None:
+        """Prompt latency: from the start's receipt (the row's `created_at`) to now, when
+        the transaction holding its prompt has committed."""
+        now = datetime.now(UTC)
+        for row in rows:
+            if row.topic == self._prompts_topic:
+                latency = (now - row.created_at).total_seconds()
+                self._metrics.prompt_latency.observe(max(0.0, latency))
 
     async def _check_topic(self, producer: AIOKafkaProducer, topic: str) -> None:
         """The topic's metadata, before a transaction starts: aiokafka would otherwise wait
@@ -400,7 +415,7 @@ async def _close(producer: AIOKafkaProducer) -> None:
 _NEXT_ROUND = text(
     """
 WITH gone AS (DELETE FROM outbox WHERE id = ANY(CAST(:done AS bigint[])))
-SELECT id, topic, key, value, headers FROM outbox
+SELECT id, topic, key, value, headers, created_at FROM outbox
 WHERE id <> ALL(CAST(:done AS bigint[]))
 ORDER BY id LIMIT :limit
 """

@@ -1,21 +1,32 @@
-"""`python -m services.groups [command]`: run the service (default) or an operator task.
+"""`customer-groups [command]` (or `python -m services.groups`): run the service (the
+default) or an operator task.
 
-The personnummer for `audit-extract` is read from standard input, so it stays out of
-shell history and process lists.
+Each result is one JSON line on stdout (counts and hints for a person go to stderr);
+an error is one line on stderr with a non-zero status (see `services.common.cli`). The
+personnummer for `audit-extract` is read from standard input, so it stays out of shell
+history and process lists.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
+from services.common import serving
+from services.common.cli import (
+    EXIT_USAGE,
+    CommandError,
+    new_parser,
+    positive_int,
+    print_result,
+    run_command,
+)
 from services.common.db import create_engine
 from services.common.kafka import ensure_topics
 from services.common.logs import configure_logging
@@ -38,6 +49,7 @@ from services.groups.service_layer.context import Clock
 from services.groups.service_layer.unit_of_work import UnitOfWork
 
 T = TypeVar("T")
+PROG = "customer-groups"
 
 
 def _with_uow(task: Callable[[UnitOfWork], Awaitable[T]]) -> T:
@@ -47,7 +59,7 @@ def _with_uow(task: Callable[[UnitOfWork], Awaitable[T]]) -> T:
             if AppSettings().dev_mode:
                 await migrate.upgrade(engine)
             elif await migrate.current_revision(engine) != migrate.head_revision():
-                raise SystemExit("error: the schema is not at head; run `migrate` first")
+                raise CommandError("the schema is not at head; run `migrate` first")
             async with UnitOfWork(
                 engine, dlq_topic=TopicSettings().dlq, service=SERVICE_NAME
             ) as uow:
@@ -58,24 +70,15 @@ def _with_uow(task: Callable[[UnitOfWork], Awaitable[T]]) -> T:
     return asyncio.run(run())
 
 
-def _print_json(value: Any) -> None:
-    print(json.dumps(value, ensure_ascii=False, default=str))
-
-
 def serve() -> int:
-    import uvicorn
-
-    settings = GroupsSettings()
+    from services.groups.bootstrap import GroupsService
     from services.groups.entrypoints.app import build_app
 
-    uvicorn.run(
-        build_app(),
-        host=settings.http_host,
-        port=settings.http_port,
-        log_config=None,
-        access_log=False,
+    service = GroupsService()
+    settings = service.settings.groups
+    return serving.serve(
+        build_app(service), host=settings.http_host, port=settings.http_port, fatal=service.fatal
     )
-    return 0
 
 
 def migrate_command() -> int:
@@ -100,18 +103,23 @@ def migrate_command() -> int:
             await engine.dispose()
 
     asyncio.run(run())
-    print("topics and schema are in place")
+    print_result(
+        {
+            "command": "migrate",
+            "topics": "in place",
+            "schema_revision": migrate.head_revision(),
+            "service_role_granted": DatabaseSettings().database_service_role,
+        }
+    )
     return 0
 
 
 def import_catalog(path: Path) -> int:
     catalog = read_catalog_file(path)
     if catalog.example and not AppSettings().dev_mode:
-        print(
-            f"error: {path.name} is an example catalog; only APP_ENV=dev or test imports one",
-            file=sys.stderr,
+        raise CommandError(
+            f"{path.name} is an example catalog; only APP_ENV=dev or test imports one", EXIT_USAGE
         )
-        return 2
     clock = Clock(GroupsSettings().timezone)
     in_force = _with_uow(
         lambda uow: operations.import_catalog(
@@ -124,16 +132,17 @@ def import_catalog(path: Path) -> int:
     )
     kept = _codes(in_force) - _codes(catalog)
     groups = sum(1 for _, subgroup in kept if subgroup is None)
-    print(
-        f"catalog {catalog.version} imported ({len(catalog.groups)} groups"
-        + (
-            f"; {groups} group(s) and {len(kept) - groups} subgroup(s) no longer listed are "
-            "kept, ended"
-            if kept
-            else ""
-        )
-        + "); running services pick it up within a minute"
+    print_result(
+        {
+            "command": "import-catalog",
+            "catalog_version": catalog.version,
+            "groups": len(catalog.groups),
+            # Codes the file no longer lists: kept, ended (never deleted).
+            "groups_kept_ended": groups,
+            "subgroups_kept_ended": len(kept) - groups,
+        }
     )
+    print("running services pick the catalog up within a minute", file=sys.stderr)
     return 0
 
 
@@ -152,12 +161,12 @@ def catalog_dry_run(path: Path) -> int:
     async def collect(uow: UnitOfWork) -> int:
         count = 0
         async for ended in operations.catalog_dry_run(uow, catalog, today=today):
-            _print_json(asdict(ended))
+            print_result(asdict(ended))
             count += 1
         return count
 
     count = _with_uow(collect)
-    _print_json({"catalog_version": catalog.version, "memberships_ended": count})
+    print_result({"catalog_version": catalog.version, "memberships_ended": count})
     return 0
 
 
@@ -165,18 +174,14 @@ def audit_extract(
     operator: operations.Operator,
     by_user: str | None,
     by_unit: str | None,
-    since: str | None,
+    since_at: datetime | None,
 ) -> int:
     personnummer = None
     if by_user is None and by_unit is None:
         try:
             personnummer = Personnummer.parse(sys.stdin.readline().strip())
         except DomainError as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 2
-    since_at = datetime.fromisoformat(since) if since else None
-    if since_at is not None and since_at.tzinfo is None:
-        since_at = since_at.replace(tzinfo=UTC)
+            raise CommandError(str(error), EXIT_USAGE) from None
     rows = _with_uow(
         lambda uow: operations.audit_extract(
             uow,
@@ -188,7 +193,7 @@ def audit_extract(
         )
     )
     for row in rows:
-        _print_json(row)
+        print_result(row)
     print(f"{len(rows)} log entries", file=sys.stderr)
     return 0
 
@@ -199,7 +204,7 @@ def audit_verify(grace_seconds: float) -> int:
             uow, now=datetime.now(UTC), grace=timedelta(seconds=grace_seconds)
         )
     )
-    _print_json(report.summary())
+    print_result(report.summary())
     if report.broken is not None:
         print(f"audit chain broken: {report.broken.describe()}", file=sys.stderr)
         return 1
@@ -213,14 +218,20 @@ def list_dead_letters(include_replayed: bool, limit: int) -> int:
         )
     )
     for letter in letters:
-        _print_json(asdict(letter))
+        print_result(asdict(letter))
     print(f"{len(letters)} dead letters", file=sys.stderr)
     return 0
 
 
 def replay_dead_letters(ids: list[int] | None) -> int:
-    count = _with_uow(lambda uow: operations.replay_dead_letters(uow, ids, now=datetime.now(UTC)))
-    print(f"{count} dead letters queued for replay to their source topics")
+    try:
+        count = _with_uow(
+            lambda uow: operations.replay_dead_letters(uow, ids, now=datetime.now(UTC))
+        )
+    except operations.UnknownIds as error:
+        raise CommandError(str(error)) from None
+    print_result({"command": "dead-letters replay", "replayed": count})
+    print("queued for replay to their source topics", file=sys.stderr)
     return 0
 
 
@@ -228,7 +239,7 @@ def list_parked_rows(limit: int) -> int:
     """Parked outbox rows, one JSON line each: never their key or value (a personnummer)."""
     rows = _with_uow(lambda uow: outbox_parking.list_parked(uow.connection, limit=limit))
     for row in rows:
-        _print_json(asdict(row))
+        print_result(asdict(row))
     print(f"{len(rows)} parked outbox rows", file=sys.stderr)
     return 0
 
@@ -236,16 +247,31 @@ def list_parked_rows(limit: int) -> int:
 def retry_parked_rows(ids: list[int] | None) -> int:
     async def retry(uow: UnitOfWork) -> int:
         count = await outbox_parking.retry_parked(uow.connection, ids)
+        if ids is not None and count < len(set(ids)):
+            # Nothing is committed: an id that is no parked row is a mistake to fix first.
+            raise CommandError(
+                "not every id is a parked row (see `outbox parked`); nothing was retried"
+            )
         await uow.commit()
         return count
 
     count = _with_uow(retry)
-    print(f"{count} parked rows back in the outbox, to be published in their id order")
+    print_result({"command": "outbox retry", "retried": count})
+    print("back in the outbox, to be published in their id order", file=sys.stderr)
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m services.groups")
+def _instant(text: str) -> datetime:
+    """An ISO date or date-time; UTC unless it names a zone."""
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO date or date-time: {text!r}") from None
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = new_parser(PROG, "The groups service (the default), or an operator task.")
     commands = parser.add_subparsers(dest="command")
     commands.add_parser("serve", help="run the groups service (the default)")
     commands.add_parser("migrate", help="create the topics and migrate the schema")
@@ -269,7 +295,9 @@ def main(argv: list[str] | None = None) -> int:
     extract.add_argument("--unit", required=True, help="your unit id")
     extract.add_argument("--by-user", help="what this user did, with whose records")
     extract.add_argument("--by-unit", help="what was done at this unit")
-    extract.add_argument("--since", help="ISO date or date-time (UTC unless it has a zone)")
+    extract.add_argument(
+        "--since", type=_instant, help="ISO date or date-time (UTC unless it has a zone)"
+    )
     verify = commands.add_parser(
         "audit-verify", help="walk the audit log's hash chain; non-zero exit on a break"
     )
@@ -283,32 +311,39 @@ def main(argv: list[str] | None = None) -> int:
     letter_commands = letters.add_subparsers(dest="action", required=True)
     listing = letter_commands.add_parser("list")
     listing.add_argument("--all", action="store_true", help="include replayed ones")
-    listing.add_argument("--limit", type=int, default=100)
+    listing.add_argument("--limit", type=positive_int, default=100)
     replay = letter_commands.add_parser("replay")
     which = replay.add_mutually_exclusive_group(required=True)
-    which.add_argument("--id", type=int, action="append", dest="ids")
+    which.add_argument("--id", type=positive_int, action="append", dest="ids")
     which.add_argument("--all", action="store_true")
     outbox = commands.add_parser(
         "outbox", help="outbox rows the broker refused for good (parked): list or retry"
     )
     outbox_commands = outbox.add_subparsers(dest="outbox_action", required=True)
     parked = outbox_commands.add_parser("parked", help="list parked rows (no record values)")
-    parked.add_argument("--limit", type=int, default=100)
+    parked.add_argument("--limit", type=positive_int, default=100)
     retry = outbox_commands.add_parser(
         "retry", help="after a fix: parked rows back into the outbox, same id and content"
     )
     retry_which = retry.add_mutually_exclusive_group(required=True)
-    retry_which.add_argument("--id", type=int, action="append", dest="ids")
+    retry_which.add_argument("--id", type=positive_int, action="append", dest="ids")
     retry_which.add_argument("--all", action="store_true")
-    args = parser.parse_args(argv)
+    return parser
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     configure_logging(AppSettings().log_level)
+    return run_command(PROG, lambda: _dispatch(args))
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     if args.command in (None, "serve"):
         try:
             return serve()
         except UnsafeSettings as error:
             print(error, file=sys.stderr)
-            return 2
+            return EXIT_USAGE
     if args.command == "migrate":
         return migrate_command()
     if args.command == "import-catalog":
@@ -316,8 +351,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             return catalog_dry_run(path) if args.dry_run else import_catalog(path)
         except (OSError, ValueError) as error:  # unreadable or invalid: nothing was loaded
-            print(f"error: catalog {path}: {error}", file=sys.stderr)
-            return 2
+            raise CommandError(f"catalog {path}: {error}", EXIT_USAGE) from None
     if args.command == "audit-extract":
         return audit_extract(
             operations.Operator(args.user, args.unit), args.by_user, args.by_unit, args.since

@@ -16,9 +16,12 @@ from collections.abc import Awaitable, Callable
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
-from services.common.asgi import ASGIApp, Request, Response, route
+from services.common.asgi import ASGIApp, Request, Response, livez, readiness, route
+from services.common.metrics import observe_consumer_lag
+from services.common.serving import running_consumers
 from services.groups.adapters import outbox_parking
 from services.groups.adapters.access_tokens import Identity, InvalidToken
+from services.groups.adapters.backlog import read_backlog
 from services.groups.bootstrap import GroupsService
 from services.groups.domain.errors import DomainError, Unauthorized
 from services.groups.domain.personnummer import Personnummer
@@ -120,13 +123,26 @@ def build_routes(service: GroupsService) -> list[tuple[str, ASGIApp]]:
         )
 
     async def readyz(_request: Request) -> Response:
-        return Response.json(200 if service.ready else 503, {"ready": service.ready})
+        # `started`: topics, schema and catalog in place, background tasks running.
+        return readiness(
+            {
+                "started": service.ready,
+                "consumer": bool(running_consumers(service.broker)),
+                "inbound": service.pipeline.failure is None,
+            }
+        )
 
     async def metrics(_request: Request) -> Response:
-        service.metrics.relay_leader.set(1 if service.relay.is_leader else 0)
-        if (parked := await parked_rows()) is not None:
-            service.metrics.parked_rows.set(parked)
-        return Response(200, generate_latest(service.metrics.registry), CONTENT_TYPE_LATEST)
+        m = service.metrics
+        m.relay_leader.set(1 if service.relay.is_leader else 0)
+        backlog = await read_backlog(service.engine)
+        nan = float("nan")
+        m.backlog_rows.set(backlog.outbox_rows if backlog else nan)
+        m.oldest_age.set(backlog.oldest_age_seconds if backlog else nan)
+        m.parked_rows.set(backlog.parked_rows if backlog else nan)
+        m.dead_letters_pending.set(backlog.dead_letters_pending if backlog else nan)
+        await observe_consumer_lag(m.consumer_lag, running_consumers(service.broker))
+        return Response(200, generate_latest(m.registry), CONTENT_TYPE_LATEST)
 
     document = openapi_document()
 
@@ -192,6 +208,7 @@ def build_routes(service: GroupsService) -> list[tuple[str, ASGIApp]]:
         return Response(200, event, CLOUDEVENT_JSON)
 
     return [
+        ("/livez", route(livez)),
         ("/healthz", route(healthz)),
         ("/readyz", route(readyz)),
         ("/metrics", route(metrics)),

@@ -147,6 +147,12 @@ def openapi_document() -> dict[str, Any]:
             }
         },
         "paths": {
+            "/livez": {
+                "get": {
+                    "summary": "the process works (its event loop answers): the liveness probe",
+                    "responses": {"200": _json("alive")},
+                }
+            },
             "/healthz": {
                 "get": {
                     "summary": "database, broker and consumer answer",
@@ -155,7 +161,8 @@ def openapi_document() -> dict[str, Any]:
             },
             "/readyz": {
                 "get": {
-                    "summary": "topics, schema and catalog in place, consumer running",
+                    "summary": "topics, schema and catalog in place, consumer running: the "
+                    "readiness probe",
                     "responses": {"200": _json("ready"), "503": _json("not ready")},
                 }
             },

@@ -132,6 +132,7 @@ class BatchApplier:
     async def _dead_letter_failed(self, batch: DecodedBatch, failed: _RecordFailed) -> BatchOutcome:
         cause = failed.__cause__ or failed
         async with self._uow_factory() as uow:
+            uow.outbox.received_at = batch.received_at
             for item in batch.items:
                 await uow.outbox.dead_letter(
                     item.record, "PROCESSING_ERROR", f"{type(cause).__name__} while processing"
@@ -143,6 +144,7 @@ class BatchApplier:
         outcome = BatchOutcome()
         keys = batch.preload_keys()
         async with self._uow_factory() as uow:
+            uow.outbox.received_at = batch.received_at
             try:
                 await uow.lock_subjects(sorted(batch.subjects))
                 await uow.preload(

@@ -14,6 +14,7 @@ import functools
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
@@ -118,6 +119,9 @@ def _subjects(
 @dataclass(frozen=True)
 class DecodedBatch:
     items: list[Decoded]
+    # When the consumer handed the batch over: the outbox rows it writes carry it, so the
+    # relay can tell a prompt's latency from the start's receipt.
+    received_at: datetime | None = None
 
     @functools.cached_property
     def subjects(self) -> frozenset[str]:
@@ -127,7 +131,7 @@ class DecodedBatch:
         return len(self.items)
 
     def one_by_one(self) -> list[DecodedBatch]:
-        return [DecodedBatch([item]) for item in self.items]
+        return [DecodedBatch([item], self.received_at) for item in self.items]
 
     def events(self) -> list[tuple[str, str]]:
         """(topic, event id) of every CloudEvent, as the inbox knows them."""

@@ -238,16 +238,26 @@ def original_headers(stored: list[list[str]]) -> list[Header]:
     return [(k, v) for k, v in decode_headers(stored) if not k.startswith(DLQ_HEADER_PREFIX)]
 
 
+class UnknownIds(LookupError):
+    """Ids that name nothing to act on; nothing was done."""
+
+
 async def replay_dead_letters(uow: UnitOfWork, ids: list[int] | None, *, now: datetime) -> int:
     """Send dead letters back to their source topic, unchanged, through the outbox.
 
     For use after a fix (e.g. a catalog or code change that makes them valid). A record
-    that fails again is dead-lettered again, as a new dead letter.
+    that fails again is dead-lettered again, as a new dead letter. Raises `UnknownIds`,
+    replaying none, when an id is no dead letter waiting for replay.
     """
     query = select(dead_letters).where(dead_letters.c.replayed_at.is_(None))
     if ids is not None:
         query = query.where(dead_letters.c.id.in_(ids))
     rows = (await uow.connection.execute(query.order_by(dead_letters.c.id))).all()
+    if ids is not None and (missing := sorted(set(ids) - {row.id for row in rows})):
+        raise UnknownIds(
+            f"no dead letter waiting for replay with id {', '.join(map(str, missing))} "
+            "(see `dead-letters list --all`); nothing was replayed"
+        )
     for row in rows:
         await uow.outbox.add(row.source_topic, row.key, row.value, original_headers(row.headers))
     if rows:

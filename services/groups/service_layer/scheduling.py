@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Protocol
 
 from services.common.records import SourceRecord
@@ -53,7 +55,7 @@ def split(
             lane = load.index(min(load))
             lane_of[component] = lane
             load[lane] += size
-    parts: list[DecodedBatch] = [DecodedBatch([]) for _ in range(lanes + 1)]
+    parts = [DecodedBatch([], batch.received_at) for _ in range(lanes + 1)]
     for index, item in enumerate(batch.items):
         subjects = item.subjects
         part = parts[lane_of[root(subjects[0])] if subjects else index % lanes]
@@ -140,19 +142,25 @@ class BatchPipeline:
         Raises once a batch ended without being applied: from then on nothing is applied
         or committed (the process is reported unhealthy, and a restart re-delivers from
         the last committed offset)."""
+        received_at = datetime.now(UTC)
         self._check()
         while len(self._in_flight) >= self._depth:
             await asyncio.wait(self._in_flight[0].tasks)
             self._reap()
             self._check()
         try:
-            self._start(records, on_applied)
+            self._start(records, on_applied, received_at)
         except Exception as error:
             self._fail(error)  # never go on past a batch that was not started
             raise
 
-    def _start(self, records: Sequence[SourceRecord], on_applied: Callable[[], None]) -> None:
-        batch = self._processor.decode(records)
+    def _start(
+        self,
+        records: Sequence[SourceRecord],
+        on_applied: Callable[[], None],
+        received_at: datetime,
+    ) -> None:
+        batch = dataclasses.replace(self._processor.decode(records), received_at=received_at)
         lanes = max(1, min(self._lanes, len(batch) // self.MIN_RECORDS_PER_LANE))
         # What no earlier part in flight touches starts at once; the rest waits.
         parts = split(batch, lanes, held=self._in_flight_subject)

@@ -97,6 +97,10 @@ class GroupsStore(Protocol):
 class OutgoingRecords(Protocol):
     """Records to publish, written with the transaction; see `adapters.outbox.Outbox`."""
 
+    # When the inbound batch that causes these records was received (None: not caused by
+    # one, e.g. an operator's replay); kept with each row.
+    received_at: datetime | None
+
     async def add_event(self, topic: str, key: bytes | None, value: bytes) -> None: ...
 
     async def dead_letter(self, record: SourceRecord, error_code: str, message: str) -> None: ...

@@ -151,6 +151,7 @@ class FakeOutbox:
     def __init__(self) -> None:
         self.records: list[tuple[str, bytes | None, bytes | None]] = []
         self.dead_letters: list[tuple[SourceRecord, str, str]] = []
+        self.received_at: datetime | None = None
 
     async def add_event(self, topic: str, key: bytes | None, value: bytes) -> None:
         self.records.append((topic, key, value))
