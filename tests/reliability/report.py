@@ -63,7 +63,8 @@ ORDER = (
 
 
 TrustRow = tuple[str, int, int, int]  # what was tried, tried, refused or detected, got through
-# table, kept for, rows written, most rows at once, rows at the end, largest kB, kB at the end
+# table, kept for, rows written, most rows at once, rows at the end, largest kB after a
+# week, kB at the end
 PrunedRow = tuple[str, str, int, int, int, int, int]
 
 
@@ -201,7 +202,7 @@ def render(results: dict[str, Any]) -> str:
             "`pg_total_relation_size`, indexes and TOAST included):",
             "",
             "| table | kept for | rows written | most rows at once | rows at the end "
-            "| largest size | size at the end |",
+            "| largest size after a week | size at the end |",
             "|---|---|---:|---:|---:|---:|---:|",
             *(
                 f"| `{table}` | {kept} | {written} | {most} | {end} | {largest} kB | {size} kB |"
