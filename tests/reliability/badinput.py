@@ -31,6 +31,7 @@ from tests.reliability.model import (
     CommandResult,
     Input,
     Model,
+    Stream,
     iso,
     unique_personnummer,
 )
@@ -550,6 +551,24 @@ class BadInputGenerator:
         return Bad(
             Input(role, pnr.encode(), value, event["id"], group=pnr), kind, "processed", None
         )
+
+
+def mix_into_waves(
+    stream: Stream, bad: list[Bad], rng: random.Random
+) -> tuple[list[list[Input]], list[int]]:
+    """The stream's waves with the bad records at random places (the valid records keep
+    their order), and how many distinct inputs the inbox holds after each wave."""
+    waves = [list(wave) for wave in stream.waves]
+    for item in bad:
+        wave = waves[rng.randrange(len(waves))]
+        wave.insert(rng.randrange(len(wave) + 1), item.input)
+    seen: set[tuple[str, str]] = set()
+    inbox_after: list[int] = []
+    for wave in waves:
+        seen |= {(i.role, i.event_id) for i in wave if i.event_id is not None}
+        inbox_after.append(len(seen))
+    assert inbox_after[-1] == len(stream.model.inbox)
+    return waves, inbox_after
 
 
 class _Drop:

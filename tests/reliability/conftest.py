@@ -47,6 +47,12 @@ class Scale:
     bad_per_topic: int
     bad_valid_customers: int
     hypothesis_examples: int
+    # The long run: rounds of a simulated week each (a stream of this size with this
+    # much bad input per inbound topic).
+    long_run_weeks: int
+    long_run_customers: int
+    long_run_inputs: int
+    long_run_bad_per_topic: int
 
 
 SCALES = {
@@ -69,6 +75,10 @@ SCALES = {
         bad_per_topic=1000,
         bad_valid_customers=40,
         hypothesis_examples=150,
+        long_run_weeks=9,
+        long_run_customers=30,
+        long_run_inputs=200,
+        long_run_bad_per_topic=20,
     ),
     # A quick look while developing the suite; too small to prove anything.
     "smoke": Scale(
@@ -90,6 +100,10 @@ SCALES = {
         bad_per_topic=100,
         bad_valid_customers=10,
         hypothesis_examples=30,
+        long_run_weeks=5,
+        long_run_customers=10,
+        long_run_inputs=60,
+        long_run_bad_per_topic=5,
     ),
     "full": Scale(
         name="full",
@@ -110,6 +124,10 @@ SCALES = {
         bad_per_topic=3000,
         bad_valid_customers=150,
         hypothesis_examples=1000,
+        long_run_weeks=26,
+        long_run_customers=150,
+        long_run_inputs=1500,
+        long_run_bad_per_topic=150,
     ),
 }
 

@@ -48,6 +48,7 @@ ORDER = (
     "relay_refused_row",
     "relay_frozen_leader",
     "relay_broker_restart",
+    "long_run",
     "bad_input",
     "record_size_limit",
     "handler_properties",
@@ -62,6 +63,9 @@ ORDER = (
 
 
 TrustRow = tuple[str, int, int, int]  # what was tried, tried, refused or detected, got through
+# table, kept for, rows written, most rows at once, rows at the end, largest kB after a
+# week, kB at the end
+PrunedRow = tuple[str, str, int, int, int, int, int]
 
 
 class Results:
@@ -82,11 +86,13 @@ class Results:
         summary: dict[str, int],
         counted: bool = True,
         trust: list[TrustRow] | None = None,
+        pruned: list[PrunedRow] | None = None,
         **details: Any,
     ) -> None:
         """`counted=False`: the check's inputs are part of another check's, so the totals
         leave them out. `trust`: rows of the security table (what was tried, how often,
-        how often it was refused or detected, how often it got through)."""
+        how often it was refused or detected, how often it got through). `pruned`: rows
+        of the table of the pruned tables' sizes over a long run."""
         unknown = set(summary) - {name for name, _ in SUMMARY}
         if unknown:
             raise ValueError(f"unknown summary figures {unknown}")
@@ -101,6 +107,7 @@ class Results:
             counted=counted,
             details={**entry.get("details", {}), **details},
             trust=[*entry.get("trust", []), *(list(row) for row in trust or [])],
+            pruned=[*entry.get("pruned", []), *(list(row) for row in pruned or [])],
         )
 
     def outcome(self, check: str, outcome: str, seconds: float) -> None:
@@ -185,6 +192,21 @@ def render(results: dict[str, Any]) -> str:
             *(
                 f"| {what} | {tried} | {refused} | {through} |"
                 for what, tried, refused, through in trust
+            ),
+        ]
+    pruned = [row for _, entry in checks for row in entry.get("pruned", [])]
+    if pruned:
+        lines += [
+            "",
+            "The pruned tables over the long run (measured by the suite; sizes are "
+            "`pg_total_relation_size`, indexes and TOAST included):",
+            "",
+            "| table | kept for | rows written | most rows at once | rows at the end "
+            "| largest size after a week | size at the end |",
+            "|---|---|---:|---:|---:|---:|---:|",
+            *(
+                f"| `{table}` | {kept} | {written} | {most} | {end} | {largest} kB | {size} kB |"
+                for table, kept, written, most, end, largest, size in pruned
             ),
         ]
     lines += ["", "Details per check (measured by the suite):", ""]

@@ -17,7 +17,7 @@ from datetime import date
 from aiokafka.structs import RecordMetadata
 
 from services.groups.domain.catalog import Catalog
-from tests.reliability.badinput import Bad, BadInputGenerator
+from tests.reliability.badinput import Bad, BadInputGenerator, mix_into_waves
 from tests.reliability.checks import reconcile, zero_problem_figures
 from tests.reliability.conftest import Check, Scale
 from tests.reliability.harness import (
@@ -58,17 +58,7 @@ async def test_bad_input_is_dead_lettered_or_rejected_and_valid_input_processed(
         stream.model, seed, stream.personnummer, today=today, max_bytes=LIMIT
     )
     bad = generator.generate(scale.bad_per_topic, ROLES)
-    rng = random.Random(seed)
-    waves = [list(wave) for wave in stream.waves]
-    for item in bad:  # at random places; the valid records keep their order
-        wave = waves[rng.randrange(len(waves))]
-        wave.insert(rng.randrange(len(wave) + 1), item.input)
-    seen: set[tuple[str, str]] = set()
-    inbox_after: list[int] = []
-    for wave in waves:
-        seen |= {(i.role, i.event_id) for i in wave if i.event_id is not None}
-        inbox_after.append(len(seen))
-    assert inbox_after[-1] == len(stream.model.inbox)
+    waves, inbox_after = mix_into_waves(stream, bad, random.Random(seed))
 
     groups = await stack.start_groups(
         {"GROUPS_ALLOWED_UNITS": ",".join(ALLOWED_UNITS), "KAFKA_MAX_MESSAGE_BYTES": str(LIMIT)}
