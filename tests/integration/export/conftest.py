@@ -112,9 +112,13 @@ def export_env(settings: ExportSettingsBundle, **extra: str) -> dict[str, str]:
 
 
 @contextlib.asynccontextmanager
-async def running_export_service(settings: ExportSettingsBundle) -> AsyncIterator[ExportService]:
-    """The export service in this process: its consumer, no HTTP server."""
-    service = ExportService(settings)
+async def running_export_service(
+    settings: ExportSettingsBundle, service: ExportService | None = None
+) -> AsyncIterator[ExportService]:
+    """The export service in this process (or `service`): its consumer, no HTTP server.
+    It stops as the process does: the batch in flight settles before the consumer
+    leaves its group."""
+    service = service or ExportService(settings)
     register_consumer(service.broker, service)
     await service.prepare()
     await service.broker.start()
@@ -122,6 +126,7 @@ async def running_export_service(settings: ExportSettingsBundle) -> AsyncIterato
     try:
         yield service
     finally:
+        await service.offset_commits.stop()
         await service.broker.stop()
         await service.stop()
 
