@@ -13,7 +13,7 @@ import json
 import os
 import sys
 import uuid
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -182,6 +182,18 @@ def last_values(records: Iterable[ConsumerRecord[Any, Any]]) -> dict[str, bytes]
     return state
 
 
+def last_is_highest_version(records: Iterable[ConsumerRecord[Any, Any]]) -> dict[str, Any]:
+    """Keys whose last record (what compaction keeps) is older than their newest record:
+    key -> (last version, highest version). Empty when the newest always came last."""
+    last: dict[str, int] = {}
+    highest: dict[str, int] = {}
+    for record in sorted(records, key=lambda r: (r.partition, r.offset)):
+        key, version = record.key.decode(), json.loads(record.value)["data"]["version"]
+        last[key] = version
+        highest[key] = max(highest.get(key, 0), version)
+    return {key: (last[key], highest[key]) for key in last if last[key] != highest[key]}
+
+
 def comparable(value: bytes) -> dict[str, Any]:
     """A record value, decoded for readable comparison failures."""
     event: dict[str, Any] = json.loads(value)
@@ -336,8 +348,10 @@ async def backfill_in_process(
     store: Any = None,
     limit: int | None = None,
     batch_size: int = 2,
+    wrap_sink: Callable[[Any], Any] = lambda sink: sink,
 ) -> Any:
-    """The backfill service function with this process's adapters (what the CLI wires)."""
+    """The backfill service function with this process's adapters (what the CLI wires);
+    `wrap_sink` may stand between it and the export topic."""
     from services.common.kafka import ensure_topics, start_producer
     from services.export.adapters.checkpoint import MemoryCheckpointStore
     from services.export.adapters.export_topic import ExportPublisher
@@ -349,7 +363,7 @@ async def backfill_in_process(
     try:
         return await backfill(
             lambda: open_tables(engine, consistent=False),
-            ExportPublisher(producer, settings.topics.export),
+            wrap_sink(ExportPublisher(producer, settings.topics.export)),
             record_builder_from(settings),
             store if store is not None else MemoryCheckpointStore(),
             topic=settings.topics.export,

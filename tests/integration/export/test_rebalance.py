@@ -27,6 +27,7 @@ from tests.integration.conftest import (
 from tests.integration.export.conftest import (
     db_records,
     export_settings,
+    last_is_highest_version,
     running_export_service,
     wait_for_state,
 )
@@ -124,17 +125,6 @@ async def add_all(nurse: NurseClient, pnrs: list[str]) -> dict[str, str]:
     return memberships
 
 
-def assert_last_is_highest_version(records: list[Any]) -> None:
-    last: dict[bytes, int] = {}
-    highest: dict[bytes, int] = {}
-    for record in sorted(records, key=lambda r: (r.partition, r.offset)):
-        version = json.loads(record.value)["data"]["version"]
-        last[record.key] = version
-        highest[record.key] = max(highest.get(record.key, 0), version)
-    behind = {k.decode(): (last[k], highest[k]) for k in last if last[k] != highest[k]}
-    assert behind == {}, f"keys whose last record is older than their newest: {behind}"
-
-
 async def test_a_slowed_owner_cannot_publish_after_the_new_owner(
     nurse: NurseClient, groups_settings: GroupsSettingsBundle, kafka: KafkaTestClient
 ) -> None:
@@ -156,7 +146,7 @@ async def test_a_slowed_owner_cannot_publish_after_the_new_owner(
             await update_all(nurse, memberships, "R-3")  # version 3
             expected = await db_records(settings)
             records = await wait_for_state(kafka, topic, expected, timeout=HOLD_SECONDS + 60)
-    assert_last_is_highest_version(records)
+    assert last_is_highest_version(records) == {}
     assert {json.loads(expected[mid])["data"]["version"] for mid in memberships.values()} == {3}
 
 
@@ -193,4 +183,4 @@ async def test_no_stale_commit_after_a_move_a_b_a(
         records = await wait_for_state(kafka, topic, expected, timeout=60)
         await watch.wait_for(await record_ends(kafka, events))
     assert watch.backwards == [], f"committed offsets moved back: {watch.backwards}"
-    assert_last_is_highest_version(records)
+    assert last_is_highest_version(records) == {}
