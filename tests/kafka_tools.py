@@ -7,7 +7,7 @@ import contextlib
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -279,3 +279,15 @@ async def record_ends(client: KafkaTestClient, *topics: str) -> dict[TopicPartit
             tp = TopicPartition(topic, record.partition)
             ends[tp] = max(ends.get(tp, 0), record.offset + 1)
     return ends
+
+
+def keys_behind_newest(records: Iterable[ConsumerRecord[Any, Any]]) -> dict[str, tuple[int, int]]:
+    """Keys whose last record (what compaction keeps) is older than their newest one, by
+    the CloudEvent data's `version`: key -> (last version, highest version)."""
+    last: dict[str, int] = {}
+    highest: dict[str, int] = {}
+    for record in sorted(records, key=lambda r: (r.partition, r.offset)):
+        key, version = record.key.decode(), json.loads(record.value)["data"]["version"]
+        last[key] = version
+        highest[key] = max(highest.get(key, 0), version)
+    return {key: (last[key], highest[key]) for key in last if last[key] != highest[key]}

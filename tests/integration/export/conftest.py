@@ -182,18 +182,6 @@ def last_values(records: Iterable[ConsumerRecord[Any, Any]]) -> dict[str, bytes]
     return state
 
 
-def last_is_highest_version(records: Iterable[ConsumerRecord[Any, Any]]) -> dict[str, Any]:
-    """Keys whose last record (what compaction keeps) is older than their newest record:
-    key -> (last version, highest version). Empty when the newest always came last."""
-    last: dict[str, int] = {}
-    highest: dict[str, int] = {}
-    for record in sorted(records, key=lambda r: (r.partition, r.offset)):
-        key, version = record.key.decode(), json.loads(record.value)["data"]["version"]
-        last[key] = version
-        highest[key] = max(highest.get(key, 0), version)
-    return {key: (last[key], highest[key]) for key in last if last[key] != highest[key]}
-
-
 def comparable(value: bytes) -> dict[str, Any]:
     """A record value, decoded for readable comparison failures."""
     event: dict[str, Any] = json.loads(value)
