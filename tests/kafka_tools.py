@@ -7,11 +7,13 @@ import contextlib
 import json
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 from aiokafka.structs import TopicPartition
 
 
@@ -217,3 +219,75 @@ class TopicCollector:
             self._arrived.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._arrived.wait(), timeout=min(remaining, 0.5))
+
+
+class CommittedOffsets:
+    """Polls a consumer group's committed offsets in the background and remembers every
+    move back (after a rebalance a stale commit shows as one)."""
+
+    def __init__(self, bootstrap: str, group: str) -> None:
+        self.bootstrap, self.group = bootstrap, group
+        self.latest: dict[TopicPartition, int] = {}
+        self.backwards: list[tuple[TopicPartition, int, int]] = []  # partition, from, to
+
+    async def _poll(self) -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+        await admin.start()
+        try:
+            while True:
+                try:
+                    committed = await admin.list_consumer_group_offsets(self.group)
+                except KafkaError:  # the group's coordinator is not there yet
+                    committed = {}
+                for tp, meta in committed.items():
+                    if meta.offset < 0:
+                        continue
+                    before = self.latest.get(tp, -1)
+                    if meta.offset < before:
+                        self.backwards.append((tp, before, meta.offset))
+                    self.latest[tp] = meta.offset
+                await asyncio.sleep(0.1)
+        finally:
+            await admin.close()
+
+    @contextlib.asynccontextmanager
+    async def watching(self) -> AsyncIterator[CommittedOffsets]:
+        task = asyncio.create_task(self._poll())
+        try:
+            yield self
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def wait_for(self, wanted: dict[TopicPartition, int], *, timeout: float = 60.0) -> None:
+        """Until the group committed at least `wanted` on each of those partitions."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if all(self.latest.get(tp, -1) >= offset for tp, offset in wanted.items()):
+                return
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"{self.group} committed {self.latest}, not yet {wanted}")
+
+
+async def record_ends(client: KafkaTestClient, *topics: str) -> dict[TopicPartition, int]:
+    """Per partition, the offset after its last record: what a caught-up group commits
+    (a transaction's commit marker after it takes an offset but is no record)."""
+    ends: dict[TopicPartition, int] = {}
+    for topic in topics:
+        for record in await client.read_all(topic, timeout=2.0):
+            tp = TopicPartition(topic, record.partition)
+            ends[tp] = max(ends.get(tp, 0), record.offset + 1)
+    return ends
+
+
+def keys_behind_newest(records: Iterable[ConsumerRecord[Any, Any]]) -> dict[str, tuple[int, int]]:
+    """Keys whose last record (what compaction keeps) is older than their newest one, by
+    the CloudEvent data's `version`: key -> (last version, highest version)."""
+    last: dict[str, int] = {}
+    highest: dict[str, int] = {}
+    for record in sorted(records, key=lambda r: (r.partition, r.offset)):
+        key, version = record.key.decode(), json.loads(record.value)["data"]["version"]
+        last[key] = version
+        highest[key] = max(highest.get(key, 0), version)
+    return {key: (last[key], highest[key]) for key in last if last[key] != highest[key]}

@@ -18,12 +18,12 @@ import math
 import random
 import ssl
 import struct
-from collections.abc import Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.coordinator.assignors.abstract import AbstractPartitionAssignor
@@ -453,12 +453,19 @@ async def start_producer(
     return producer
 
 
+# How long the group waits for a member to rejoin after a rebalance began. It must
+# outlast a revocation (batches in flight settle, then the last commit): were the group to
+# go on without the member, a batch of its could still be published after the new owner's.
+REBALANCE_TIMEOUT_MS = 120_000
+
+
 def manual_batch_subscriber(
     broker: KafkaBroker,
     *topics: str,
     group_id: str,
     max_records: int,
     fetch_min_bytes: int,
+    listener: OffsetCommits,
     title: str,
     description: str,
     partition_assignment_strategy: Sequence[type[AbstractPartitionAssignor]] = (
@@ -470,6 +477,9 @@ def manual_batch_subscriber(
 
     - `AckPolicy.MANUAL`: the default (ack first) would commit before processing; the
       handler hands its batch to `OffsetCommits` only after it is durably applied.
+    - `listener`: the service's `OffsetCommits`, which settles the batches in flight and
+      the offsets of the partitions a rebalance takes away before they go (see there),
+      with a rebalance timeout that leaves it the time to.
     - The raw record bytes reach the handler undecoded, so a poison record can be
       dead-lettered exactly as it arrived.
     - A batch that waits out an outage keeps the consumer in its group meanwhile.
@@ -498,13 +508,15 @@ def manual_batch_subscriber(
         ack_policy=AckPolicy.MANUAL,
         decoder=keep_raw_bytes,
         max_poll_interval_ms=30 * 60 * 1000,
+        listener=listener,
+        rebalance_timeout_ms=REBALANCE_TIMEOUT_MS,
         partition_assignment_strategy=partition_assignment_strategy,
         title=title,
         description=description,
     )
 
 
-class OffsetCommits:
+class OffsetCommits(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped
     """Commits a batch's offsets in the background, once the batch is durably applied.
 
     FastStream's `ack()` waits for the group coordinator (BENCHMARKS.md, fix 1) before
@@ -518,23 +530,62 @@ class OffsetCommits:
     means records after the last commit are delivered again, which both services
     tolerate: the groups service de-duplicates by its inbox, the export re-publishes
     identical records.
+
+    It is also the subscriber's rebalance listener. aiokafka revokes every partition at
+    each rebalance (eager protocol) and awaits `on_partitions_revoked` before the member
+    rejoins, so until it returns no other member reads those partitions. It lets the
+    service's batches in flight settle (`settle`: finished, or stopped so that nothing
+    of theirs is written afterwards), commits what they applied while this member still
+    owns the partitions, and drops every offset still pending. Offsets belong to a
+    generation (`generation`, taken by the handler when a batch starts): `applied`
+    ignores a batch of an earlier one, so a batch that ends after its partitions were
+    revoked is never committed, and after a move A -> B -> A no stale offset of A's can
+    move the group's committed offset back over B's. A batch handled while a revocation
+    is under way is not to be applied at all (`generation` is None): after the
+    rebalance aiokafka reads every partition again from its committed offset.
     """
 
-    def __init__(self, *, min_interval_seconds: float = 0.1) -> None:
+    def __init__(
+        self,
+        *,
+        min_interval_seconds: float = 0.1,
+        settle: Callable[[], Awaitable[None]] | None = None,
+        commit_limit_seconds: float = 10.0,
+    ) -> None:
         self._pending: dict[TopicPartition, int] = {}
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
         self._min_interval = min_interval_seconds
         self._last_commit = -math.inf
         self._hurry = asyncio.Event()
+        self._settle = settle
+        self._commit_limit = commit_limit_seconds
+        self._generation = 0
+        self._revoking = False
+        self._stopped = False
 
-    def applied(self, consumer: AIOKafkaConsumer, records: Sequence[Any]) -> None:
-        """These ConsumerRecords are applied: commit up to them, without waiting."""
+    @property
+    def generation(self) -> int | None:
+        """What a batch starting now belongs to (pass it to `applied`); None while
+        partitions are being given up or after `stop`: then the batch is not to be
+        applied (it is read again from the committed offset)."""
+        return None if self._revoking or self._stopped else self._generation
+
+    def applied(
+        self, consumer: AIOKafkaConsumer, records: Sequence[Any], *, generation: int
+    ) -> None:
+        """These ConsumerRecords are applied: commit up to them, without waiting. Nothing
+        of a batch whose partitions were revoked since it started is committed."""
+        if generation != self._generation:
+            return
         for record in records:
             partition = TopicPartition(record.topic, record.partition)
             self._pending[partition] = max(self._pending.get(partition, 0), record.offset + 1)
         self._consumer = consumer
-        if self._task is None or self._task.done():
+        self._start_committing()
+
+    def _start_committing(self) -> None:
+        if self._pending and (self._task is None or self._task.done()):
             self._task = asyncio.create_task(self._commit_pending(), name="offset-commits")
 
     async def _commit_pending(self) -> None:
@@ -556,7 +607,8 @@ class OffsetCommits:
                 await self._consumer.commit(offsets)
             except (KafkaError, IllegalStateError) as error:
                 # The group is rebalancing or its coordinator is away: keep the offsets
-                # for the next applied batch to retry with (no retry loop of its own).
+                # for the next applied batch to retry with (no retry loop of its own; a
+                # revocation ends this task before it drops what is pending).
                 for tp, offset in offsets.items():
                     self._pending[tp] = max(self._pending.get(tp, 0), offset)
                 log.info("offset commit postponed: %s", type(error).__name__)
@@ -566,9 +618,35 @@ class OffsetCommits:
         """Wait until everything marked so far is committed, tried, or `limit_seconds`
         have passed (at shutdown: what is not committed is delivered again). Commits
         due later by the minimum interval go at once."""
+        self._start_committing()
         if self._task is not None and not self._task.done():
             self._hurry.set()
             try:
                 await asyncio.wait([self._task], timeout=limit_seconds)
             finally:
                 self._hurry.clear()
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        self._revoking = True
+        await self._give_up()
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self._revoking = False
+
+    async def stop(self) -> None:
+        """At shutdown, before the consumer leaves its group: what a revocation does,
+        and no batch is applied afterwards."""
+        self._stopped = True
+        await self._give_up()
+
+    async def _give_up(self) -> None:
+        try:
+            if self._settle is not None:
+                await self._settle()
+            await self.drain(self._commit_limit)  # the last commit as the owner
+        finally:
+            if self._task is not None and not self._task.done():
+                self._task.cancel()  # a commit that did not get through in time
+                await asyncio.wait([self._task])
+            self._pending = {}
+            self._generation += 1

@@ -85,7 +85,8 @@ class ExportService:
             max_event_bytes=s.kafka.max_message_bytes,
         )
         self.broker: KafkaBroker = build_broker(s, client_id=SERVICE_NAME)
-        self.offset_commits = OffsetCommits()
+        # A rebalance or a stop first settles the batch in flight (see ExportPipeline).
+        self.offset_commits = OffsetCommits(settle=self.pipeline.settle)
         self.ready = False
         self.fatal = FatalStop(SERVICE_NAME)
         self.failure: BaseException | None = None

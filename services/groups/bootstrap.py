@@ -177,7 +177,8 @@ class GroupsService:
             self.processor, depth=s.groups.batches_in_flight, on_failure=self._stop_serving
         )
         self.broker: KafkaBroker = build_broker(s, client_id=SERVICE_NAME)
-        self.offset_commits = OffsetCommits()
+        # A rebalance or a stop first lets the batches in flight finish (a bounded wait).
+        self.offset_commits = OffsetCommits(settle=self.pipeline.drain)
         self.ready = False
         self.fatal = FatalStop(SERVICE_NAME)
         self._catalog_task: asyncio.Task[None] | None = None

@@ -7,17 +7,20 @@ import contextlib
 import os
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from aiokafka.structs import TopicPartition
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from devinfra.provider import Infrastructure
 from services.common.db import create_engine
+from services.common.kafka import default_partition
 from services.common.settings import (
     AppSettings,
     DatabaseSettings,
@@ -29,6 +32,7 @@ from services.groups.adapters import migrate
 from services.groups.adapters.orm import bookings
 from services.groups.bootstrap import GroupsService, GroupsSettingsBundle
 from services.groups.catalog import example_catalog_path
+from services.groups.domain.personnummer import luhn_check_digit
 from services.groups.entrypoints.consumer import register_consumer
 from services.groups.service_layer.context import Clock
 from tests.kafka_tools import KafkaTestClient, TopicCollector, cloudevent
@@ -75,10 +79,14 @@ def groups_settings(
 
 @contextlib.asynccontextmanager
 async def running_groups_service(
-    settings: GroupsSettingsBundle, *, clock: Clock | None = None
+    settings: GroupsSettingsBundle,
+    service: GroupsService | None = None,
+    *,
+    clock: Clock | None = None,
 ) -> AsyncIterator[GroupsService]:
-    """The groups service in this process: consumer, outbox relay, no HTTP server."""
-    service = GroupsService(settings, clock=clock)
+    """The groups service in this process (or `service`): consumer, outbox relay, no
+    HTTP server."""
+    service = service or GroupsService(settings, clock=clock)
     register_consumer(service.broker, service)
     await service.prepare()
     await service.broker.start()
@@ -264,3 +272,38 @@ async def nurse(
 ) -> AsyncIterator[NurseClient]:
     async with nurse_client(groups_service, kafka, infra) as client:
         yield client
+
+
+def customers_on_every_partition(partitions: int, per_partition: int) -> dict[str, int]:
+    """Personnummer -> the partition their records take (the key is the personnummer),
+    `per_partition` on each of `partitions`."""
+    found: dict[str, int] = {}
+    serial = 100
+    while len(found) < partitions * per_partition:
+        serial += 1
+        body = f"19700101{serial:03d}"
+        pnr = body + luhn_check_digit(body[2:])
+        partition = default_partition(pnr.encode(), list(range(partitions)))
+        if sum(1 for p in found.values() if p == partition) < per_partition:
+            found[pnr] = partition
+    return found
+
+
+def subscriber_consumer(broker: Any) -> Any:
+    """The aiokafka consumer of a service's one FastStream subscriber (None until started)."""
+    [subscriber] = broker.subscribers
+    return subscriber.consumer
+
+
+async def wait_for_assignment(
+    broker: Any, count: int | None = None, *, timeout: float = 90.0
+) -> set[TopicPartition]:
+    """The partitions of the service's consumer once it has some (or exactly `count`)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        consumer = subscriber_consumer(broker)
+        got = set(consumer.assignment()) if consumer is not None else set()
+        if got and (count is None or len(got) == count):
+            return got
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no assignment after {timeout:.0f} s")

@@ -30,6 +30,24 @@ class ExportComparison:
     def equivalent(self) -> bool:
         return not (self.missing or self.unexpected or self.different)
 
+    def assert_equivalent(self) -> None:
+        assert self.equivalent, (self.missing[:5], self.unexpected[:5], self.different[:5])
+
+    def summary(
+        self, *, inputs: int, faults: int, zero: dict[str, int], lag: Iterable[int]
+    ) -> dict[str, int]:
+        """The summary figures of a check that runs the export: the reconciliation's
+        (`zero`) plus the export's own; `lag`: records left behind per partition."""
+        return {
+            "inputs": inputs,
+            "faults": faults,
+            "bad_inputs": 0,
+            "lost": zero["lost"] + len(self.missing),
+            "duplicated_effects": zero["duplicated_effects"] + len(self.unexpected),
+            "stuck_partitions": sum(1 for behind in lag if behind),
+            "personnummer_found": self.personnummer_found,
+        }
+
 
 async def expected_export(stack: Stack) -> dict[bytes, bytes]:
     """Key -> value of every record built from the database, as the backfill builds it."""

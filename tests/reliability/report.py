@@ -45,6 +45,7 @@ ORDER = (
     "broker_restart",
     "database_outage",
     "export_crash",
+    "export_rebalance",
     "relay_refused_row",
     "relay_frozen_leader",
     "relay_broker_restart",

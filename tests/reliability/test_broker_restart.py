@@ -115,15 +115,12 @@ async def test_broker_restart_mid_stream(
     check.record(
         "broker_restart",
         "2. Kafka broker stopped and started mid-stream",
-        summary={
-            "inputs": len(stream.inputs),
-            "faults": len(outages),
-            "bad_inputs": 0,
-            "lost": zero["lost"] + len(exported.missing),
-            "duplicated_effects": zero["duplicated_effects"] + len(exported.unexpected),
-            "stuck_partitions": sum(1 for v in [*groups_lag.values(), *export_lag.values()] if v),
-            "personnummer_found": exported.personnummer_found,
-        },
+        summary=exported.summary(
+            inputs=len(stream.inputs),
+            faults=len(outages),
+            zero=zero,
+            lag=[*groups_lag.values(), *export_lag.values()],
+        ),
         inputs_by_topic=inputs_by_role(stream.inputs),
         broker_outages=[
             f"stopped at {o['applied_when_stopped']}/{total} applied, "
@@ -142,11 +139,7 @@ async def test_broker_restart_mid_stream(
 
     assert reconciliation.problems == [], "\n".join(reconciliation.problems)
     assert not any(zero.values()), zero
-    assert exported.equivalent, (
-        exported.missing[:5],
-        exported.unexpected[:5],
-        exported.different[:5],
-    )
+    exported.assert_equivalent()
     assert exported.personnummer_found == 0
     assert len(outages) == scale.broker_restarts >= 1
     for outage in outages:

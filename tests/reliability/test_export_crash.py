@@ -104,15 +104,9 @@ async def test_export_killed_at_random_points(
     check.record(
         "export_crash",
         "4. export service SIGKILLed at random points",
-        summary={
-            "inputs": len(stream.inputs),
-            "faults": len(kills),
-            "bad_inputs": 0,
-            "lost": zero["lost"] + len(exported.missing),
-            "duplicated_effects": zero["duplicated_effects"] + len(exported.unexpected),
-            "stuck_partitions": sum(1 for v in export_lag.values() if v),
-            "personnummer_found": exported.personnummer_found,
-        },
+        summary=exported.summary(
+            inputs=len(stream.inputs), faults=len(kills), zero=zero, lag=export_lag.values()
+        ),
         inputs_by_topic=inputs_by_role(stream.inputs),
         kills=[
             f"after input {k['after_input']}" + (" while exporting" if k["busy"] else "")
@@ -128,11 +122,7 @@ async def test_export_killed_at_random_points(
 
     assert reconciliation.problems == [], "\n".join(reconciliation.problems)
     assert not any(zero.values()), zero
-    assert exported.equivalent, (
-        exported.missing[:5],
-        exported.unexpected[:5],
-        exported.different[:5],
-    )
+    exported.assert_equivalent()
     assert exported.keys_expected > 0
     assert exported.personnummer_found == 0
     assert dead == []

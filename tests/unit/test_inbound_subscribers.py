@@ -36,6 +36,10 @@ def test_inbound_consumer_takes_fetch_min_bytes_from_settings(service_name: str)
     assert options["fetch_min_bytes"] == 5000
     assert options["fetch_max_wait_ms"] == 20  # bounds what a lone record waits
     assert options["enable_auto_commit"] is False
+    # Rebalances wait for the service's batches in flight (OffsetCommits is the listener).
+    [subscriber] = service.broker.subscribers
+    assert subscriber._listener is service.offset_commits
+    assert options["rebalance_timeout_ms"] == 120_000
 
 
 def test_fetch_min_bytes_defaults_to_a_few_records_and_must_be_positive() -> None:

@@ -16,7 +16,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Select, and_, func, select, true
+from sqlalchemy import ARRAY, ColumnElement, Select, and_, any_, bindparam, func, select, true
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.groups.adapters.catalog_repository import CatalogRepository
@@ -42,6 +42,19 @@ def _key_column(table: SourceTable) -> ColumnElement[Any]:
     if table is SourceTable.MEMBERSHIPS:
         return memberships.c.membership_id
     return vaccination_confirmations.c.vaccination_id
+
+
+def _version_column(table: SourceTable) -> ColumnElement[Any]:
+    if table is SourceTable.MEMBERSHIPS:
+        return memberships.c.version
+    return vaccination_confirmations.c.version
+
+
+def _one_of(table: SourceTable, keys: Sequence[str]) -> ColumnElement[bool]:
+    """Key in `keys`, as one array parameter (a chunk may hold more keys than a statement
+    may have parameters)."""
+    key = _key_column(table)
+    return key == any_(bindparam("keys", list(keys), type_=ARRAY(key.type)))
 
 
 def _changed_column(table: SourceTable) -> ColumnElement[Any]:
@@ -131,6 +144,23 @@ class GroupsTables:
         """The catalog in the tables (every code, retired ones included); None before the
         groups service first started."""
         return await CatalogRepository(self._c).load_catalog()
+
+    async def versions(self, table: SourceTable, keys: Sequence[str]) -> dict[str, int]:
+        """The current version of each of `keys` (rows are never deleted)."""
+        key, version = _key_column(table), _version_column(table)
+        result = await self._c.execute(select(key, version).where(_one_of(table, keys)))
+        return {str(k): int(v) for k, v in result.all()}
+
+    async def rows_of(self, table: SourceTable, keys: Sequence[str]) -> Sequence[Row]:
+        """The rows of `keys` as they are now, in key order, as `chunks` gives them."""
+        key = _key_column(table)
+        statement = (
+            _base_select(table)
+            .add_columns(key.label("key"))
+            .where(_one_of(table, keys))
+            .order_by(key)
+        )
+        return cast(Sequence[Row], (await self._c.execute(statement)).mappings().all())
 
     async def chunks(
         self,

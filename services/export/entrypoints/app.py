@@ -20,7 +20,8 @@ def build_app(service: ExportService | None = None) -> AsgiFastStream:
         settings=service.settings,
         on_startup=[service.prepare],
         after_startup=[service.mark_ready, settle_after_start],
-        # Before the broker closes its consumer: the last applied offsets still commit.
-        on_shutdown=[service.offset_commits.drain],
+        # Before the broker closes its consumer (and leaves the group): the batch in
+        # flight settles and the last applied offsets still commit.
+        on_shutdown=[service.offset_commits.stop],
         after_shutdown=[service.stop],
     )

@@ -13,20 +13,23 @@ acknowledges one chunk the next ones are read, built and sent (at most
 `CHUNKS_IN_FLIGHT` unacknowledged); the checkpoint still moves in chunk order, only past
 chunks whose every record was acknowledged.
 
-Race with live updates, and what is left of it. The main pass reads each table through
-one cursor, i.e. as of the moment its query started. A row changed after that is
-exported by the live service from the groups' event, but the backfill may publish the
-older state it read *after* the live record, leaving the older state as the key's last
-value. So a catch-up pass follows: it re-reads every row changed since the run started
-(`updated_at` / `confirmed_at` >= start - `catch_up_margin`; the margin covers clock skew
-between the groups service, which writes those columns, and the database, whose clock
-dates the start) and publishes its current state again. What remains: a change committed
-while the catch-up pass runs, after the catch-up's cursor started but published live
-before the catch-up publishes that row, can still leave an older last value for that key
-until its next change. Consumers that keep the highest `version` per key (as the record
-schemas advise) are not affected; rerunning with a fresh checkpoint in a quiet moment
-repairs the topic. A live export that lags behind is harmless: it publishes every change
-in order, so it ends on the newest state anyway.
+Race with live updates: the newest version wins. The backfill publishes a row's state as
+it read it, and the row may change meanwhile: the live export then publishes the newer
+version, and the backfill's older record could land after it and be the key's last value
+(what compaction keeps). So once the broker acknowledged a chunk, the backfill reads the
+current version of each of its keys again (another connection, READ COMMITTED) and
+publishes the current state of every key whose version moved, until none moved. The
+backfill's last record of a key is therefore of a version the database still held after
+that record was on the topic: any newer version was committed later, and the live export
+publishes it later still (it publishes every version, in order, after the groups service
+committed it), so it lands after. Once the live export has caught up, the last record of
+every key is its newest version, and no older one follows it. The catch-up pass then
+re-reads every row changed since the run started (`updated_at` >= start -
+`catch_up_margin`; the margin covers clock skew between the groups service, which writes
+those columns, and the database, whose clock dates the start), so the backfill alone
+leaves the topic complete as of its end even when no live export writes to it (a backfill
+into a fresh topic). Consumers must still apply records by `version` (a record a
+consumer missed, or the order across keys, is not the backfill's to fix).
 """
 
 from __future__ import annotations
@@ -77,6 +80,8 @@ class Progress(Protocol):
     def close(self) -> None: ...
 
 
+# Connections that see what is committed when each statement starts (READ COMMITTED): the
+# re-read after a chunk must see the versions committed since.
 TablesOpener = Callable[[], AbstractAsyncContextManager[GroupsTables]]
 ProgressFactory = Callable[[str, int], Progress]
 
@@ -109,6 +114,7 @@ class BackfillReport:
     complete: bool
     seconds: float
     checkpoint: Checkpoint
+    republished: int = 0  # records of keys whose version moved while they were published
 
     @property
     def rows_per_second(self) -> float:
@@ -118,6 +124,7 @@ class BackfillReport:
         return {
             "published": self.published,
             "published_total": self.checkpoint.published,
+            "republished": self.republished,
             "complete": self.complete,
             "phase": self.checkpoint.phase.value,
             "seconds": round(self.seconds, 3),
@@ -168,10 +175,10 @@ async def backfill(
         raise CheckpointMismatch(
             f"the checkpoint is of a backfill into {checkpoint.topic!r}, not {topic!r}"
         )
-    budget, published = _Budget(limit), 0
+    budget, published, republished = _Budget(limit), 0, 0
     while checkpoint.phase is not Phase.COMPLETE and not budget.exhausted:
         since = checkpoint.started_at - catch_up_margin
-        checkpoint, count = await _pass(
+        checkpoint, count, again = await _pass(
             open_tables,
             sink,
             builder,
@@ -183,11 +190,16 @@ async def backfill(
             progress=progress,
         )
         published += count
+        republished += again
         if not budget.exhausted:
             checkpoint = checkpoint.next_phase()
             store.save(checkpoint)
     report = BackfillReport(
-        published, checkpoint.phase is Phase.COMPLETE, time.monotonic() - began, checkpoint
+        published,
+        checkpoint.phase is Phase.COMPLETE,
+        time.monotonic() - began,
+        checkpoint,
+        republished,
     )
     log.info("backfill %s", "complete" if report.complete else "stopped", extra=_ctx(report))
     return report
@@ -197,6 +209,7 @@ async def backfill(
 class _SentChunk:
     acknowledged: asyncio.Future[Any]
     table: SourceTable
+    versions: dict[str, int]  # key -> the version published
     last_key: str
     rows: int
 
@@ -212,20 +225,24 @@ async def _pass(
     batch_size: int,
     budget: _Budget,
     progress: ProgressFactory,
-) -> tuple[Checkpoint, int]:
-    """One pass over every table, from where the checkpoint left it."""
-    published = 0
+) -> tuple[Checkpoint, int, int]:
+    """One pass over every table, from where the checkpoint left it; returns the
+    checkpoint, the rows published and the records published again (versions moved)."""
+    published = republished = 0
     in_flight: deque[_SentChunk] = deque()
 
     async def settle(chunk: _SentChunk) -> None:
-        nonlocal checkpoint, published
+        nonlocal checkpoint, published, republished
         await chunk.acknowledged  # acknowledged before the checkpoint says so
+        republished += await _publish_until_current(
+            current, sink, builder, chunk.table, chunk.versions
+        )
         checkpoint = checkpoint.after_chunk(chunk.table, chunk.last_key, chunk.rows)
         store.save(checkpoint)
         published += chunk.rows
         bar.update(chunk.rows)
 
-    async with open_tables() as tables:
+    async with open_tables() as tables, open_tables() as current:
         total = 0
         for table in SourceTable:
             total += await tables.count(table, after=checkpoint.done.get(table), since=since)
@@ -241,8 +258,11 @@ async def _pass(
                         rows = budget.take(chunk)
                         messages = [record_message(build_record(builder, table, r)) for r in rows]
                         acknowledged = await sink.publish(messages)
+                        versions = {str(r["key"]): int(r["version"]) for r in rows}
                         in_flight.append(
-                            _SentChunk(acknowledged, table, str(rows[-1]["key"]), len(rows))
+                            _SentChunk(
+                                acknowledged, table, versions, str(rows[-1]["key"]), len(rows)
+                            )
                         )
                         budget.spend(len(rows))
                         while in_flight and (
@@ -261,7 +281,30 @@ async def _pass(
             for unsettled in in_flight:
                 _stop_waiting(unsettled.acknowledged)
             bar.close()
-    return checkpoint, published
+    return checkpoint, published, republished
+
+
+async def _publish_until_current(
+    current: GroupsTables,
+    sink: RecordSink,
+    builder: RecordBuilder,
+    table: SourceTable,
+    published: dict[str, int],
+) -> int:
+    """The broker acknowledged `published` (key -> version): publish the current state of
+    every key whose version has moved since, until none moved (see the module). Returns
+    the records published again."""
+    again = 0
+    while published:
+        now = await current.versions(table, list(published))
+        moved = [key for key, version in published.items() if now.get(key, version) != version]
+        if not moved:
+            break
+        rows = await current.rows_of(table, moved)
+        await (await sink.publish([record_message(build_record(builder, table, r)) for r in rows]))
+        published = {str(r["key"]): int(r["version"]) for r in rows}
+        again += len(rows)
+    return again
 
 
 def _stop_waiting(acknowledged: asyncio.Future[Any]) -> None:

@@ -3,10 +3,16 @@ offsets are committed, so a crash at any moment re-sends, never skips.
 
 Re-sent records carry the same key and state, so the compacted topic still converges
 to the same last value per key.
+
+Before this process gives up its partitions (a rebalance, a stop), `settle` ends the
+batches in flight: published in full, or stopped and the producer closed, so none of
+their records can land after those of the partitions' next owner, which starts from the
+committed offset and publishes every version again in order.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
@@ -36,6 +42,14 @@ from services.export.service_layer.translate import records_from_event
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = "export-service"
+# How long a revocation waits for a batch in flight before it stops it; with the
+# producer's own delivery timeout it stays well inside the group's rebalance timeout.
+SETTLE_LIMIT_SECONDS = 30.0
+
+
+class BatchDiscarded(Exception):
+    """The batch was stopped by `settle` before all of it was published: nothing of it is
+    committed, and whoever reads its partitions next reads it again."""
 
 
 # CloudEvent's envelope of an export record, taken from CloudEvent itself once (attribute
@@ -84,6 +98,7 @@ class ExportPipeline:
         builder: RecordBuilder,
         metrics: ExportMetrics,
         max_event_bytes: int,
+        settle_limit_seconds: float = SETTLE_LIMIT_SECONDS,
     ) -> None:
         self._producer_factory = producer_factory
         self._producer: AIOKafkaProducer | None = None
@@ -92,6 +107,8 @@ class ExportPipeline:
         self._builder = builder
         self._metrics = metrics
         self._max_event_bytes = max_event_bytes
+        self._settle_limit = settle_limit_seconds
+        self._batches: set[asyncio.Task[None]] = set()
 
     async def producer(self) -> AIOKafkaProducer:
         if self._producer is None:
@@ -103,7 +120,26 @@ class ExportPipeline:
             await self._producer.stop()
             self._producer = None
 
-    async def process(self, records: Sequence[SourceRecord]) -> None:
+    async def process(
+        self, records: Sequence[SourceRecord], on_published: Callable[[], None] = lambda: None
+    ) -> None:
+        """Publish the batch's records, retrying until the broker took them all, then call
+        `on_published` (within the batch, so a revocation that waited for the batch finds
+        its offsets marked). Raises `BatchDiscarded` when `settle` stopped it."""
+        batch = asyncio.create_task(self._publish(records, on_published), name="export-batch")
+        self._batches.add(batch)
+        batch.add_done_callback(self._batches.discard)
+        try:
+            await batch  # cancelling the caller (a stop) cancels the batch too
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if batch.cancelled() and (current is None or not current.cancelling()):
+                raise BatchDiscarded from None
+            raise
+
+    async def _publish(
+        self, records: Sequence[SourceRecord], on_published: Callable[[], None]
+    ) -> None:
         async def attempt() -> None:
             try:
                 await self._process_once(records)
@@ -116,6 +152,28 @@ class ExportPipeline:
             self._metrics.retries.inc()
 
         await retry_forever(attempt, backoff=Backoff(cap=10.0), on_retry=on_retry)
+        on_published()
+
+    async def settle(self) -> None:
+        """Before the partitions go: wait for the batches in flight, `settle_limit_seconds`
+        at most, then stop the rest and close the producer. Its stop delivers or expires
+        every record it was handed, so once this returns nothing of a stopped batch can
+        still reach the topic (and be the last value of a key the next owner moved on)."""
+        batches = list(self._batches)
+        if not batches:
+            return
+        _published, late = await asyncio.wait(batches, timeout=self._settle_limit)
+        if not late:
+            return
+        log.warning(
+            "export batch not published within %.0f s before its partitions were given up; "
+            "stopped, the next owner exports it again",
+            self._settle_limit,
+        )
+        for batch in late:
+            batch.cancel()
+        await asyncio.wait(late)
+        await self.close()
 
     async def _process_once(self, records: Sequence[SourceRecord]) -> None:
         publisher = ExportPublisher(await self.producer(), self._export_topic)

@@ -22,6 +22,6 @@ def build_app(service: GroupsService | None = None) -> AsgiFastStream:
         after_startup=[service.start_background, settle_after_start],
         # Before the broker closes its consumer: batches in flight finish and their
         # offsets still commit.
-        on_shutdown=[service.pipeline.drain, service.offset_commits.drain],
+        on_shutdown=[service.offset_commits.stop],
         after_shutdown=[service.stop],
     )

@@ -212,13 +212,18 @@ class BatchPipeline:
         }
 
     async def drain(self, limit_seconds: float = 15.0) -> None:
-        """Wait for the batches in flight (at shutdown), at most `limit_seconds`: what is
-        not applied by then is delivered again after the restart."""
+        """Wait for the batches in flight (at shutdown, or before a rebalance takes the
+        partitions away), at most `limit_seconds`: what is not applied by then is
+        delivered again (after the restart, or to the partitions' next owner)."""
         deadline = time.monotonic() + limit_seconds
         while self._in_flight and self.failure is None:
             left = deadline - time.monotonic()
             if left <= 0:
-                log.warning("%d inbound batches still in flight at shutdown", len(self._in_flight))
+                log.warning(
+                    "%d inbound batches still in flight after %.0f s; not committed",
+                    len(self._in_flight),
+                    limit_seconds,
+                )
                 return
             tasks = [task for item in self._in_flight for task in item.tasks]
             await asyncio.wait(tasks, timeout=left)

@@ -13,7 +13,7 @@ import json
 import os
 import sys
 import uuid
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -112,9 +112,13 @@ def export_env(settings: ExportSettingsBundle, **extra: str) -> dict[str, str]:
 
 
 @contextlib.asynccontextmanager
-async def running_export_service(settings: ExportSettingsBundle) -> AsyncIterator[ExportService]:
-    """The export service in this process: its consumer, no HTTP server."""
-    service = ExportService(settings)
+async def running_export_service(
+    settings: ExportSettingsBundle, service: ExportService | None = None
+) -> AsyncIterator[ExportService]:
+    """The export service in this process (or `service`): its consumer, no HTTP server.
+    It stops as the process does: the batch in flight settles before the consumer
+    leaves its group."""
+    service = service or ExportService(settings)
     register_consumer(service.broker, service)
     await service.prepare()
     await service.broker.start()
@@ -122,6 +126,7 @@ async def running_export_service(settings: ExportSettingsBundle) -> AsyncIterato
     try:
         yield service
     finally:
+        await service.offset_commits.stop()
         await service.broker.stop()
         await service.stop()
 
@@ -331,8 +336,10 @@ async def backfill_in_process(
     store: Any = None,
     limit: int | None = None,
     batch_size: int = 2,
+    wrap_sink: Callable[[Any], Any] = lambda sink: sink,
 ) -> Any:
-    """The backfill service function with this process's adapters (what the CLI wires)."""
+    """The backfill service function with this process's adapters (what the CLI wires);
+    `wrap_sink` may stand between it and the export topic."""
     from services.common.kafka import ensure_topics, start_producer
     from services.export.adapters.checkpoint import MemoryCheckpointStore
     from services.export.adapters.export_topic import ExportPublisher
@@ -344,7 +351,7 @@ async def backfill_in_process(
     try:
         return await backfill(
             lambda: open_tables(engine, consistent=False),
-            ExportPublisher(producer, settings.topics.export),
+            wrap_sink(ExportPublisher(producer, settings.topics.export)),
             record_builder_from(settings),
             store if store is not None else MemoryCheckpointStore(),
             topic=settings.topics.export,

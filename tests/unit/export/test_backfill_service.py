@@ -1,12 +1,14 @@
 """The backfill's bookkeeping, against in-memory tables and sink: every row once per
 pass, the checkpoint written only after the broker acknowledged, resumption without gaps
-or repeats, and a catch-up pass over what changed since the start."""
+or repeats, a catch-up pass over what changed since the start, and a key whose version
+moved while it was published is published again until the last record is current."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+import json
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -97,7 +99,13 @@ class FakeTables:
     ) -> AsyncGenerator[Sequence[Row], None]:
         rows = self._select(table, after, since)
         for i in range(0, len(rows), size):
-            yield rows[i : i + size]
+            yield [dict(r) for r in rows[i : i + size]]  # as read: later changes not seen
+
+    async def versions(self, table: SourceTable, keys: Sequence[str]) -> dict[str, int]:
+        return {r["key"]: r["version"] for r in self.rows[table] if r["key"] in keys}
+
+    async def rows_of(self, table: SourceTable, keys: Sequence[str]) -> Sequence[Row]:
+        return [dict(r) for r in self._select(table, None, None) if r["key"] in keys]
 
 
 class FakeSink:
@@ -268,3 +276,42 @@ async def test_a_checkpoint_of_another_topic_is_refused() -> None:
 async def test_batch_size_must_be_positive() -> None:
     with pytest.raises(ValueError):
         await run(world(), FakeSink(), MemoryCheckpointStore(), batch_size=0)
+
+
+class RacingSink(FakeSink):
+    """Each `change` runs as a chunk is published, before the broker has it: the live
+    path moves a row to its next version meanwhile."""
+
+    def __init__(self, changes: list[Callable[[], None]]) -> None:
+        super().__init__()
+        self.changes = changes
+        self.versions: list[tuple[str, int]] = []
+
+    async def publish(self, messages: Sequence[tuple[bytes, bytes]]) -> asyncio.Future[Any]:
+        if self.changes:
+            self.changes.pop(0)()
+        self.versions += [(k.decode(), json.loads(v)["data"]["version"]) for k, v in messages]
+        return await super().publish(messages)
+
+
+async def test_a_key_whose_version_moved_is_published_again_until_current() -> None:
+    tables = world(memberships=3, confirmations=1)
+    memberships = tables.rows[SourceTable.MEMBERSHIPS]
+
+    def bump(n: int) -> Callable[[], None]:
+        def change() -> None:
+            memberships[n]["version"] += 1
+
+        return change
+
+    # While the first chunk is published m-001 moves to 2; while version 2 is published
+    # (after the dose chunk), to 3.
+    sink = RacingSink([bump(1), lambda: None, bump(1)])
+    store = GuardedStore(sink)
+    report = await run(tables, sink, store, batch_size=5)
+    last: dict[str, int] = {}
+    for key, version in sink.versions:
+        last[key] = version
+    assert last == {"m-000": 1, "m-001": 3, "m-002": 1, "v-000": 1}
+    assert [v for k, v in sink.versions if k == "m-001"] == [1, 2, 3]
+    assert report.republished == 2 and report.published == 4
