@@ -39,9 +39,11 @@ def main(service: str) -> int:
 
     process = ExportPipeline.process
 
-    async def faulty_process(self: ExportPipeline, records: Sequence[SourceRecord]) -> None:
+    async def faulty_process(
+        self: ExportPipeline, records: Sequence[SourceRecord], *args: Any, **kwargs: Any
+    ) -> None:
         _check(records)
-        await process(self, records)
+        await process(self, records, *args, **kwargs)
 
     ExportPipeline.process = faulty_process  # type: ignore[method-assign]
     return export_cli.main(["serve"])
