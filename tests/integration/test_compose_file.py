@@ -11,7 +11,6 @@ With CI=true a missing tool (npm, PyYAML) fails the test; elsewhere it is skippe
 from __future__ import annotations
 
 import inspect
-import os
 import re
 import shlex
 import shutil
@@ -24,13 +23,13 @@ from pydantic_settings import BaseSettings
 
 from devinfra.acls import Principals
 from services.common import settings as settings_module
+from tests.conftest import IN_CI
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 VALIDATE_SCRIPT = ROOT / "scripts" / "validate-compose.sh"
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 # The application services, the settings prefix each owns, and its command.
 APP_SERVICES = {

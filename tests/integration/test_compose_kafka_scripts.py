@@ -28,10 +28,10 @@ from devinfra._util import LOCALHOST, free_ports
 from devinfra.kafka import kafka_infra_dir, resolve_jars
 from services.common.kafka import ensure_topics
 from services.common.settings import KafkaSettings, TopicSettings
+from tests.conftest import IN_CI
 
 pytestmark = pytest.mark.integration
 
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 ROOT = Path(__file__).resolve().parents[2]
 
 # The image's /opt/kafka/bin scripts this path uses, and the classes they run.

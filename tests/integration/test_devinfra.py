@@ -3,7 +3,6 @@ started, used, restarted (and crashed) with their data intact."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 
@@ -15,10 +14,9 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from devinfra.kafka import LocalKafka, resolve_jars
 from devinfra.postgres import LocalPostgres
 from devinfra.provider import provide_infrastructure
+from tests.conftest import IN_CI
 
 pytestmark = pytest.mark.integration
-
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
 def _require(tool: str) -> None:

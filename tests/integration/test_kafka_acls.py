@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import shutil
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -50,13 +49,13 @@ from services.groups.adapters.orm import outbox, outbox_parked
 from services.groups.adapters.outbox_relay import OutboxRelay
 from services.groups.bootstrap import GroupsSettingsBundle
 from tests.acl_broker import PRINCIPALS, AclBroker, producer_as, read_all, running_acl_broker
+from tests.conftest import IN_CI
 from tests.integration.conftest import ACTOR, running_groups_service, unique_topics
 from tests.integration.export.conftest import running_export_service
 from tests.kafka_tools import cloudevent
 
 pytestmark = pytest.mark.integration
 
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 PNR = "191212121212"
 TOPIC_AUTHORIZATION_FAILED = 29
 

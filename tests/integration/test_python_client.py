@@ -35,13 +35,13 @@ from devinfra.tokens import TokenIssuer, bearer
 from services.common.settings import AppSettings, DatabaseSettings, GroupsSettings
 from services.groups.bootstrap import GroupsSettingsBundle
 from tests.acl_broker import PRINCIPALS, AclBroker, running_acl_broker
+from tests.conftest import IN_CI
 from tests.e2e.conftest import stack_env
 from tests.integration.conftest import running_groups_service
 from tests.kafka_tools import KafkaTestClient
 
 pytestmark = pytest.mark.integration
 
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 PNR = "191212121212"
 NURSE = Actor("SE-HSA-nurse-1", "unit-1")
 INFLUVAC = Vaccine("J07BB02", "Influvac Tetra", dose=1)

@@ -6,7 +6,6 @@ checked and unit-tested by promtool."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -22,6 +21,7 @@ from pydantic_settings import BaseSettings
 from services.common import settings as settings_module
 from services.export.adapters.metrics import ExportMetrics
 from services.groups.adapters.metrics import GroupsMetrics
+from tests.conftest import IN_CI
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 MONITORING = DEPLOY / "monitoring"
@@ -201,7 +201,7 @@ def test_alerts_name_only_exported_metrics_and_cover_the_operators_cases() -> No
 def _promtool() -> str:
     found = shutil.which("promtool")
     if found is None:
-        if os.environ.get("CI") == "true":
+        if IN_CI:
             pytest.fail("promtool is missing (.ci/run installs Debian's `prometheus`)")
         pytest.skip("promtool not installed (Debian's `prometheus` package ships it)")
     return found
