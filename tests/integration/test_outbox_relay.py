@@ -28,6 +28,7 @@ from services.groups.adapters.metrics import GroupsMetrics
 from services.groups.adapters.orm import outbox, outbox_parked
 from services.groups.adapters.outbox_relay import OutboxRelay
 from services.groups.bootstrap import GroupsSettingsBundle
+from services.groups.service_layer.unit_of_work import UnitOfWork
 from tests.integration.conftest import groups_cli
 from tests.kafka_tools import KafkaTestClient
 
@@ -115,6 +116,41 @@ async def test_a_row_committed_after_later_ids_is_published_and_every_row_delete
 
 async def _empty(engine: AsyncEngine) -> bool:
     return await count(engine, outbox) == 0
+
+
+async def test_a_commit_in_another_process_wakes_the_leader_at_once(
+    groups_settings: GroupsSettingsBundle, kafka: KafkaTestClient
+) -> None:
+    """The relay of another process is told by PostgreSQL (NOTIFY at commit), not by
+    `wake()`: with an idle poll of a minute, only that notification can publish the row
+    within seconds, and a row written without it waits."""
+    topic = groups_settings.topics.events
+    async with relay_on(groups_settings, idle_poll_seconds=60.0) as (relay, engine, _):
+        await wait_for(_leading(relay), 30, "the relay leads")
+        await asyncio.sleep(0.5)  # past its first round
+        # A plain INSERT notifies nothing: it stays until something wakes the relay.
+        await insert_rows(engine, [row(topic, "customer-1", b"unannounced")])
+        await asyncio.sleep(1.5)
+        assert await count(engine, outbox) == 1
+        # The unit of work's write, as any process's batch commits it, notifies.
+        uow = UnitOfWork(engine, dlq_topic=groups_settings.topics.dlq, service="test")
+        async with uow:
+            await uow.outbox.add_event(topic, b"customer-2", b"announced")
+            began = time.monotonic()
+            await uow.commit()
+        published = await kafka.read_until(topic, lambda records: len(records) >= 2)
+        waited = time.monotonic() - began
+        await wait_for(lambda: _empty(engine), 10, "both rows deleted")
+
+    assert sorted(r.value for r in published) == [b"announced", b"unannounced"]
+    assert waited < 10.0  # the idle poll alone would take 60 s
+
+
+def _leading(relay: OutboxRelay) -> Any:
+    async def leading() -> bool:
+        return relay.is_leader
+
+    return leading
 
 
 async def test_a_row_the_topic_refuses_for_good_is_parked_and_the_others_flow(

@@ -255,6 +255,10 @@ _UPDATE_MEMBERSHIPS = _update(CHANGED_MEMBERSHIPS)
 UPDATE_MEMBERSHIPS: TextClause = text(_UPDATE_MEMBERSHIPS)
 
 
+# The channel a transaction that wrote outbox rows notifies (see `outbox_relay`).
+OUTBOX_CHANNEL = "groups_outbox"
+
+
 def _write(*, with_membership_updates: bool) -> TextClause:
     outbox_names = ", ".join(OUTBOX.names)
     outbox_values = ", ".join(
@@ -279,12 +283,18 @@ def _write(*, with_membership_updates: bool) -> TextClause:
         _insert(DEAD_LETTERS),
         # Outbox ids, and so the relay's publishing order, follow the arrays' order.
         f"INSERT INTO outbox ({outbox_names}) SELECT {outbox_values} FROM {OUTBOX.unnest()}"
-        f" WITH ORDINALITY AS k({outbox_names}, n) ORDER BY n",
+        f" WITH ORDINALITY AS k({outbox_names}, n) ORDER BY n RETURNING 1",
     ]
+    outbox_part = len(parts) - 1
     if with_membership_updates:
         parts.append(_UPDATE_MEMBERSHIPS)
     ctes = ",\n".join(f"w{index} AS ({part})" for index, part in enumerate(parts))
-    return text(f"WITH {ctes}\nSELECT 1")
+    # New outbox rows wake the relay's leader, in whichever process it runs, the moment
+    # the transaction commits (PostgreSQL delivers a NOTIFY at commit, once per channel).
+    return text(
+        f"WITH {ctes}\nSELECT pg_notify('{OUTBOX_CHANNEL}', '')"
+        f" FROM (SELECT 1 FROM w{outbox_part} LIMIT 1) AS written"
+    )
 
 
 # Two texts, each prepared once: with the membership updates as one more CTE, and

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -45,6 +45,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from services.common.background import BackgroundTask
 from services.common.backoff import Backoff, retry_forever
 from services.common.kafka import OutgoingRecord, SentBatch, send_batches
+from services.groups.adapters.batch_writer import OUTBOX_CHANNEL
 from services.groups.adapters.leadership import Lease, LeaseLost
 from services.groups.adapters.metrics import GroupsMetrics
 from services.groups.adapters.outbox import decode_headers
@@ -170,7 +171,8 @@ class OutboxRelay:
                 try:
                     self.is_leader = True
                     log.info("outbox relay is publishing (lease term %s)", self._lease.term)
-                    await self._lead(connection, producer, backoff)
+                    async with _notified(connection, OUTBOX_CHANNEL, self.wake):
+                        await self._lead(connection, producer, backoff)
                 finally:
                     self.is_leader = False
                     await _close(producer)
@@ -393,6 +395,30 @@ async def _commit_what_was_taken(
             log.info("outbox relay: a refused round not committed (%s)", type(error).__name__)
     await _abort(producer)
     return []
+
+
+@contextlib.asynccontextmanager
+async def _notified(
+    connection: AsyncConnection, channel: str, wake: Callable[[], None]
+) -> AsyncIterator[None]:
+    """`wake` is called when a transaction that notified `channel` commits, in any
+    process: the leader publishes at once what another process's batch wrote, rather
+    than at its next idle poll. Listening starts before the first round reads, so no
+    commit falls between the two unseen."""
+    raw = await connection.get_raw_connection()
+    driver = raw.driver_connection  # asyncpg's connection: it delivers notifications
+    assert driver is not None
+
+    def on_notification(*_args: object) -> None:
+        wake()
+
+    await driver.add_listener(channel, on_notification)
+    try:
+        yield
+    finally:
+        # The connection goes back to the pool: it must not go on listening.
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(driver.remove_listener(channel, on_notification), 5.0)
 
 
 async def _abort(producer: AIOKafkaProducer) -> None:
