@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import math
 import random
@@ -483,8 +484,9 @@ def manual_batch_subscriber(
     - The raw record bytes reach the handler undecoded, so a poison record can be
       dead-lettered exactly as it arrived.
     - A batch that waits out an outage keeps the consumer in its group meanwhile.
-    - FastStream sleeps `batch_timeout_ms` again after an empty poll, so a short one
-      bounds the extra wait of a record that arrives while idle (BENCHMARKS.md, fix 5).
+    - A poll that waits for the first record and returns it at once (`_poll_at_once`):
+      FastStream's own sleeps `batch_timeout_ms` after an empty poll, so a record that
+      arrived meanwhile waited for the sleep (BENCHMARKS.md, issue 17).
     - aiokafka sends a partition's next fetch only after the fetch in flight returns,
       which waits up to `fetch_max_wait_ms` for data on *its* partitions, so a short wait
       keeps a record on another partition from waiting for it (BENCHMARKS.md, fix 5).
@@ -493,12 +495,12 @@ def manual_batch_subscriber(
       records and paid the same round trips (PostgreSQL, relay, broker) as a large one;
       the cost is a wait of up to `fetch_max_wait_ms` at low load (BENCHMARKS.md, fix 17).
     """
-    return broker.subscriber(
+    subscriber = broker.subscriber(
         *topics,
         group_id=group_id,
         batch=True,
         max_records=max_records,
-        batch_timeout_ms=10,
+        batch_timeout_ms=IDLE_POLL_MS,
         fetch_max_wait_ms=20,
         fetch_min_bytes=fetch_min_bytes,
         auto_offset_reset="earliest",
@@ -514,6 +516,27 @@ def manual_batch_subscriber(
         title=title,
         description=description,
     )
+    _poll_at_once(subscriber, max_records)
+    return subscriber
+
+
+# How long a poll waits for a first record: the idle consume loop turns this often, and a
+# stop waits at most this long for the loop to notice.
+IDLE_POLL_MS = 500
+
+
+def _poll_at_once(subscriber: BatchSubscriber, max_records: int) -> None:
+    """Replaces FastStream's batch poll (`get_msg`), which after an empty `getmany` sleeps
+    `batch_timeout_ms` before it polls again: a record arriving during that sleep waited
+    for it. Here `getmany` itself waits, and returns as soon as a record is there, with
+    whatever has gathered since (up to `max_records`): a lone record is answered at once,
+    and batches grow only while records wait for the batches in flight."""
+
+    async def get_msg(consumer: AIOKafkaConsumer) -> tuple[Any, ...]:
+        messages = await consumer.getmany(timeout_ms=IDLE_POLL_MS, max_records=max_records)
+        return tuple(itertools.chain.from_iterable(messages.values()))
+
+    setattr(subscriber, "get_msg", get_msg)  # noqa: B010 (an instance's method, on purpose)
 
 
 class OffsetCommits(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped

@@ -3,6 +3,7 @@ documents, with `KAFKA_FETCH_MIN_BYTES` from the settings (nothing connects here
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -46,3 +47,35 @@ def test_fetch_min_bytes_defaults_to_a_few_records_and_must_be_positive() -> Non
     assert KafkaSettings().fetch_min_bytes == 3072
     with pytest.raises(ValidationError):
         KafkaSettings(fetch_min_bytes=0)
+
+
+class _Consumer:
+    """aiokafka's `getmany`, as the poll uses it: waits up to `timeout_ms` for records."""
+
+    def __init__(self, batches: list[dict[str, list[str]]]) -> None:
+        self.batches = batches
+        self.calls: list[tuple[int, int | None]] = []
+
+    async def getmany(self, *, timeout_ms: int, max_records: int | None) -> dict[str, list[str]]:
+        self.calls.append((timeout_ms, max_records))
+        return self.batches.pop(0) if self.batches else {}
+
+
+async def test_the_poll_returns_what_arrived_at_once_and_never_sleeps_after_an_empty_one() -> None:
+    service = GroupsService(GroupsSettingsBundle())
+    register_groups(service.broker, service)
+    [subscriber] = service.broker.subscribers
+    consumer = _Consumer([{}, {"p0": ["a", "b"], "p1": ["c"]}])
+
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    empty = await subscriber.get_msg(consumer)  # type: ignore[arg-type]
+    records = await subscriber.get_msg(consumer)  # type: ignore[arg-type]
+    took = loop.time() - began
+
+    assert empty == ()
+    assert records == ("a", "b", "c")
+    # The wait is getmany's own (it returns as soon as a record is there), with the
+    # batch limit; FastStream's poll slept batch_timeout_ms after the empty one.
+    assert consumer.calls == [(500, 500), (500, 500)]
+    assert took < 0.1
