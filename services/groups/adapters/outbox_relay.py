@@ -6,6 +6,9 @@ transaction per round, and deletes them once the transaction has committed.
   with the deployment's fixed `transactional.id`: starting a new leader's producer
   fences the old one's and aborts its open transaction, so nothing the old leader had in
   flight becomes visible to a `read_committed` consumer after the new leader's records.
+- Woken at once. A transaction that wrote outbox rows wakes the leader as it commits:
+  `wake()` in the same process, a PostgreSQL NOTIFY (channel `groups_outbox`, sent by the
+  write statement, delivered at commit) from any process. An idle poll is the fallback.
 - At least once. A crash between the commit and the delete sends those rows again, with
   the same CloudEvent ids (consumers drop repeated ids), before anything newer.
 - Refusals. Of a round the broker refuses in part, what it took is committed (per
