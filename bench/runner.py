@@ -92,7 +92,7 @@ class Config:
             loads=loads or LOADS,
             export_rows=(50_000,),
             versus_records=20_000,
-            versus_plain_records=2_000,
+            versus_plain_records=3_000,
         )
 
 
