@@ -33,6 +33,7 @@ class OutputCollector:
         self.rejected = 0
         self.last_arrival = 0.0
         self._arrival_marks: dict[str, list[tuple[int, float]]] = {t: [] for t in self.topics}
+        self._total_marks: list[tuple[int, float]] = []  # records of every topic together
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
@@ -85,12 +86,15 @@ class OutputCollector:
                         self.on_record(topic, value, record.timestamp, now)
                 self.counts[topic] += len(records)
                 self._arrival_marks[topic].append((self.counts[topic], now))
+            self._total_marks.append((sum(self.counts.values()), now))
             self.last_arrival = now
             self._changed.set()
 
-    def reached_at(self, topic: str, count: int) -> float | None:
-        """When the `count`-th record of `topic` had arrived (None: not yet)."""
-        for total, at in self._arrival_marks[topic]:
+    def reached_at(self, topic: str | None, count: int) -> float | None:
+        """When the `count`-th record of `topic` (None: of all topics together) had
+        arrived (None: not yet)."""
+        marks = self._total_marks if topic is None else self._arrival_marks[topic]
+        for total, at in marks:
             if total >= count:
                 return at
         return None

@@ -1,10 +1,12 @@
-"""The groups service as real processes: end-to-end throughput and prompt latency.
+"""A service as real processes: end-to-end throughput and prompt latency, measured from
+outside (the groups service, and the plain FastStream baseline of `bench.versus`).
 
 Throughput: the mix is pre-generated and pre-serialised, then produced as fast as an
 idempotent aiokafka producer (acks=all, linger 10 ms) can. The window runs from the first
 send to the moment the last expected output (one prompt per start, one event per command)
-has been read back from the prompts and events topics. After it, the consumer group's lag
-and the outbox are checked (both must be 0).
+has been read back from the prompts and events topics, and (`until="committed"`, the
+groups service's own phase) the consumer group has committed every inbound record. After
+it, the consumer group's lag and the outbox are checked (both must be 0).
 
 Latency: vaccination starts at a fixed offered rate with commands flowing beside them;
 each start's latency runs from its *scheduled* send time (so a sender that falls behind
@@ -16,16 +18,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import math
 import os
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from aiokafka import AIOKafkaProducer
 
@@ -37,9 +40,9 @@ from bench.infra import (
     Databases,
     asyncpg_dsn,
     group_lag,
-    groups_processes,
     outbox_rows,
     service_env,
+    service_processes,
     topic_names,
     wait_group_stable,
 )
@@ -51,25 +54,49 @@ from services.common.settings import DatabaseSettings, TopicSettings
 from services.groups.adapters import migrate
 
 
+@contextlib.contextmanager
+def client_gc_quiet() -> Iterator[None]:
+    """Keeps this process's garbage collector out of a measured phase.
+
+    This process produces the load and reads the outputs; it holds the pre-generated
+    mixes, and its full collections paused it for 80-420 ms (measured with
+    `gc.callbacks` in a full run, several inside the latency phases), which delayed
+    sends and reads and was counted against the service. Reference counting still frees
+    almost everything during a phase; what is left is collected between phases."""
+    gc.collect()
+    gc.freeze()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+        gc.unfreeze()
+
+
 @dataclass
-class GroupsStack:
+class ServiceStack:
+    """Service processes in one consumer group, with their database and topics."""
+
+    name: str  # as the CPU figures name it: "groups service", "plain service"
     infra: Infrastructure
     topics: TopicSettings
     database_url: str
-    env: dict[str, str]
+    consumer_group: str
     processes: list[ServiceProcess]
+    has_outbox: bool = True
+    inbound_topics: tuple[str, ...] | None = None  # None: every inbound topic of `topics`
 
     @property
     def bootstrap(self) -> str:
         return self.infra.kafka_bootstrap
 
     @property
-    def consumer_group(self) -> str:
-        return self.env["GROUPS_CONSUMER_GROUP"]
+    def inbound(self) -> list[str]:
+        return list(self.inbound_topics or self.topics.inbound)
 
     def cpu_groups(self) -> dict[str, list[int]]:
         groups: dict[str, list[int]] = {
-            "groups service": [p.pid for p in self.processes if p.pid is not None],
+            self.name: [p.pid for p in self.processes if p.pid is not None],
             "bench client": [os.getpid()],
         }
         if self.infra.kafka is not None and self.infra.kafka.pid is not None:
@@ -88,7 +115,7 @@ async def groups_stack(
     processes: int,
     partitions: int,
     logdir: Path,
-) -> AsyncIterator[GroupsStack]:
+) -> AsyncIterator[ServiceStack]:
     """A fresh database (migrated, seeded) and topics, and `processes` service processes."""
     topics = topic_names(uuid.uuid4().hex[:8])
     url = await databases.create("bench")
@@ -101,11 +128,14 @@ async def groups_stack(
     env = service_env(infra, url, topics, partitions=partitions)
     with contextlib.ExitStack() as stack:
         started = await asyncio.to_thread(
-            stack.enter_context, groups_processes(env, processes, logdir)
+            stack.enter_context,
+            service_processes(
+                "services.groups", env, processes, logdir, port_env="GROUPS_HTTP_PORT"
+            ),
         )
         group = env["GROUPS_CONSUMER_GROUP"]
         await wait_group_stable(infra.kafka_bootstrap, group, processes, limit_s=60)
-        yield GroupsStack(infra, topics, url, env, started)
+        yield ServiceStack("groups service", infra, topics, url, group, started)
 
 
 def _producer(bootstrap: str, *, linger_ms: int) -> AIOKafkaProducer:
@@ -123,7 +153,7 @@ async def _produce_all(producer: AIOKafkaProducer, topics: TopicSettings, mix: M
     await asyncio.gather(*futures)
 
 
-async def warm_up(stack: GroupsStack, mix: Mix, *, limit_s: float = 120.0) -> None:
+async def warm_up(stack: ServiceStack, mix: Mix, *, limit_s: float = 120.0) -> None:
     """Run a small mix through the service (connections, caches) before measuring."""
     wanted = {stack.topics.prompts: mix.prompts, stack.topics.events: mix.events}
     async with OutputCollector(stack.bootstrap, list(wanted)) as collector:
@@ -140,11 +170,11 @@ async def warm_up(stack: GroupsStack, mix: Mix, *, limit_s: float = 120.0) -> No
         raise TimeoutError(f"warm-up: {lag} records not committed after {limit_s}s")
 
 
-async def drain(stack: GroupsStack, *, limit_s: float) -> int:
+async def drain(stack: ServiceStack, *, limit_s: float) -> int:
     """Wait until the service has committed everything on its inbound topics; the lag left."""
     deadline = time.monotonic() + limit_s
     while True:
-        lag = await group_lag(stack.bootstrap, stack.consumer_group, list(stack.topics.inbound))
+        lag = await group_lag(stack.bootstrap, stack.consumer_group, stack.inbound)
         if lag == 0 or time.monotonic() > deadline:
             return lag
         await asyncio.sleep(0.2)
@@ -160,10 +190,11 @@ class ThroughputResult:
     rate: float
     steady_rate: float
     lag_after: int
-    outbox_after: int
+    outbox_after: int | None  # None: the service has no outbox
     rejected: int
     cpu_cores: dict[str, float]
     by_type: dict[str, int]
+    until: str = "committed"  # what ends the window (see `throughput`)
     statements: dict[str, Any] = field(default_factory=dict)  # pg_stat_statements
     profile: dict[str, Any] | None = None  # py-spy
 
@@ -171,21 +202,37 @@ class ThroughputResult:
         return {k: v for k, v in self.__dict__.items()}
 
 
+def steady_rate(reached_at: Callable[[int], float | None], count: int, scale: float = 1.0) -> float:
+    """Per second over the middle 80 % of `count` (when the 10 % and the 90 % mark were
+    reached), times `scale`; 0 when the marks are missing or equal."""
+    low, high = reached_at(int(count * 0.1)), reached_at(int(count * 0.9))
+    if low is None or high is None or high <= low:
+        return 0.0
+    return 0.8 * count * scale / (high - low)
+
+
 async def throughput(
-    stack: GroupsStack,
+    stack: ServiceStack,
     mix: Mix,
     *,
     limit_s: float,
+    until: Literal["committed", "outputs"] = "committed",
     profile_to: Path | None = None,
 ) -> ThroughputResult:
     """Produce the mix as fast as possible; the window ends when every expected output has
-    been read back *and* the consumer group has committed every inbound record."""
+    been read back and, with `until="committed"`, the consumer group has committed every
+    inbound record. `"outputs"` ends it at the last output alone: what the comparison
+    uses for both services, since the plain one commits its offsets on a 5 s timer that
+    says nothing of its work. Steady state: the middle 80 % of the records committed, or
+    of the outputs read."""
     topics = stack.topics
     wanted = {topics.prompts: mix.prompts, topics.events: mix.events}
+    expected = mix.prompts + mix.events
     meter = CpuMeter(stack.cpu_groups(), without_children=[os.getpid()])
-    progress = CommitProgress(stack.bootstrap, stack.consumer_group, list(topics.inbound))
+    progress = CommitProgress(stack.bootstrap, stack.consumer_group, stack.inbound)
     profiler: profiling.PySpy | None = None
     total = len(mix.records)
+    committed = True
     async with OutputCollector(stack.bootstrap, list(wanted)) as collector:
         producer = _producer(stack.bootstrap, linger_ms=10)
         await producer.start()
@@ -201,7 +248,9 @@ async def throughput(
             produced = time.perf_counter()
             deadline = began + limit_s
             outputs_done = await collector.wait(wanted, limit_s=deadline - time.perf_counter())
-            committed = await progress.wait(total, limit_s=max(0.0, deadline - time.perf_counter()))
+            if until == "committed":
+                remaining = max(0.0, deadline - time.perf_counter())
+                committed = await progress.wait(total, limit_s=remaining)
             cpu = meter.stop()
         finally:
             await progress.stop()
@@ -210,17 +259,23 @@ async def throughput(
                 profiler.stop()
     complete = outputs_done and committed
     committed_at = progress.reached_at(total)
-    if complete and committed_at is not None:
-        ended = max(collector.last_arrival, committed_at)
-        done = total
+    if until == "outputs":
+        read = sum(collector.counts.values())
+        ended = collector.last_arrival if complete else time.perf_counter()
+        done = total if complete else round(total * read / max(expected, 1))
+        steady = steady_rate(
+            lambda n: collector.reached_at(None, n), expected, total / max(expected, 1)
+        )
     else:
-        ended = time.perf_counter()
-        done = progress.samples[-1][1] if progress.samples else 0
+        if complete and committed_at is not None:
+            ended = max(collector.last_arrival, committed_at)
+            done = total
+        else:
+            ended = time.perf_counter()
+            done = progress.samples[-1][1] if progress.samples else 0
+        steady = steady_rate(progress.reached_at, total)
     seconds = ended - began
-    # Steady state: the middle 80 % of the inbound records committed.
-    low, high = progress.reached_at(int(total * 0.1)), progress.reached_at(int(total * 0.9))
-    steady = (0.8 * total / (high - low)) if low and high and high > low else 0.0
-    lag = await group_lag(stack.bootstrap, stack.consumer_group, list(topics.inbound))
+    lag = await group_lag(stack.bootstrap, stack.consumer_group, stack.inbound)
     return ThroughputResult(
         processes=len(stack.processes),
         records=total,
@@ -230,10 +285,11 @@ async def throughput(
         rate=round(done / seconds, 1),
         steady_rate=round(steady, 1),
         lag_after=lag,
-        outbox_after=await outbox_rows(stack.database_url),
+        outbox_after=await outbox_rows(stack.database_url) if stack.has_outbox else None,
         rejected=collector.rejected,
         cpu_cores=cpu,
         by_type=dict(mix.by_type),
+        until=until,
         statements=await profiling.statement_summary(asyncpg_dsn(stack.database_url), total),
         profile=None if profiler is None else profiler.summary(),
     )
@@ -271,8 +327,9 @@ class LatencyResult:
     rejected: int
     # Where the time goes (wall clock of one machine): start due -> acknowledged by the
     # broker to the benchmark's producer -> prompt built by the handler (the prompt's
-    # CloudEvent time) -> prompt handed to the relay's producer (its Kafka timestamp) ->
-    # prompt read by the benchmark.
+    # CloudEvent time) -> prompt handed to the producer that publishes it (its Kafka
+    # timestamp; the relay's, or FastStream's in the plain service) -> prompt read by the
+    # benchmark.
     stages: dict[str, dict[str, float]] = field(default_factory=dict)
     samples_ms: list[float] = field(default_factory=list, repr=False)
 
@@ -289,15 +346,19 @@ def percentile(sorted_values: Sequence[float], share: float) -> float:
 
 
 async def prompt_latency(
-    stack: GroupsStack,
+    stack: ServiceStack,
     workload: Workload,
     *,
     starts_per_s: int,
     commands_per_s: int,
     seconds: float,
     drain_s: float,
+    command: Callable[[], Record] | None = None,
 ) -> LatencyResult:
+    """Starts at `starts_per_s` and commands (`command()`, by default the mix's command
+    types) at `commands_per_s` for `seconds`, then up to `drain_s` for the outputs."""
     topics = stack.topics
+    command = command or workload.command
     tag = f"lat{starts_per_s}-{uuid.uuid4().hex[:6]}"
     # Pre-generate the schedule: (offset from t0, record, vaccination_id or None).
     schedule: list[tuple[float, Record, str | None]] = []
@@ -305,7 +366,7 @@ async def prompt_latency(
         vaccination_id = f"{tag}-{n}"
         schedule.append((n / starts_per_s, workload.start(vaccination_id), vaccination_id))
     for n in range(int(commands_per_s * seconds)):
-        schedule.append((n / commands_per_s, workload.command(), None))
+        schedule.append((n / commands_per_s, command(), None))
     schedule.sort(key=lambda item: item[0])
     starts = sum(1 for item in schedule if item[2] is not None)
     commands = len(schedule) - starts
@@ -387,3 +448,64 @@ async def prompt_latency(
         stages=_stages(stages) if stages else {},
         samples_ms=ordered,
     )
+
+
+# A latency load whose prompts do not all arrive, or whose median exceeds this, saturates
+# the service: higher loads would only measure a growing queue, and are skipped.
+SATURATED_P50_MS = 1000.0
+
+
+def saturated(result: LatencyResult) -> bool:
+    return result.received < result.starts or result.p50_ms > SATURATED_P50_MS
+
+
+@dataclass
+class LatencySeries:
+    results: list[LatencyResult] = field(default_factory=list)
+    skipped: dict[int, int] = field(default_factory=dict)  # load -> the load that saturated
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "latency": [r.as_dict() for r in self.results],
+            "latency_skipped": {str(k): v for k, v in self.skipped.items()},
+        }
+
+
+async def latency_series(
+    stack: ServiceStack,
+    workload: Workload,
+    loads: Sequence[int],
+    *,
+    seconds: float,
+    say: Callable[[str], None],
+    command: Callable[[], Record] | None = None,
+) -> LatencySeries:
+    """`prompt_latency` at each load in turn (commands at half the start rate), the
+    service drained between loads; once a load saturates it, the higher ones are skipped."""
+    series = LatencySeries()
+    at: int | None = None
+    for load in loads:
+        if at is not None:
+            series.skipped[load] = at
+            continue
+        say(f"  prompt latency at {load} starts/s (+{load // 2} commands/s)")
+        with client_gc_quiet():
+            result = await prompt_latency(
+                stack,
+                workload,
+                starts_per_s=load,
+                commands_per_s=load // 2,
+                seconds=seconds,
+                drain_s=max(15.0, 2 * seconds),
+                command=command,
+            )
+        series.results.append(result)
+        say(
+            f"  p50 {result.p50_ms} ms, p95 {result.p95_ms} ms, "
+            f"p99 {result.p99_ms} ms ({result.received}/{result.starts} prompts)"
+        )
+        if saturated(result):
+            at = load
+            say("  the service cannot keep up: higher loads are skipped")
+        await drain(stack, limit_s=120)
+    return series

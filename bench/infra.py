@@ -18,7 +18,7 @@ from pathlib import Path
 import asyncpg
 import psutil
 from aiokafka import AIOKafkaConsumer
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import TopicPartition
 
 from devinfra.kafka import LocalKafka
@@ -118,19 +118,20 @@ def service_env(
 
 
 @contextlib.contextmanager
-def groups_processes(
-    env: dict[str, str], count: int, logdir: Path
+def service_processes(
+    module: str, env: dict[str, str], count: int, logdir: Path, *, port_env: str
 ) -> Iterator[list[ServiceProcess]]:
-    """`count` groups service processes in one consumer group; all stopped on exit."""
+    """`count` processes of `python -m module` (one consumer group), each serving HTTP on
+    its own port (`port_env`), logs in `logdir`; all stopped on exit."""
     processes: list[ServiceProcess] = []
     try:
         for index in range(count):
             port = free_port()
             process = ServiceProcess(
-                "services.groups",
-                {**env, "GROUPS_HTTP_PORT": str(port)},
+                module,
+                {**env, port_env: str(port)},
                 port=port,
-                log_path=logdir / f"groups-{index}.log",
+                log_path=logdir / f"{module.rsplit('.', 1)[-1]}-{index}.log",
             )
             processes.append(process)
             process.start(wait=180.0)
@@ -148,6 +149,19 @@ async def admin_client(bootstrap: str) -> AsyncIterator[AIOKafkaAdminClient]:
         yield admin
     finally:
         await admin.close()
+
+
+async def create_topics(bootstrap: str, names: Sequence[str], partitions: int) -> None:
+    """New topics of `partitions` partitions each, once the broker lists them."""
+    async with admin_client(bootstrap) as admin:
+        await admin.create_topics(
+            [NewTopic(name, num_partitions=partitions, replication_factor=1) for name in names]
+        )
+        for _ in range(100):
+            if set(names) <= set(await admin.list_topics()):
+                return
+            await asyncio.sleep(0.1)
+    raise RuntimeError(f"topics {names} not visible")
 
 
 async def wait_group_stable(bootstrap: str, group: str, members: int, limit_s: float) -> None:

@@ -23,9 +23,8 @@ from dataclasses import dataclass
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.admin import NewTopic
 
-from bench.infra import admin_client
+from bench.infra import create_topics
 from bench.workload import Record
 
 BATCH = 500
@@ -49,24 +48,12 @@ class PostgresInsertResult:
     mean_row_bytes: float
 
 
-async def _create_topics(bootstrap: str, names: Sequence[str], partitions: int) -> None:
-    async with admin_client(bootstrap) as admin:
-        await admin.create_topics(
-            [NewTopic(name, num_partitions=partitions, replication_factor=1) for name in names]
-        )
-        for _ in range(100):
-            if set(names) <= set(await admin.list_topics()):
-                return
-            await asyncio.sleep(0.1)
-    raise RuntimeError(f"topics {names} not visible")
-
-
 async def kafka_pipe(
     bootstrap: str, records: Sequence[Record], *, suffix: str, partitions: int, limit_s: float
 ) -> KafkaPipeResult:
     """Pre-fill an input topic with `records`, then time consume -> produce of all of them."""
     source, sink = f"bench-pipe-in.{suffix}", f"bench-pipe-out.{suffix}"
-    await _create_topics(bootstrap, [source, sink], partitions)
+    await create_topics(bootstrap, [source, sink], partitions)
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap, enable_idempotence=True, acks="all", linger_ms=10,
         max_batch_size=256 * 1024,

@@ -10,34 +10,33 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import gc
 import logging
 import math
 import signal
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from bench import limits
+from bench import limits, versus
 from bench.export import ExportResult, export_backfill
 from bench.groups import (
-    LatencyResult,
+    LatencySeries,
     ThroughputResult,
-    drain,
+    client_gc_quiet,
     groups_stack,
-    prompt_latency,
+    latency_series,
     throughput,
     warm_up,
 )
 from bench.infra import Databases, asyncpg_dsn, local_infrastructure
 from bench.machine import load_average, machine_facts
 from bench.report import Row, check, millis, rate, render, render_facts, write_json
-from bench.workload import Workload
+from bench.workload import VERSUS_MIX, Workload
 from devinfra.provider import Infrastructure
 
 log = logging.getLogger("bench")
@@ -49,9 +48,7 @@ EXPORT_RATE = 20_000
 EXPORT_RSS_MIB = 300.0
 RSS_GROWTH = 1.15  # peak RSS at the largest size / at the smallest
 SCALING = 1.6
-# A latency load whose prompts do not all arrive, or whose median exceeds this, saturates
-# the service: higher loads would only measure a growing queue, and are skipped.
-SATURATED_P50_MS = 1000.0
+LOADS = (20, 200, 500, 1000)  # starts/s of the latency phases (issue 17's loads)
 
 
 @dataclass(frozen=True)
@@ -64,10 +61,14 @@ class Config:
     latency_seconds: float
     loads: tuple[int, ...]
     export_rows: tuple[int, ...]
+    # The comparison: the groups service's record count, then the plain service's (the
+    # first records of the same mix): each window lasts several seconds at its rate.
+    versus_records: int
+    versus_plain_records: int
     partitions: int = 6
 
     @staticmethod
-    def of(mode: str) -> Config:
+    def of(mode: str, loads: tuple[int, ...] | None = None) -> Config:
         if mode == "full":
             return Config(
                 mode="full",
@@ -76,8 +77,10 @@ class Config:
                 throughput_records=100_000,
                 warm_records=1_000,
                 latency_seconds=20.0,
-                loads=(100, 500, 1000),
+                loads=loads or LOADS,
                 export_rows=(100_000, 1_000_000),
+                versus_records=100_000,
+                versus_plain_records=10_000,
             )
         return Config(
             mode="quick",
@@ -86,32 +89,15 @@ class Config:
             throughput_records=10_000,
             warm_records=200,
             latency_seconds=3.0,
-            loads=(100, 500, 1000),
+            loads=loads or LOADS,
             export_rows=(50_000,),
+            versus_records=20_000,
+            versus_plain_records=3_000,
         )
 
 
 def _say(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-@contextlib.contextmanager
-def client_gc_quiet() -> Iterator[None]:
-    """Keeps this process's garbage collector out of a measured phase.
-
-    This process produces the load and reads the outputs; it holds the pre-generated
-    mixes, and its full collections paused it for 80-420 ms (measured with
-    `gc.callbacks` in a full run, several inside the latency phases), which delayed
-    sends and reads and was counted against the service. Reference counting still frees
-    almost everything during a phase; what is left is collected between phases."""
-    gc.collect()
-    gc.freeze()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
-        gc.unfreeze()
 
 
 class Errors(dict[str, str]):
@@ -130,7 +116,8 @@ class Errors(dict[str, str]):
 async def run(infra: Infrastructure, config: Config, args: argparse.Namespace) -> dict[str, Any]:
     out: Path = args.out
     logdir = out.parent / "logs"
-    results: dict[str, Any] = {"mode": config.mode, "config": config.__dict__}
+    phases: tuple[str, ...] = args.phases
+    results: dict[str, Any] = {"mode": config.mode, "config": config.__dict__, "phases": phases}
     databases = Databases(infra)
     errors = Errors()
     figures = Figures()
@@ -149,74 +136,79 @@ async def run(infra: Infrastructure, config: Config, args: argparse.Namespace) -
         repeat = config.limit_records // len(mix.records) + 1
         limit_records = (mix.records * repeat)[: config.limit_records]
 
-        async with errors.guard("limit 1"):
-            _say(f"limit 1: raw aiokafka consume->produce pipe, {len(limit_records):,} records")
-            with client_gc_quiet():
-                figures.pipe = await limits.kafka_pipe(
-                    infra.kafka_bootstrap,
-                    limit_records,
-                    suffix=uuid.uuid4().hex[:8],
-                    partitions=config.partitions,
-                    limit_s=300,
+        if "limits" in phases:
+            async with errors.guard("limit 1"):
+                _say(f"limit 1: raw aiokafka consume->produce pipe, {len(limit_records):,} records")
+                with client_gc_quiet():
+                    figures.pipe = await limits.kafka_pipe(
+                        infra.kafka_bootstrap,
+                        limit_records,
+                        suffix=uuid.uuid4().hex[:8],
+                        partitions=config.partitions,
+                        limit_s=300,
+                    )
+                _say(f"  {figures.pipe.rate:,.0f} records/s")
+            async with errors.guard("limit 2"):
+                _say(
+                    f"limit 2: raw asyncpg inserts, {len(limit_records):,} rows, "
+                    "500 per transaction"
                 )
-            _say(f"  {figures.pipe.rate:,.0f} records/s")
-        async with errors.guard("limit 2"):
-            _say(f"limit 2: raw asyncpg inserts, {len(limit_records):,} rows, 500 per transaction")
-            pg_url = await databases.create("bench_limit")
-            with client_gc_quiet():
-                figures.inserts = await limits.postgres_inserts(asyncpg_dsn(pg_url), limit_records)
-            _say(
-                f"  executemany {figures.inserts.executemany_rate:,.0f} rows/s, "
-                f"COPY {figures.inserts.copy_rate:,.0f}"
-            )
+                pg_url = await databases.create("bench_limit")
+                with client_gc_quiet():
+                    figures.inserts = await limits.postgres_inserts(
+                        asyncpg_dsn(pg_url), limit_records
+                    )
+                _say(
+                    f"  executemany {figures.inserts.executemany_rate:,.0f} rows/s, "
+                    f"COPY {figures.inserts.copy_rate:,.0f}"
+                )
 
         limit_s = max(120.0, len(mix.records) / 50)
-        async with errors.guard("groups, 1 process"):
-            _say("groups service, 1 process: seeding, starting, warming up")
-            async with groups_stack(
-                infra, databases, workload, processes=1, partitions=config.partitions,
-                logdir=logdir,
-            ) as stack:  # fmt: skip
-                await warm_up(stack, warm)
-                _say(f"  throughput: {len(mix.records):,} records produced as fast as possible")
-                with client_gc_quiet():
-                    figures.throughputs[1] = await throughput(stack, mix, limit_s=limit_s)
-                _say(f"  {figures.throughputs[1].rate:,.0f} records/s end to end")
-                saturated: int | None = None
-                for load in config.loads:
-                    if saturated is not None:
-                        figures.skipped_loads[load] = saturated
-                        continue
-                    _say(f"  prompt latency at {load} starts/s (+{load // 2} commands/s)")
+        if "groups" in phases:
+            async with errors.guard("groups, 1 process"):
+                _say("groups service, 1 process: seeding, starting, warming up")
+                async with groups_stack(
+                    infra, databases, workload, processes=1, partitions=config.partitions,
+                    logdir=logdir,
+                ) as stack:  # fmt: skip
+                    await warm_up(stack, warm)
+                    _say(f"  throughput: {len(mix.records):,} records produced as fast as possible")
                     with client_gc_quiet():
-                        result = await prompt_latency(
-                            stack,
-                            workload,
-                            starts_per_s=load,
-                            commands_per_s=load // 2,
-                            seconds=config.latency_seconds,
-                            drain_s=max(15.0, 2 * config.latency_seconds),
-                        )
-                    figures.latencies.append(result)
-                    _say(
-                        f"  p50 {result.p50_ms} ms, p95 {result.p95_ms} ms, "
-                        f"p99 {result.p99_ms} ms ({result.received}/{result.starts} prompts)"
+                        figures.throughputs[1] = await throughput(stack, mix, limit_s=limit_s)
+                    _say(f"  {figures.throughputs[1].rate:,.0f} records/s end to end")
+                    figures.latency = await latency_series(
+                        stack, workload, config.loads, seconds=config.latency_seconds, say=_say
                     )
-                    if result.received < result.starts or result.p50_ms > SATURATED_P50_MS:
-                        saturated = load
-                        _say("  the service cannot keep up: higher loads are skipped")
-                    await drain(stack, limit_s=120)
 
-        async with errors.guard("groups, 2 processes"):
-            _say("groups service, 2 processes in one consumer group")
-            async with groups_stack(
-                infra, databases, workload, processes=2, partitions=config.partitions,
+        if "scaling" in phases:
+            async with errors.guard("groups, 2 processes"):
+                _say("groups service, 2 processes in one consumer group")
+                async with groups_stack(
+                    infra, databases, workload, processes=2, partitions=config.partitions,
+                    logdir=logdir,
+                ) as stack:  # fmt: skip
+                    await warm_up(stack, warm)
+                    with client_gc_quiet():
+                        figures.throughputs[2] = await throughput(stack, mix, limit_s=limit_s)
+                    _say(f"  {figures.throughputs[2].rate:,.0f} records/s end to end")
+
+        if "versus" in phases:
+            versus_warm = workload.mix(config.warm_records, VERSUS_MIX)
+            versus_mix = workload.mix(config.versus_records, VERSUS_MIX)
+            figures.versus = await versus.compare(
+                infra,
+                databases,
+                workload,
+                warm=versus_warm,
+                mix=versus_mix,
+                plain_records=config.versus_plain_records,
+                loads=config.loads,
+                seconds=config.latency_seconds,
+                partitions=config.partitions,
                 logdir=logdir,
-            ) as stack:  # fmt: skip
-                await warm_up(stack, warm)
-                with client_gc_quiet():
-                    figures.throughputs[2] = await throughput(stack, mix, limit_s=limit_s)
-                _say(f"  {figures.throughputs[2].rate:,.0f} records/s end to end")
+                say=_say,
+                guard=errors.guard,
+            )
 
         if args.profile:
             async with errors.guard("profile"):
@@ -236,7 +228,7 @@ async def run(infra: Infrastructure, config: Config, args: argparse.Namespace) -
                     results["profile"] = profiled.as_dict()
                     _say(f"  {profiled.rate:,.0f} records/s under the profiler")
 
-        for rows in config.export_rows:
+        for rows in config.export_rows if "export" in phases else ():
             async with errors.guard(f"export {rows:,}"):
                 _say(f"export backfill of {rows:,} memberships")
                 exported = await export_backfill(
@@ -255,8 +247,8 @@ async def run(infra: Infrastructure, config: Config, args: argparse.Namespace) -
             "postgres_insert": None if figures.inserts is None else figures.inserts.__dict__,
         }
         results["throughput"] = {str(k): v.as_dict() for k, v in figures.throughputs.items()}
-        results["latency"] = [r.as_dict() for r in figures.latencies]
-        results["latency_skipped"] = {str(k): v for k, v in figures.skipped_loads.items()}
+        results.update(figures.latency.as_dict())
+        results["versus"] = {name: f.as_dict() for name, f in figures.versus.items()}
         results["export"] = [e.as_dict() for e in figures.exports]
         results["errors"] = dict(errors)
         results["rows"] = table(figures, errors)
@@ -270,9 +262,9 @@ class Figures:
     pipe: limits.KafkaPipeResult | None = None
     inserts: limits.PostgresInsertResult | None = None
     throughputs: dict[int, ThroughputResult] = field(default_factory=dict)
-    latencies: list[LatencyResult] = field(default_factory=list)
+    latency: LatencySeries = field(default_factory=LatencySeries)
     exports: list[ExportResult] = field(default_factory=list)
-    skipped_loads: dict[int, int] = field(default_factory=dict)  # load -> saturated at
+    versus: dict[str, versus.ServiceFigures] = field(default_factory=dict)
 
 
 def table(figures: Figures, errors: Errors) -> list[Row]:
@@ -302,7 +294,7 @@ def table(figures: Figures, errors: Errors) -> list[Row]:
         else:
             rows.append(Row("groups end to end, 1 process", value))
         rows.append(Row("(steady state, middle 80 % committed)", rate(one.steady_rate)))
-    for result in figures.latencies:
+    for result in figures.latency.results:
         load = result.offered_starts_per_s
         label = f"prompt latency @{load} starts/s"
         if result.received < result.starts:
@@ -319,7 +311,7 @@ def table(figures: Figures, errors: Errors) -> list[Row]:
                 result.p99_ms < P99_TARGET_MS if target else None,
             )
         )
-    for load, at in figures.skipped_loads.items():
+    for load, at in figures.latency.skipped.items():
         rows.append(
             check(
                 f"prompt latency @{load} starts/s p99",
@@ -341,6 +333,7 @@ def table(figures: Figures, errors: Errors) -> list[Row]:
                 two.complete and ratio is not None and ratio >= SCALING,
             )
         )
+    rows.extend(versus.rows(figures.versus))
     for exported in figures.exports:
         size = f"{exported.rows:,}"
         rows.append(
@@ -381,7 +374,7 @@ def _terminate(_signum: int, _frame: FrameType | None) -> None:
 
 
 def main(args: argparse.Namespace, source: str) -> int:
-    config = Config.of("full" if args.full else "quick")
+    config = Config.of("full" if args.full else "quick", args.loads)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     signal.signal(signal.SIGTERM, _terminate)
     began = time.monotonic()

@@ -58,6 +58,30 @@ MIX = {
     "customer_group.update": 0.10,
     "customer_group.remove": 0.05,
 }
+# The comparison with the plain FastStream service: only the two types it handles, two
+# starts per add (as the latency phases offer them: adds at half the start rate).
+VERSUS_MIX = {"vaccination.started": 2 / 3, "customer_group.add": 1 / 3}
+
+# What `Workload.seed` writes, table by table; the plain service's database takes only
+# the first two (it keeps no bookings nor prompts).
+SEED_TABLES = ("customers", "memberships", "bookings", "prompts")
+_SEED_COLUMNS: dict[str, list[str]] = {
+    "customers": ["personnummer", "first_name", "last_name", "created_at", "updated_at"],
+    "memberships": [
+        "membership_id", "personnummer", "group_code", "subgroup_code", "reference_code",
+        "valid_from", "valid_to", "version", "status", "created_at", "updated_at",
+        "created_by_user", "created_by_unit", "updated_by_user", "updated_by_unit",
+    ],
+    "bookings": [
+        "booking_id", "unit_id", "personnummer", "start_time", "vaccine_code", "vaccine_name",
+        "dose", "requested_group_code", "requested_subgroup_code", "status",
+        "source_event_time", "updated_at",
+    ],
+    "prompts": [
+        "prompt_id", "vaccination_id", "personnummer", "unit_id", "user_id", "booking_id",
+        "vaccine_code", "event", "created_at", "closed_at",
+    ],
+}  # fmt: skip
 
 
 def personnummer(index: int) -> str:
@@ -94,6 +118,21 @@ class Mix:
     def mean_bytes(self) -> float:
         return sum(len(r.value) for r in self.records) / max(len(self.records), 1)
 
+    def append(self, record: Record) -> None:
+        self.records.append(record)
+        self.by_type[record.type] = self.by_type.get(record.type, 0) + 1
+        if record.kind == "started":
+            self.prompts += 1
+        elif record.kind == "commands":
+            self.events += 1
+
+    def head(self, count: int) -> Mix:
+        """The first `count` records, counted afresh."""
+        first = Mix([])
+        for record in self.records[:count]:
+            first.append(record)
+        return first
+
 
 class Workload:
     """Seed rows and a stream of valid inbound records over `customers` customers."""
@@ -116,18 +155,15 @@ class Workload:
 
     # -- seed ------------------------------------------------------------------
 
-    async def seed(self, dsn: str) -> None:
-        """COPY the seed rows into a migrated, empty groups database, then ANALYZE."""
+    def seed_rows(self) -> dict[str, list[tuple[Any, ...]]]:
+        """The seed rows of each table in `SEED_TABLES`, in `_SEED_COLUMNS` order."""
         now = self.now
-        customers: list[tuple[Any, ...]] = []
-        memberships: list[tuple[Any, ...]] = []
-        bookings: list[tuple[Any, ...]] = []
-        prompts: list[tuple[Any, ...]] = []
+        rows: dict[str, list[tuple[Any, ...]]] = {name: [] for name in SEED_TABLES}
         for i, pnr in enumerate(self.people):
             first, last = FIRST_NAMES[i % len(FIRST_NAMES)], LAST_NAMES[i % len(LAST_NAMES)]
-            customers.append((pnr, first, last, now, now))
+            rows["customers"].append((pnr, first, last, now, now))
             unit, user = UNITS[i % len(UNITS)], USERS[i % len(USERS)]
-            memberships.append(
+            rows["memberships"].append(
                 (
                     seed_membership_id(i, "active"), pnr, SEED_GROUP[0], SEED_GROUP[1],
                     f"REF-{i:07d}", date(2025, 1, 1), None, 1, "active", now, now, user, unit,
@@ -135,7 +171,7 @@ class Workload:
                 )
             )  # fmt: skip
             if i % 2 == 0:
-                memberships.append(
+                rows["memberships"].append(
                     (
                         seed_membership_id(i, "historical"), pnr, *HISTORICAL_GROUP,
                         None, date(2022, 10, 1), date(2023, 9, 27), 2, "historical",
@@ -143,7 +179,7 @@ class Workload:
                     )
                 )  # fmt: skip
             vaccine = VACCINES[i % len(VACCINES)]
-            bookings.append(
+            rows["bookings"].append(
                 (
                     f"seed-b-{i}", unit, pnr, now + timedelta(hours=1 + i % 200),
                     vaccine["code"], vaccine["name"], 1,
@@ -153,47 +189,25 @@ class Workload:
                 )
             )  # fmt: skip
             vaccination_id = f"seed-v-{i}"
-            prompts.append(
+            rows["prompts"].append(
                 (
                     prompt_id_for(vaccination_id), vaccination_id, pnr, unit, user,
                     f"seed-b-{i}", vaccine["code"], b'{"seeded":true}', now, None,
                 )
             )  # fmt: skip
+        return rows
+
+    async def seed(self, dsn: str, tables: Sequence[str] = SEED_TABLES) -> None:
+        """COPY the seed rows of `tables` into a database whose tables exist and are
+        empty, then ANALYZE."""
+        rows = self.seed_rows()
         connection = await asyncpg.connect(dsn)
         try:
             async with connection.transaction():
-                await connection.copy_records_to_table(
-                    "customers",
-                    records=customers,
-                    columns=["personnummer", "first_name", "last_name", "created_at", "updated_at"],
-                )
-                await connection.copy_records_to_table(
-                    "memberships",
-                    records=memberships,
-                    columns=[
-                        "membership_id", "personnummer", "group_code", "subgroup_code",
-                        "reference_code", "valid_from", "valid_to", "version", "status",
-                        "created_at", "updated_at", "created_by_user", "created_by_unit",
-                        "updated_by_user", "updated_by_unit",
-                    ],
-                )  # fmt: skip
-                await connection.copy_records_to_table(
-                    "bookings",
-                    records=bookings,
-                    columns=[
-                        "booking_id", "unit_id", "personnummer", "start_time", "vaccine_code",
-                        "vaccine_name", "dose", "requested_group_code", "requested_subgroup_code",
-                        "status", "source_event_time", "updated_at",
-                    ],
-                )  # fmt: skip
-                await connection.copy_records_to_table(
-                    "prompts",
-                    records=prompts,
-                    columns=[
-                        "prompt_id", "vaccination_id", "personnummer", "unit_id", "user_id",
-                        "booking_id", "vaccine_code", "event", "created_at", "closed_at",
-                    ],
-                )  # fmt: skip
+                for table in tables:
+                    await connection.copy_records_to_table(
+                        table, records=rows[table], columns=_SEED_COLUMNS[table]
+                    )
             await connection.execute("ANALYZE")
         finally:
             await connection.close()
@@ -333,15 +347,12 @@ class Workload:
             return self.close()
         return self.add()
 
-    def mix(self, count: int) -> Mix:
-        types: Sequence[str] = self.rng.choices(list(MIX), weights=list(MIX.values()), k=count)
+    def mix(self, count: int, shares: dict[str, float] = MIX) -> Mix:
+        """`count` records drawn with `shares` (MIX, or VERSUS_MIX: starts and adds only)."""
+        types: Sequence[str] = self.rng.choices(
+            list(shares), weights=list(shares.values()), k=count
+        )
         result = Mix([])
         for type_ in types:
-            record = self.make(type_)
-            result.records.append(record)
-            result.by_type[record.type] = result.by_type.get(record.type, 0) + 1
-            if record.kind == "started":
-                result.prompts += 1
-            elif record.kind == "commands":
-                result.events += 1
+            result.append(self.make(type_))
         return result

@@ -63,7 +63,7 @@ class ServiceProcess:
                 )
             try:
                 with urllib.request.urlopen(f"{self.url}/readyz", timeout=2) as response:  # noqa: S310
-                    if response.status == 200:
+                    if 200 <= response.status < 300:  # FastStream's own ping answers 204
                         return
             except (urllib.error.URLError, OSError):
                 pass
