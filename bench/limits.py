@@ -176,7 +176,7 @@ async def _hop(
 ) -> tuple[list[float], list[float]]:
     """Latencies (ms) of `records` records sent one at a time, and of their commits."""
     topic = f"bench-floor.{uuid.uuid4().hex[:8]}"
-    await _create_topics(bootstrap, [topic], 6)
+    await create_topics(bootstrap, [topic], 6)
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap,
         enable_idempotence=True,
