@@ -85,8 +85,8 @@ def _rev_parse(spec: str) -> str:
     return result.stdout.strip()
 
 
-def reexec_with(root: Path, description: str, argv: list[str]) -> None:
-    """Run `python -m bench argv` again with `root`'s services first on the path."""
+def reexec_with(root: Path, description: str, argv: list[str], *, module: str = "bench") -> None:
+    """Run `python -m <module> argv` again with `root`'s services first on the path."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
         [str(root), str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]
@@ -95,7 +95,7 @@ def reexec_with(root: Path, description: str, argv: list[str]) -> None:
     env[SOURCE_ENV] = description
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(sys.executable, [sys.executable, "-m", "bench", *argv], env)
+    os.execve(sys.executable, [sys.executable, "-m", module, *argv], env)
 
 
 def check_imported(root_hint: str) -> str:
