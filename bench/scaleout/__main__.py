@@ -9,7 +9,6 @@ and stops everything it started. The services' code is frozen for the run, as fo
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -29,12 +28,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
         default="wired,2000",
         help="relay round sizes to try, comma-separated; 'wired' = as the service wires it",
     )
-    parser.add_argument(
-        "--services-from",
-        metavar="REV|DIR",
-        help="measure services/ of a git revision or of another checkout "
-        "(default: the working tree, copied at start)",
-    )
+    source.add_services_from(parser)
     parser.add_argument("--out", type=Path, default=Path(".run/bench/scaleout.json"))
     return parser.parse_args(argv)
 
@@ -42,13 +36,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     arguments = sys.argv[1:] if argv is None else argv
     args = parse(arguments)
-    description = os.environ.get(source.SOURCE_ENV)
-    if description is None:
-        root, description = source.prepare(args.services_from, args.out.resolve().parent)
-        source.reexec_with(root, description, arguments, module="bench.scaleout")
+    imported = source.frozen(
+        args.services_from, args.out.resolve().parent, arguments, module="bench.scaleout"
+    )
     from bench.scaleout import run
 
-    return run.main(args, source.check_imported(description))
+    return run.main(args, imported)
 
 
 if __name__ == "__main__":

@@ -11,13 +11,12 @@ import signal
 import sys
 import time
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from bench.infra import Databases, local_infrastructure
 from bench.machine import load_average, machine_facts
 from bench.report import Row, rate, render, render_facts, write_json
-from bench.runner import Errors
+from bench.runner import Errors, _terminate
 from bench.scaleout import model
 from bench.scaleout.relay import RelayCost, relay_alone
 from bench.scaleout.service import ServiceCost, measure_service
@@ -232,10 +231,6 @@ def table(
             )
         )
     return rows
-
-
-def _terminate(_signum: int, _frame: FrameType | None) -> None:
-    raise KeyboardInterrupt  # unwinds through every context manager: nothing is left running
 
 
 def main(args: argparse.Namespace, source: str) -> int:
