@@ -197,3 +197,13 @@ async def statement_totals(dsn: str, pattern: str) -> dict[str, int] | None:
     if row is None or row["calls"] is None:
         return None
     return {"calls": int(row["calls"]), "rows": int(row["rows"])}
+
+
+async def wal_position(dsn: str) -> int:
+    """The server's current WAL position in bytes: the difference of two is the WAL
+    written between them, by every database of the server."""
+    connection = await asyncpg.connect(dsn)
+    try:
+        return int(await connection.fetchval("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn"))
+    finally:
+        await connection.close()

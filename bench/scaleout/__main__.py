@@ -21,7 +21,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
         "--records", type=int, default=20_000, help="inbound records of the mix (part 1)"
     )
     parser.add_argument(
-        "--relay-rows", type=int, default=50_000, help="outbox rows the relay drains (part 2)"
+        "--relay-rows", type=int, default=100_000, help="outbox rows the relay drains (part 2)"
     )
     parser.add_argument(
         "--batch-sizes",

@@ -77,6 +77,7 @@ class RelayCost:
     relay_cores: float  # CPU of the relay's process / window: 1.0 = one core busy
     machine_cores: float
     relay_reads: dict[str, int] | None  # calls and rows of the relay's reads
+    wal_bytes_per_row: float  # PostgreSQL's WAL written in the window, per row
     state: str
     by_kind: dict[str, int] = field(default_factory=dict)
     statements: dict[str, Any] = field(default_factory=dict)
@@ -245,12 +246,14 @@ async def relay_alone(
             raise TimeoutError(f"relay warm-up: {relay.count} of {WARM_ROWS} rows in 60 s")
         await profiling.reset_statements(dsn)
         by_kind = await fill_outbox(dsn, samples, topics, rows, WARM_ROWS)
+        wal = await profiling.wal_position(dsn)
         meter.start()
         began = time.perf_counter()
         await relay.send("wake")
         complete = await relay.wait_published(WARM_ROWS + rows, limit_s=limit_s)
         ended = time.perf_counter()
         cores = meter.stop()
+        wal = await profiling.wal_position(dsn) - wal
         statements = await profiling.statement_summary(dsn, rows)
         reads = await profiling.statement_totals(dsn, RELAY_READS)
         left = await outbox_rows(url)
@@ -276,6 +279,7 @@ async def relay_alone(
         relay_cores=cores["outbox relay"],
         machine_cores=cores["whole machine"],
         relay_reads=reads,
+        wal_bytes_per_row=round(wal / rows, 1),
         state=relay.state,
         by_kind=by_kind,
         statements=statements,

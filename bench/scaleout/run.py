@@ -177,6 +177,9 @@ def table(
             Row("   outputs per inbound record", f"{service.outputs / service.records:.2f}")
         )
         rows.append(Row("   relay: rows per read of the outbox", _per_read(service.relay_reads)))
+        rows.append(
+            Row("   PostgreSQL WAL per inbound record", f"{service.wal_bytes_per_record:,.0f} B")
+        )
     for relayed in relays:
         done = "" if relayed.complete else f" (incomplete: {relayed.read_back:,} read back)"
         rows.append(
@@ -188,9 +191,9 @@ def table(
         )
         rows.append(
             Row(
-                "   rows per read; machine busy",
-                f"{_per_read(relayed.relay_reads)}; {relayed.machine_cores:.2f} of "
-                f"{os.cpu_count()} cores",
+                "   rows per read; WAL per row; machine busy",
+                f"{_per_read(relayed.relay_reads)}; {relayed.wal_bytes_per_row:,.0f} B; "
+                f"{relayed.machine_cores:.2f} of {os.cpu_count()} cores",
             )
         )
         per = relayed.cpu_ms_per_1000

@@ -60,6 +60,7 @@ class ServiceCost:
     cpu_ms_per_1000: dict[str, float]  # per 1,000 inbound records
     ended_cpu_seconds: dict[str, float]  # of processes that ended in the window
     relay_reads: dict[str, int] | None  # calls and rows of the relay's reads
+    wal_bytes_per_record: float  # PostgreSQL's WAL written in the window, per record
     throughput: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -89,12 +90,15 @@ async def measure_service(
     ) as stack:
         await warm_up(stack, warm)
         meter = CpuMeter(stack.cpu_groups(), without_children=[os.getpid()])
+        dsn = asyncpg_dsn(stack.database_url)
+        wal = await profiling.wal_position(dsn)
         with client_gc_quiet():
             meter.start()
             result = await throughput(stack, mix, limit_s=max(120.0, len(mix.records) / 50))
             meter.stop()
+        wal = await profiling.wal_position(dsn) - wal
         # throughput() reset the statistics at its start.
-        reads = await profiling.statement_totals(asyncpg_dsn(stack.database_url), RELAY_READS)
+        reads = await profiling.statement_totals(dsn, RELAY_READS)
         inbound = await partitions_of(stack.bootstrap, stack.topics.inbound)
         counts = {
             topic: sum(1 for p in inbound if p.topic == topic) for topic in stack.topics.inbound
@@ -114,6 +118,7 @@ async def measure_service(
         cpu_ms_per_1000=per_1000(meter.cpu_seconds, result.records),
         ended_cpu_seconds=meter.ended_seconds,
         relay_reads=reads,
+        wal_bytes_per_record=round(wal / max(result.records, 1), 1),
         throughput=result.as_dict(),
     )
     return cost, outputs, counts
