@@ -80,6 +80,7 @@ class RelayCost:
     wal_bytes_per_row: float  # PostgreSQL's WAL written in the window, per row
     state: str
     by_kind: dict[str, int] = field(default_factory=dict)
+    mean_value_bytes: dict[str, float] = field(default_factory=dict)  # by kind
     statements: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -282,8 +283,16 @@ async def relay_alone(
         wal_bytes_per_row=round(wal / rows, 1),
         state=relay.state,
         by_kind=by_kind,
+        mean_value_bytes=mean_sizes(samples),
         statements=statements,
     )
+
+
+def mean_sizes(samples: list[OutputRow]) -> dict[str, float]:
+    sizes: dict[str, list[int]] = {}
+    for row in samples:
+        sizes.setdefault(row.kind, []).append(len(row.value or b""))
+    return {kind: round(sum(found) / len(found), 1) for kind, found in sizes.items()}
 
 
 def _server_groups(infra: Infrastructure) -> dict[str, list[int]]:
