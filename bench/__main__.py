@@ -10,7 +10,6 @@ code is frozen for the run (see `bench.source`); nothing here imports it before 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -50,12 +49,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
         action="store_true",
         help="also run the groups service once more under py-spy, with its SQL counted",
     )
-    parser.add_argument(
-        "--services-from",
-        metavar="REV|DIR",
-        help="measure services/ of a git revision or of another checkout "
-        "(default: the working tree, copied at start)",
-    )
+    source.add_services_from(parser)
     parser.add_argument(
         "--only",
         dest="phases",
@@ -78,13 +72,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     arguments = sys.argv[1:] if argv is None else argv
     args = parse(arguments)
-    description = os.environ.get(source.SOURCE_ENV)
-    if description is None:
-        root, description = source.prepare(args.services_from, args.out.resolve().parent)
-        source.reexec_with(root, description, arguments)  # does not return
+    imported = source.frozen(
+        args.services_from, args.out.resolve().parent, arguments, module="bench"
+    )
     from bench import runner
 
-    return runner.main(args, source.check_imported(description))
+    return runner.main(args, imported)
 
 
 if __name__ == "__main__":

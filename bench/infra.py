@@ -271,7 +271,12 @@ async def outbox_rows(database_url: str) -> int:
 
 
 class CpuMeter:
-    """CPU seconds used by named groups of processes (children included) over a window."""
+    """CPU seconds used by named groups of processes (children included) over a window.
+
+    A group's children that end during the window still count: PostgreSQL's autovacuum
+    workers (and a backend whose connection closes) exit and are reaped by the postmaster,
+    so their time is read from the root's reaped-children times, less what they had used
+    before the window."""
 
     def __init__(
         self, groups: dict[str, list[int]], *, without_children: Iterable[int] = ()
@@ -279,8 +284,13 @@ class CpuMeter:
         self._groups = groups
         self._flat = set(without_children)
         self._start: dict[int, float] = {}
+        self._reaped: dict[int, float] = {}  # root pid -> its reaped children's CPU at start
+        self._children: dict[str, set[int]] = {}  # by group: the roots' children at start
         self._began = 0.0
         self._machine = 0.0
+        self.wall = 0.0  # seconds of the last window
+        self.cpu_seconds: dict[str, float] = {}  # of the last window, by group
+        self.ended_seconds: dict[str, float] = {}  # of it, by processes that ended in it
 
     def _tree(self, pid: int) -> list[psutil.Process]:
         try:
@@ -299,6 +309,24 @@ class CpuMeter:
             return 0.0
         return float(times.user + times.system)
 
+    def _reaped_cpu(self, pid: int) -> float:
+        if pid in self._flat:
+            return 0.0
+        try:
+            times = psutil.Process(pid).cpu_times()
+        except psutil.Error:
+            return 0.0
+        return float(times.children_user + times.children_system)
+
+    def _direct_children(self, pids: list[int]) -> set[int]:
+        found: set[int] = set()
+        for pid in pids:
+            if pid in self._flat:
+                continue
+            with contextlib.suppress(psutil.Error):
+                found.update(child.pid for child in psutil.Process(pid).children())
+        return found
+
     def start(self) -> None:
         self._began = time.monotonic()
         busy = psutil.cpu_times()
@@ -309,20 +337,36 @@ class CpuMeter:
             for pid in pids
             for process in self._tree(pid)
         }
+        self._reaped = {
+            pid: self._reaped_cpu(pid) for pids in self._groups.values() for pid in pids
+        }
+        self._children = {name: self._direct_children(pids) for name, pids in self._groups.items()}
 
     def stop(self) -> dict[str, float]:
         """Cores used on average by each group during the window (1.0 = one core busy),
-        and the whole machine's (from /proc/stat), which shows the neighbours' share."""
+        and the whole machine's (from /proc/stat), which shows the neighbours' share.
+        `cpu_seconds` and `wall` keep the window's CPU seconds by group and its length."""
         wall = max(time.monotonic() - self._began, 1e-9)
         used: dict[str, float] = {}
+        self.cpu_seconds, self.ended_seconds = {}, {}
         for name, pids in self._groups.items():
-            seconds = 0.0
+            seconds = ended = 0.0
+            alive: set[int] = set()
             for pid in pids:
+                ended += self._reaped_cpu(pid) - self._reaped.get(pid, 0.0)
                 for process in self._tree(pid):
+                    alive.add(process.pid)
                     seconds += self._cpu(process) - self._start.get(process.pid, 0.0)
+            # Ended during the window: their whole time is in the reaped figure above.
+            # (A deeper descendant that ended is reaped by its parent, and not counted.)
+            ended -= sum(self._start.get(gone, 0.0) for gone in self._children[name] - alive)
+            seconds += ended
+            self.ended_seconds[name] = round(ended, 3)
+            self.cpu_seconds[name] = round(seconds, 3)
             used[name] = round(seconds / wall, 2)
         busy = psutil.cpu_times()
-        used["whole machine"] = round(
-            (busy.user + busy.system + busy.nice - self._machine) / wall, 2
-        )
+        machine = busy.user + busy.system + busy.nice - self._machine
+        used["whole machine"] = round(machine / wall, 2)
+        self.cpu_seconds["whole machine"] = round(machine, 3)
+        self.wall = wall
         return used

@@ -179,3 +179,31 @@ async def statement_summary(dsn: str, records: int, *, top: int = 20) -> dict[st
             for r in own[:top]
         ],
     }
+
+
+async def statement_totals(dsn: str, pattern: str) -> dict[str, int] | None:
+    """Executions and rows (returned or affected) of this database's statements whose
+    text matches `pattern` (SQL LIKE), since the last reset; None when none matches."""
+    connection = await asyncpg.connect(dsn)
+    try:
+        row = await connection.fetchrow(
+            "SELECT sum(calls) AS calls, sum(rows) AS rows FROM pg_stat_statements "
+            "WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+            "AND query LIKE $1",
+            pattern,
+        )
+    finally:
+        await connection.close()
+    if row is None or row["calls"] is None:
+        return None
+    return {"calls": int(row["calls"]), "rows": int(row["rows"])}
+
+
+async def wal_position(dsn: str) -> int:
+    """The server's current WAL position in bytes: the difference of two is the WAL
+    written between them, by every database of the server."""
+    connection = await asyncpg.connect(dsn)
+    try:
+        return int(await connection.fetchval("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn"))
+    finally:
+        await connection.close()

@@ -10,6 +10,7 @@ environment and import the same copy.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import io
 import os
@@ -85,8 +86,8 @@ def _rev_parse(spec: str) -> str:
     return result.stdout.strip()
 
 
-def reexec_with(root: Path, description: str, argv: list[str]) -> None:
-    """Run `python -m bench argv` again with `root`'s services first on the path."""
+def reexec_with(root: Path, description: str, argv: list[str], *, module: str = "bench") -> None:
+    """Run `python -m <module> argv` again with `root`'s services first on the path."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
         [str(root), str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]
@@ -95,7 +96,7 @@ def reexec_with(root: Path, description: str, argv: list[str]) -> None:
     env[SOURCE_ENV] = description
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(sys.executable, [sys.executable, "-m", "bench", *argv], env)
+    os.execve(sys.executable, [sys.executable, "-m", module, *argv], env)
 
 
 def check_imported(root_hint: str) -> str:
@@ -104,3 +105,22 @@ def check_imported(root_hint: str) -> str:
 
     location = str(Path(next(iter(services.__path__))).resolve().parent)
     return f"{root_hint}; imported from {location}"
+
+
+def add_services_from(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--services-from",
+        metavar="REV|DIR",
+        help="measure services/ of a git revision or of another checkout "
+        "(default: the working tree, copied at start)",
+    )
+
+
+def frozen(spec: str | None, workdir: Path, argv: list[str], *, module: str) -> str:
+    """Re-executes `python -m <module> argv` with a frozen copy of the services (does not
+    return), unless this process is that re-execution: then where `services` came from."""
+    description = os.environ.get(SOURCE_ENV)
+    if description is None:
+        root, description = prepare(spec, workdir)
+        reexec_with(root, description, argv, module=module)
+    return check_imported(description)
