@@ -490,10 +490,9 @@ def manual_batch_subscriber(
     - aiokafka sends a partition's next fetch only after the fetch in flight returns,
       which waits up to `fetch_max_wait_ms` for data on *its* partitions, so a short wait
       keeps a record on another partition from waiting for it (BENCHMARKS.md, fix 5).
-    - `fetch_min_bytes` (`KAFKA_FETCH_MIN_BYTES`) instead of 1 byte: at 1 byte the broker
-      answers a fetch with the first record, so under load each batch held a handful of
-      records and paid the same round trips (PostgreSQL, relay, broker) as a large one;
-      the cost is a wait of up to `fetch_max_wait_ms` at low load (BENCHMARKS.md, fix 17).
+    - `fetch_min_bytes` (`KAFKA_FETCH_MIN_BYTES`, default 1 byte): a larger value makes
+      the broker gather that much (up to `fetch_max_wait_ms`) before it answers, fewer
+      fetches under load for a wait of up to 20 ms at low load (BENCHMARKS.md, issue 17).
     """
     subscriber = broker.subscriber(
         *topics,

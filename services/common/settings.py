@@ -68,8 +68,9 @@ class KafkaSettings(EnvSettings):
     replication_factor: int = Field(default=1, ge=1)
     max_message_bytes: int = 1_048_576
     # What the broker gathers for a consumer's fetch before it answers (or the fetch wait
-    # passes): fewer, larger inbound batches under load (BENCHMARKS.md, fix 17).
-    fetch_min_bytes: int = Field(default=3072, ge=1)
+    # passes). 1: a lone record at once; batches grow under load anyway, from what gathers
+    # while earlier ones are applied (BENCHMARKS.md, issue 17; fix 17 had 3 KiB).
+    fetch_min_bytes: int = Field(default=1, ge=1)
     # Retention (`retention.ms`) of the topics the service creates that hold personnummer
     # (README, "Retention"). The inbox must outlive what the inbound topics keep
     # (`inbox_problems`).

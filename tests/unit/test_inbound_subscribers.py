@@ -43,8 +43,8 @@ def test_inbound_consumer_takes_fetch_min_bytes_from_settings(service_name: str)
     assert options["rebalance_timeout_ms"] == 120_000
 
 
-def test_fetch_min_bytes_defaults_to_a_few_records_and_must_be_positive() -> None:
-    assert KafkaSettings().fetch_min_bytes == 3072
+def test_fetch_min_bytes_defaults_to_answering_a_lone_record_and_must_be_positive() -> None:
+    assert KafkaSettings().fetch_min_bytes == 1
     with pytest.raises(ValidationError):
         KafkaSettings(fetch_min_bytes=0)
 
