@@ -31,6 +31,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import aiokafka.errors
+import aiokafka.producer.sender
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import (
     BrokerResponseError,
@@ -71,6 +72,14 @@ class InvalidRecordError(BrokerResponseError):  # type: ignore[misc]  # aiokafka
 
 
 aiokafka.errors.kafka_errors.setdefault(InvalidRecordError.errno, InvalidRecordError)
+
+# A transaction's first AddPartitionsToTxn, sent while the broker still writes the
+# previous transaction's commit markers, is answered CONCURRENT_TRANSACTIONS; aiokafka
+# then waits a fixed 20 ms before it asks again (KAFKA-5477), and so did every prompt of
+# a round started right after another. The markers take a few milliseconds: ask again
+# after 2 (BENCHMARKS.md, issue 17).
+CONCURRENT_TRANSACTIONS_RETRY_SECONDS = 0.002
+aiokafka.producer.sender.BACKOFF_OVERRIDE = CONCURRENT_TRANSACTIONS_RETRY_SECONDS
 
 # The broker refuses the content of the batch, and will again: MESSAGE_TOO_LARGE (larger
 # than the topic's max.message.bytes), RECORD_LIST_TOO_LARGE (than a log segment),

@@ -116,3 +116,19 @@ def test_which_refusals_park_a_row(error: Exception, parks: bool) -> None:
 
 def test_invalid_record_is_known_by_its_code() -> None:
     assert for_code(87) is InvalidRecordError
+
+
+def test_a_transaction_started_while_the_last_ones_markers_are_written_asks_again_soon() -> None:
+    # aiokafka reads this module constant when AddPartitionsToTxn is answered
+    # CONCURRENT_TRANSACTIONS; its own 20 ms was a wait for every round started right
+    # after another (an aiokafka that no longer reads it fails here).
+    import inspect
+
+    import aiokafka.producer.sender as sender
+
+    from services.groups.adapters import outbox_relay
+
+    handler = inspect.getsource(sender.AddPartitionsToTxnHandler.handle_response)
+    assert "BACKOFF_OVERRIDE" in handler
+    assert sender.BACKOFF_OVERRIDE == outbox_relay.CONCURRENT_TRANSACTIONS_RETRY_SECONDS
+    assert outbox_relay.CONCURRENT_TRANSACTIONS_RETRY_SECONDS < 0.02
