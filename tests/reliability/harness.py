@@ -19,10 +19,11 @@ import psutil
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import RecordMetadata, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from devinfra.services import ServiceProcess, free_port
+from devinfra.services import ServiceProcess, free_port, http_json
 from services.common.settings import TopicSettings
 from services.groups.adapters.orm import inbox, outbox
 from tests.e2e.conftest import stack_env
@@ -109,6 +110,17 @@ class ServiceHandle:
         return float(times.user + times.system)
 
 
+async def metric(handle: ServiceHandle, name: str, **labels: str) -> float:
+    """A sample of the process's `/metrics` (0 when it has none with those labels)."""
+    status, body = await asyncio.to_thread(http_json, f"{handle.process.url}/metrics")
+    assert status == 200, body
+    for family in text_string_to_metric_families(body):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return 0.0
+
+
 @dataclass
 class Stack:
     """Unique topics, consumer groups and database of one test, and its processes."""
@@ -135,11 +147,16 @@ class Stack:
     def export_group(self) -> str:
         return self.env["EXPORT_CONSUMER_GROUP"]
 
-    def service(self, module: str, extra: dict[str, str] | None = None) -> ServiceHandle:
+    def service(
+        self, module: str, extra: dict[str, str] | None = None, *, name: str | None = None
+    ) -> ServiceHandle:
+        """A handle on `module` with the stack's environment plus `extra`; its log is
+        `<name>.log` (default: the module's last part), so several processes of one
+        service keep one log each."""
         short = module.rsplit(".", 1)[-1]
         port_var = "GROUPS_HTTP_PORT" if short == "groups" else "EXPORT_HTTP_PORT"
         handle = ServiceHandle(
-            module, {**self.env, **(extra or {})}, self.log_dir / f"{short}.log", port_var
+            module, {**self.env, **(extra or {})}, self.log_dir / f"{name or short}.log", port_var
         )
         self.handles.append(handle)
         return handle
