@@ -21,16 +21,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import pytest
 from aiokafka import ConsumerRecord
 from aiokafka.structs import TopicPartition
+from sqlalchemy import func, select, tuple_
 
 from devinfra.provider import Infrastructure
+from services.groups.adapters.orm import inbox
 from services.groups.bootstrap import read_catalog_file
 from services.groups.catalog import default_catalog_path
 from services.groups.service_layer import messages
@@ -49,6 +53,7 @@ from tests.reliability.harness import (
     open_stack,
     read_topic,
     settle,
+    uncommitted,
     wait_until,
 )
 from tests.reliability.model import (
@@ -68,6 +73,10 @@ SPEC = StreamSpec(seed=1717, customers=150, inputs=6000, waves=3)
 # stream goes at once after the last move.
 CHUNK = 20
 PACE_SECONDS = 0.25
+# Faster while the process to kill is watched for records it applied but has not
+# committed: its batches then follow each other, each commit up to 0.1 s after.
+FAST_PACE_SECONDS = 0.05
+KILL_ATTEMPTS = 40
 TIMEOUT = 120.0  # any one wait; generous for a slow shared machine
 MEMBERSHIP_EVENTS = (messages.ADDED, messages.UPDATED, messages.REMOVED)
 
@@ -79,6 +88,7 @@ class Progress:
     sent: int = 0
     moves: list[tuple[str, int]] = field(default_factory=list)  # (move, inputs sent by then)
     moved: asyncio.Event = field(default_factory=asyncio.Event)
+    pace: float = PACE_SECONDS
 
 
 async def produce(stack: Stack, stream: Stream, progress: Progress) -> None:
@@ -91,7 +101,7 @@ async def produce(stack: Stack, stream: Stream, progress: Progress) -> None:
                 await producer.send_inputs(stack, chunk)
                 progress.sent += len(chunk)
                 if not progress.moved.is_set():
-                    await asyncio.sleep(PACE_SECONDS)
+                    await asyncio.sleep(progress.pace)
             await gate(stack, expected, timeout=TIMEOUT)
 
 
@@ -104,6 +114,8 @@ class Processes:
     members: dict[str, list[str]] = field(default_factory=dict)  # process -> member ids
     processed: dict[str, float] = field(default_factory=dict)
     killed: str = ""
+    redelivered: int = 0  # applied by the one killed, not committed: delivered again
+    kill_attempts: int = 0
 
     async def note_processed(self, name: str, label: str | None = None) -> None:
         self.processed[label or name] = await metric(
@@ -131,8 +143,65 @@ async def relay_leader(processes: Processes, names: Sequence[str]) -> str:
     return leading[0]
 
 
+async def applied_not_committed(
+    stack: Stack, partitions: Iterable[TopicPartition], resent: set[str]
+) -> int:
+    """Records of `partitions` after the group's committed offset that the service
+    applied already (their ids are in the inbox): their next owner gets them again.
+    The stream's own re-deliveries (`resent`) are left out."""
+    waiting = await uncommitted(stack.bootstrap, stack.groups_group, stack.topics.inbound)
+    pairs = [
+        (tp.topic, event_id)
+        for tp in partitions
+        for record in waiting.get(tp, [])
+        if (event_id := json.loads(record.value)["id"]) not in resent
+    ]
+    if not pairs:
+        return 0
+    applied = select(func.count()).select_from(inbox)
+    return int(
+        await stack.scalar(applied.where(tuple_(inbox.c.topic, inbox.c.event_id).in_(pairs)))
+    )
+
+
+async def kill_behind(
+    stack: Stack,
+    processes: Processes,
+    name: str,
+    partitions: set[TopicPartition],
+    stream: Stream,
+    progress: Progress,
+) -> None:
+    """SIGKILL `name` at a moment it has applied records whose offsets it has not
+    committed, so the partitions' next owner gets them again and only the inbox keeps
+    them from being applied twice. The moment is short (a commit follows each applied
+    batch within 0.1 s): the process is frozen (SIGSTOP) as records are applied, and
+    let go on (SIGCONT) if it has none such."""
+    handle = processes.handles[name]
+    resent = {str(item.event_id) for item in stream.inputs if item.redelivery}
+    progress.pace = FAST_PACE_SECONDS
+    try:
+        for attempt in range(1, KILL_ATTEMPTS + 1):
+            await busy(stack, timeout=TIMEOUT)
+            assert handle.pid is not None
+            os.kill(handle.pid, signal.SIGSTOP)
+            found = 0
+            try:
+                found = await applied_not_committed(stack, partitions, resent)
+            finally:
+                if not found:
+                    os.kill(handle.pid, signal.SIGCONT)
+            if found:
+                await handle.kill()
+                processes.redelivered, processes.kill_attempts = found, attempt
+                return
+    finally:
+        progress.pace = PACE_SECONDS
+    raise AssertionError(f"{name} never had applied records uncommitted when frozen")
+
+
 async def move_partitions(
-    stack: Stack, assignments: GroupAssignments, progress: Progress
+    stack: Stack, stream: Stream, assignments: GroupAssignments, progress: Progress
 ) -> tuple[Processes, dict[str, GroupSnapshot]]:
     """A alone; B joins; C joins; B stops (SIGTERM); of A and C the one that does not
     publish the outbox is killed (SIGKILL) and, once the other owns every partition,
@@ -175,7 +244,12 @@ async def move_partitions(
     # same bytes), which a start answered twice would look like: the leader stays.
     leader = await relay_leader(processes, ["A", "C"])
     processes.killed = victim = "C" if leader == "A" else "A"
-    await move("killed", stopped(victim, 1, handles[victim].kill))
+    owned = after["B stops"].members[processes.member(victim)]
+
+    async def kill() -> None:
+        await kill_behind(stack, processes, victim, set(owned), stream, progress)
+
+    await move("killed", stopped(victim, 1, kill))
     await move("started again", joined(victim, 2))  # as a new member
     return processes, after
 
@@ -263,7 +337,7 @@ async def test_three_processes_apply_every_record_once_in_order_while_partitions
         async with GroupAssignments(stack.bootstrap, stack.groups_group).watching() as group:
             producing = asyncio.create_task(produce(stack, stream, progress))
             try:
-                processes, after = await move_partitions(stack, group, progress)
+                processes, after = await move_partitions(stack, stream, group, progress)
             finally:
                 progress.moved.set()
             await producing
@@ -290,8 +364,10 @@ async def test_three_processes_apply_every_record_once_in_order_while_partitions
     moved = sum(1 for owners in group.owners().values() if len(owners) > 1)
     print(
         f"\nscale-out: {len(stream.inputs)} inputs ({total} distinct); moves at inputs sent "
-        f"{progress.moves}, {victim} killed; partitions that changed hands {moved} of "
-        f"{len(inbound)} ({len(group.snapshots)} group snapshots); records applied per "
+        f"{progress.moves}, {victim} killed (attempt {processes.kill_attempts}, "
+        f"{processes.redelivered} records applied, not committed); partitions that changed "
+        f"hands {moved} of {len(inbound)} ({len(group.snapshots)} group snapshots); records "
+        f"applied per "
         f"process {processes.processed}; {reconciliation.figures}; {order_figures}; "
         f"{prompt_figures}; {settled_seconds:.0f} s to settle, "
         f"{time.monotonic() - started:.0f} s in all"

@@ -358,12 +358,13 @@ async def read_topic(
         await consumer.stop()
 
 
-async def group_lag(bootstrap: str, group: str, topics: Sequence[str]) -> dict[str, int]:
-    """Records not yet committed by `group`, per "topic[partition]" (0 = caught up).
-
-    Counted as the records a `read_committed` consumer still gets after the committed
-    offset: the markers of the outbox relay's transactions take offsets but are not
-    records, and a consumer that commits "last record + 1" stops before the last one."""
+async def uncommitted(
+    bootstrap: str, group: str, topics: Sequence[str]
+) -> dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]:
+    """Per partition of `topics`, the records after `group`'s committed offset, up to
+    the end, as a `read_committed` consumer gets them: the markers of the outbox relay's
+    transactions take offsets but are not records, and a consumer that commits "last
+    record + 1" stops before the last one."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, enable_auto_commit=False, isolation_level="read_committed"
@@ -380,7 +381,9 @@ async def group_lag(bootstrap: str, group: str, topics: Sequence[str]) -> dict[s
             offset = meta.offset if meta is not None and meta.offset >= 0 else 0
             if end[tp] > offset:
                 behind[tp] = offset
-        lag = {f"{tp.topic}[{tp.partition}]": 0 for tp in partitions}
+        found: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]] = {
+            tp: [] for tp in partitions
+        }
         if behind:
             consumer.assign(list(behind))
             for tp, offset in behind.items():
@@ -392,12 +395,17 @@ async def group_lag(bootstrap: str, group: str, topics: Sequence[str]) -> dict[s
                     break
                 batch = await consumer.getmany(timeout_ms=200)
                 for tp, items in batch.items():
-                    waiting = sum(1 for r in items if r.offset < end[tp])
-                    lag[f"{tp.topic}[{tp.partition}]"] += waiting
-        return lag
+                    found[tp].extend(r for r in items if r.offset < end[tp])
+        return found
     finally:
         await consumer.stop()
         await admin.close()
+
+
+async def group_lag(bootstrap: str, group: str, topics: Sequence[str]) -> dict[str, int]:
+    """Records not yet committed by `group`, per "topic[partition]" (0 = caught up)."""
+    waiting = await uncommitted(bootstrap, group, topics)
+    return {f"{tp.topic}[{tp.partition}]": len(records) for tp, records in waiting.items()}
 
 
 async def topic_size(bootstrap: str, topic: str) -> int:
