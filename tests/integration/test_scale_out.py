@@ -251,6 +251,7 @@ async def move_partitions(
 
     await move("killed", stopped(victim, 1, kill))
     await move("started again", joined(victim, 2))  # as a new member
+    progress.moved.set()
     return processes, after
 
 
@@ -289,7 +290,11 @@ def order_problems(
         wanted = [c for c in commands if c in set(got)]
         compared += len(got)
         if got != wanted:
-            problems.append(f"customer {key!r}: results in the order {got}, sent {wanted}")
+            at = next(i for i, (g, w) in enumerate(zip(got, wanted, strict=True)) if g != w)
+            problems.append(
+                f"customer {key!r}: result {at + 1} of {len(got)} answers {got[at]}, "
+                f"the command sent then was {wanted[at]}"
+            )
     for name, found in versions.items():
         if found != list(range(1, len(found) + 1)):
             problems.append(f"{name}: versions {found} on the events topic")
@@ -335,12 +340,11 @@ async def test_three_processes_apply_every_record_once_in_order_while_partitions
         inbound = {TopicPartition(t, p) for t in stack.topics.inbound for p in range(PARTITIONS)}
         progress = Progress()
         async with GroupAssignments(stack.bootstrap, stack.groups_group).watching() as group:
-            producing = asyncio.create_task(produce(stack, stream, progress))
-            try:
-                processes, after = await move_partitions(stack, stream, group, progress)
-            finally:
-                progress.moved.set()
-            await producing
+            # Either failing (a wait timed out) ends both.
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(produce(stack, stream, progress))
+                moving = tasks.create_task(move_partitions(stack, stream, group, progress))
+            processes, after = moving.result()
             await settle(stack, total, timeout=TIMEOUT)
             lag = await caught_up(stack, stack.groups_group, stack.topics.inbound)
         victim = processes.killed
