@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import pytest
 from aiokafka import ConsumerRecord
 from aiokafka.structs import TopicPartition
-from sqlalchemy import func, select, tuple_
+from sqlalchemy import select, tuple_
 
 from devinfra.provider import Infrastructure
 from services.groups.adapters.orm import inbox
@@ -49,11 +49,11 @@ from tests.reliability.harness import (
     caught_up,
     failed_batches,
     gate,
+    group_records,
     metric,
     open_stack,
     read_topic,
     settle,
-    uncommitted,
     wait_until,
 )
 from tests.reliability.model import (
@@ -143,25 +143,32 @@ async def relay_leader(processes: Processes, names: Sequence[str]) -> str:
     return leading[0]
 
 
-async def applied_not_committed(
+async def around_commit(
     stack: Stack, partitions: Iterable[TopicPartition], resent: set[str]
-) -> int:
-    """Records of `partitions` after the group's committed offset that the service
-    applied already (their ids are in the inbox): their next owner gets them again.
-    The stream's own re-deliveries (`resent`) are left out."""
-    waiting = await uncommitted(stack.bootstrap, stack.groups_group, stack.topics.inbound)
-    pairs = [
-        (tp.topic, event_id)
-        for tp in partitions
-        for record in waiting.get(tp, [])
-        if (event_id := json.loads(record.value)["id"]) not in resent
-    ]
-    if not pairs:
-        return 0
-    applied = select(func.count()).select_from(inbox)
-    return int(
-        await stack.scalar(applied.where(tuple_(inbox.c.topic, inbox.c.event_id).in_(pairs)))
+) -> tuple[int, int]:
+    """Of the records of `partitions`: those after the group's committed offset that
+    the service applied already (their ids are in the inbox; the stream's own
+    re-deliveries, `resent`, left out), which their next owner gets again; and those
+    before it that it has not applied, which nobody would apply (must be none)."""
+    found = await group_records(
+        stack.bootstrap, stack.groups_group, list(partitions), before_commit=True
     )
+    # ((topic, event id), after the committed offset), in offset order per partition
+    records = [
+        ((tp.topic, json.loads(record.value)["id"]), record.offset >= committed)
+        for tp, (committed, items) in found.items()
+        for record in items
+    ]
+    if not records:
+        return 0, 0
+    statement = select(inbox.c.topic, inbox.c.event_id).where(
+        tuple_(inbox.c.topic, inbox.c.event_id).in_({pair for pair, _ in records})
+    )
+    async with stack.engine.connect() as connection:
+        applied = {(topic, event_id) for topic, event_id in await connection.execute(statement)}
+    behind = sum(1 for p, after in records if after and p in applied and p[1] not in resent)
+    lost = sum(1 for p, after in records if not after and p not in applied)
+    return behind, lost
 
 
 async def kill_behind(
@@ -176,24 +183,26 @@ async def kill_behind(
     committed, so the partitions' next owner gets them again and only the inbox keeps
     them from being applied twice. The moment is short (a commit follows each applied
     batch within 0.1 s): the process is frozen (SIGSTOP) as records are applied, and
-    let go on (SIGCONT) if it has none such."""
+    let go on (SIGCONT) if it has none such. Each time, no offset it committed may pass
+    a record it has not applied."""
     handle = processes.handles[name]
+    assert handle.pid is not None
     resent = {str(item.event_id) for item in stream.inputs if item.redelivery}
     progress.pace = FAST_PACE_SECONDS
     try:
         for attempt in range(1, KILL_ATTEMPTS + 1):
             await busy(stack, timeout=TIMEOUT)
-            assert handle.pid is not None
             os.kill(handle.pid, signal.SIGSTOP)
-            found = 0
+            behind = lost = 0
             try:
-                found = await applied_not_committed(stack, partitions, resent)
+                behind, lost = await around_commit(stack, partitions, resent)
             finally:
-                if not found:
+                if not behind or lost:
                     os.kill(handle.pid, signal.SIGCONT)
-            if found:
+            assert lost == 0, f"{name} committed offsets past {lost} records it had not applied"
+            if behind:
                 await handle.kill()
-                processes.redelivered, processes.kill_attempts = found, attempt
+                processes.redelivered, processes.kill_attempts = behind, attempt
                 return
     finally:
         progress.pace = PACE_SECONDS

@@ -358,13 +358,18 @@ async def read_topic(
         await consumer.stop()
 
 
-async def uncommitted(
-    bootstrap: str, group: str, topics: Sequence[str]
-) -> dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]:
-    """Per partition of `topics`, the records after `group`'s committed offset, up to
-    the end, as a `read_committed` consumer gets them: the markers of the outbox relay's
-    transactions take offsets but are not records, and a consumer that commits "last
-    record + 1" stops before the last one."""
+async def group_records(
+    bootstrap: str,
+    group: str,
+    partitions: Sequence[TopicPartition],
+    *,
+    before_commit: bool = False,
+) -> dict[TopicPartition, tuple[int, list[ConsumerRecord[bytes, bytes]]]]:
+    """Per partition, `group`'s committed offset (0: none) and the records after it, up
+    to the end (with `before_commit`, from the beginning), as a `read_committed`
+    consumer gets them: the markers of the outbox relay's transactions take offsets but
+    are not records, and a consumer that commits "last record + 1" stops before the
+    last one."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, enable_auto_commit=False, isolation_level="read_committed"
@@ -373,29 +378,28 @@ async def uncommitted(
     await consumer.start()
     try:
         committed = await admin.list_consumer_group_offsets(group)
-        partitions = await _partitions(bootstrap, topics)
-        end = await consumer.end_offsets(partitions)
-        behind: dict[TopicPartition, int] = {}
+        end = await consumer.end_offsets(list(partitions))
+        found: dict[TopicPartition, tuple[int, list[ConsumerRecord[bytes, bytes]]]] = {}
+        start: dict[TopicPartition, int] = {}
         for tp in partitions:
             meta = committed.get(tp)
             offset = meta.offset if meta is not None and meta.offset >= 0 else 0
-            if end[tp] > offset:
-                behind[tp] = offset
-        found: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]] = {
-            tp: [] for tp in partitions
-        }
-        if behind:
-            consumer.assign(list(behind))
-            for tp, offset in behind.items():
+            found[tp] = (offset, [])
+            first = 0 if before_commit else offset
+            if end[tp] > first:
+                start[tp] = first
+        if start:
+            consumer.assign(list(start))
+            for tp, offset in start.items():
                 consumer.seek(tp, offset)
             deadline = time.monotonic() + 30.0
             while time.monotonic() < deadline:
-                positions = {tp: await consumer.position(tp) for tp in behind}
-                if all(positions[tp] >= end[tp] for tp in behind):
+                positions = {tp: await consumer.position(tp) for tp in start}
+                if all(positions[tp] >= end[tp] for tp in start):
                     break
                 batch = await consumer.getmany(timeout_ms=200)
                 for tp, items in batch.items():
-                    found[tp].extend(r for r in items if r.offset < end[tp])
+                    found[tp][1].extend(r for r in items if r.offset < end[tp])
         return found
     finally:
         await consumer.stop()
@@ -404,8 +408,8 @@ async def uncommitted(
 
 async def group_lag(bootstrap: str, group: str, topics: Sequence[str]) -> dict[str, int]:
     """Records not yet committed by `group`, per "topic[partition]" (0 = caught up)."""
-    waiting = await uncommitted(bootstrap, group, topics)
-    return {f"{tp.topic}[{tp.partition}]": len(records) for tp, records in waiting.items()}
+    found = await group_records(bootstrap, group, await _partitions(bootstrap, topics))
+    return {f"{tp.topic}[{tp.partition}]": len(records) for tp, (_, records) in found.items()}
 
 
 async def topic_size(bootstrap: str, topic: str) -> int:
