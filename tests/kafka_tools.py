@@ -10,7 +10,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Self
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient
@@ -223,37 +223,29 @@ class TopicCollector:
                 await asyncio.wait_for(self._arrived.wait(), timeout=min(remaining, 0.5))
 
 
-class CommittedOffsets:
-    """Polls a consumer group's committed offsets in the background and remembers every
-    move back (after a rebalance a stale commit shows as one)."""
+class GroupWatcher:
+    """Looks at a consumer group through the admin client every 0.1 s in the
+    background, while `watching()`; subclasses say what they keep (`_observe`)."""
 
     def __init__(self, bootstrap: str, group: str) -> None:
         self.bootstrap, self.group = bootstrap, group
-        self.latest: dict[TopicPartition, int] = {}
-        self.backwards: list[tuple[TopicPartition, int, int]] = []  # partition, from, to
+
+    async def _observe(self, admin: AIOKafkaAdminClient) -> None:
+        raise NotImplementedError
 
     async def _poll(self) -> None:
         admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
         await admin.start()
         try:
             while True:
-                try:
-                    committed = await admin.list_consumer_group_offsets(self.group)
-                except KafkaError:  # the group's coordinator is not there yet
-                    committed = {}
-                for tp, meta in committed.items():
-                    if meta.offset < 0:
-                        continue
-                    before = self.latest.get(tp, -1)
-                    if meta.offset < before:
-                        self.backwards.append((tp, before, meta.offset))
-                    self.latest[tp] = meta.offset
+                with contextlib.suppress(KafkaError):  # the group's coordinator is not there yet
+                    await self._observe(admin)
                 await asyncio.sleep(0.1)
         finally:
             await admin.close()
 
     @contextlib.asynccontextmanager
-    async def watching(self) -> AsyncIterator[CommittedOffsets]:
+    async def watching(self) -> AsyncIterator[Self]:
         task = asyncio.create_task(self._poll())
         try:
             yield self
@@ -261,6 +253,26 @@ class CommittedOffsets:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+class CommittedOffsets(GroupWatcher):
+    """Polls a consumer group's committed offsets in the background and remembers every
+    move back (after a rebalance a stale commit shows as one)."""
+
+    def __init__(self, bootstrap: str, group: str) -> None:
+        super().__init__(bootstrap, group)
+        self.latest: dict[TopicPartition, int] = {}
+        self.backwards: list[tuple[TopicPartition, int, int]] = []  # partition, from, to
+
+    async def _observe(self, admin: AIOKafkaAdminClient) -> None:
+        committed = await admin.list_consumer_group_offsets(self.group)
+        for tp, meta in committed.items():
+            if meta.offset < 0:
+                continue
+            before = self.latest.get(tp, -1)
+            if meta.offset < before:
+                self.backwards.append((tp, before, meta.offset))
+            self.latest[tp] = meta.offset
 
     async def wait_for(self, wanted: dict[TopicPartition, int], *, timeout: float = 60.0) -> None:
         """Until the group committed at least `wanted` on each of those partitions."""
@@ -288,15 +300,15 @@ class GroupSnapshot:
         )
 
 
-class GroupAssignments:
+class GroupAssignments(GroupWatcher):
     """Polls a consumer group's description in the background and keeps every distinct
     snapshot: which member owned which partitions, as the group coordinator saw it."""
 
     def __init__(self, bootstrap: str, group: str) -> None:
-        self.bootstrap, self.group = bootstrap, group
+        super().__init__(bootstrap, group)
         self.snapshots: list[GroupSnapshot] = []
 
-    async def _describe(self, admin: AIOKafkaAdminClient) -> GroupSnapshot:
+    async def _observe(self, admin: AIOKafkaAdminClient) -> None:
         [response] = await admin.describe_consumer_groups([self.group])
         [described] = response.groups
         # (error, group, state, protocol type, protocol, members, ...); a member is
@@ -309,30 +321,9 @@ class GroupAssignments:
             )
             for member in described[5]
         }
-        return GroupSnapshot(described[2], members)
-
-    async def _poll(self) -> None:
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
-        await admin.start()
-        try:
-            while True:
-                with contextlib.suppress(KafkaError):  # no coordinator yet
-                    snapshot = await self._describe(admin)
-                    if not self.snapshots or self.snapshots[-1] != snapshot:
-                        self.snapshots.append(snapshot)
-                await asyncio.sleep(0.1)
-        finally:
-            await admin.close()
-
-    @contextlib.asynccontextmanager
-    async def watching(self) -> AsyncIterator[GroupAssignments]:
-        task = asyncio.create_task(self._poll())
-        try:
-            yield self
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        snapshot = GroupSnapshot(described[2], members)
+        if not self.snapshots or self.snapshots[-1] != snapshot:
+            self.snapshots.append(snapshot)
 
     async def wait_settled(
         self, members: int, *, without: Iterable[str] = (), timeout: float = 120.0
