@@ -8,11 +8,13 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Self
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
 from aiokafka.errors import KafkaError
 from aiokafka.structs import TopicPartition
 
@@ -221,37 +223,29 @@ class TopicCollector:
                 await asyncio.wait_for(self._arrived.wait(), timeout=min(remaining, 0.5))
 
 
-class CommittedOffsets:
-    """Polls a consumer group's committed offsets in the background and remembers every
-    move back (after a rebalance a stale commit shows as one)."""
+class GroupWatcher:
+    """Looks at a consumer group through the admin client every 0.1 s in the
+    background, while `watching()`; subclasses say what they keep (`_observe`)."""
 
     def __init__(self, bootstrap: str, group: str) -> None:
         self.bootstrap, self.group = bootstrap, group
-        self.latest: dict[TopicPartition, int] = {}
-        self.backwards: list[tuple[TopicPartition, int, int]] = []  # partition, from, to
+
+    async def _observe(self, admin: AIOKafkaAdminClient) -> None:
+        raise NotImplementedError
 
     async def _poll(self) -> None:
         admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
         await admin.start()
         try:
             while True:
-                try:
-                    committed = await admin.list_consumer_group_offsets(self.group)
-                except KafkaError:  # the group's coordinator is not there yet
-                    committed = {}
-                for tp, meta in committed.items():
-                    if meta.offset < 0:
-                        continue
-                    before = self.latest.get(tp, -1)
-                    if meta.offset < before:
-                        self.backwards.append((tp, before, meta.offset))
-                    self.latest[tp] = meta.offset
+                with contextlib.suppress(KafkaError):  # the group's coordinator is not there yet
+                    await self._observe(admin)
                 await asyncio.sleep(0.1)
         finally:
             await admin.close()
 
     @contextlib.asynccontextmanager
-    async def watching(self) -> AsyncIterator[CommittedOffsets]:
+    async def watching(self) -> AsyncIterator[Self]:
         task = asyncio.create_task(self._poll())
         try:
             yield self
@@ -259,6 +253,26 @@ class CommittedOffsets:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+class CommittedOffsets(GroupWatcher):
+    """Polls a consumer group's committed offsets in the background and remembers every
+    move back (after a rebalance a stale commit shows as one)."""
+
+    def __init__(self, bootstrap: str, group: str) -> None:
+        super().__init__(bootstrap, group)
+        self.latest: dict[TopicPartition, int] = {}
+        self.backwards: list[tuple[TopicPartition, int, int]] = []  # partition, from, to
+
+    async def _observe(self, admin: AIOKafkaAdminClient) -> None:
+        committed = await admin.list_consumer_group_offsets(self.group)
+        for tp, meta in committed.items():
+            if meta.offset < 0:
+                continue
+            before = self.latest.get(tp, -1)
+            if meta.offset < before:
+                self.backwards.append((tp, before, meta.offset))
+            self.latest[tp] = meta.offset
 
     async def wait_for(self, wanted: dict[TopicPartition, int], *, timeout: float = 60.0) -> None:
         """Until the group committed at least `wanted` on each of those partitions."""
@@ -268,6 +282,77 @@ class CommittedOffsets:
                 return
             await asyncio.sleep(0.1)
         raise AssertionError(f"{self.group} committed {self.latest}, not yet {wanted}")
+
+
+@dataclass(frozen=True)
+class GroupSnapshot:
+    """A consumer group as the broker described it: its state and each member's
+    partitions (empty while a rebalance has not given it any yet)."""
+
+    state: str
+    members: dict[str, frozenset[TopicPartition]]  # member id -> partitions
+
+    def settled(self) -> bool:
+        """Stable, and every member owns partitions, no partition twice."""
+        owned = [tp for partitions in self.members.values() for tp in partitions]
+        return (
+            self.state == "Stable" and all(self.members.values()) and len(owned) == len(set(owned))
+        )
+
+
+class GroupAssignments(GroupWatcher):
+    """Polls a consumer group's description in the background and keeps every distinct
+    snapshot: which member owned which partitions, as the group coordinator saw it."""
+
+    def __init__(self, bootstrap: str, group: str) -> None:
+        super().__init__(bootstrap, group)
+        self.snapshots: list[GroupSnapshot] = []
+
+    async def _observe(self, admin: AIOKafkaAdminClient) -> None:
+        [response] = await admin.describe_consumer_groups([self.group])
+        [described] = response.groups
+        # (error, group, state, protocol type, protocol, members, ...); a member is
+        # (member id, ..., assignment): the fields between depend on the version.
+        members = {
+            member[0]: frozenset(
+                ConsumerProtocolMemberAssignment.decode(member[-1]).partitions()
+                if member[-1]
+                else ()
+            )
+            for member in described[5]
+        }
+        snapshot = GroupSnapshot(described[2], members)
+        if not self.snapshots or self.snapshots[-1] != snapshot:
+            self.snapshots.append(snapshot)
+
+    async def wait_settled(
+        self, members: int, *, without: Iterable[str] = (), timeout: float = 120.0
+    ) -> GroupSnapshot:
+        """The group once settled with `members` members, none of them in `without` (a
+        killed member stays in the group until its session times out)."""
+        gone = set(without)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.snapshots:
+                latest = self.snapshots[-1]
+                if (
+                    latest.settled()
+                    and len(latest.members) == members
+                    and not gone & latest.members.keys()
+                ):
+                    return latest
+            await asyncio.sleep(0.1)
+        last = self.snapshots[-1] if self.snapshots else None
+        raise AssertionError(f"{self.group} not settled with {members} members: {last}")
+
+    def owners(self) -> dict[TopicPartition, set[str]]:
+        """Every member that owned each partition in some snapshot."""
+        found: dict[TopicPartition, set[str]] = {}
+        for snapshot in self.snapshots:
+            for member, partitions in snapshot.members.items():
+                for tp in partitions:
+                    found.setdefault(tp, set()).add(member)
+        return found
 
 
 async def record_ends(client: KafkaTestClient, *topics: str) -> dict[TopicPartition, int]:

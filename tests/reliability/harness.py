@@ -19,10 +19,11 @@ import psutil
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import RecordMetadata, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from devinfra.services import ServiceProcess, free_port
+from devinfra.services import ServiceProcess, free_port, http_json
 from services.common.settings import TopicSettings
 from services.groups.adapters.orm import inbox, outbox
 from tests.e2e.conftest import stack_env
@@ -109,6 +110,17 @@ class ServiceHandle:
         return float(times.user + times.system)
 
 
+async def metric(handle: ServiceHandle, name: str, **labels: str) -> float:
+    """A sample of the process's `/metrics` (0 when it has none with those labels)."""
+    status, body = await asyncio.to_thread(http_json, f"{handle.process.url}/metrics")
+    assert status == 200, body
+    for family in text_string_to_metric_families(body):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return 0.0
+
+
 @dataclass
 class Stack:
     """Unique topics, consumer groups and database of one test, and its processes."""
@@ -135,11 +147,16 @@ class Stack:
     def export_group(self) -> str:
         return self.env["EXPORT_CONSUMER_GROUP"]
 
-    def service(self, module: str, extra: dict[str, str] | None = None) -> ServiceHandle:
+    def service(
+        self, module: str, extra: dict[str, str] | None = None, *, name: str | None = None
+    ) -> ServiceHandle:
+        """A handle on `module` with the stack's environment plus `extra`; its log is
+        `<name>.log` (default: the module's last part), so several processes of one
+        service keep one log each."""
         short = module.rsplit(".", 1)[-1]
         port_var = "GROUPS_HTTP_PORT" if short == "groups" else "EXPORT_HTTP_PORT"
         handle = ServiceHandle(
-            module, {**self.env, **(extra or {})}, self.log_dir / f"{short}.log", port_var
+            module, {**self.env, **(extra or {})}, self.log_dir / f"{name or short}.log", port_var
         )
         self.handles.append(handle)
         return handle
@@ -341,12 +358,18 @@ async def read_topic(
         await consumer.stop()
 
 
-async def group_lag(bootstrap: str, group: str, topics: Sequence[str]) -> dict[str, int]:
-    """Records not yet committed by `group`, per "topic[partition]" (0 = caught up).
-
-    Counted as the records a `read_committed` consumer still gets after the committed
-    offset: the markers of the outbox relay's transactions take offsets but are not
-    records, and a consumer that commits "last record + 1" stops before the last one."""
+async def group_records(
+    bootstrap: str,
+    group: str,
+    partitions: Sequence[TopicPartition],
+    *,
+    before_commit: bool = False,
+) -> dict[TopicPartition, tuple[int, list[ConsumerRecord[bytes, bytes]]]]:
+    """Per partition, `group`'s committed offset (0: none) and the records after it, up
+    to the end (with `before_commit`, from the beginning), as a `read_committed`
+    consumer gets them: the markers of the outbox relay's transactions take offsets but
+    are not records, and a consumer that commits "last record + 1" stops before the
+    last one."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, enable_auto_commit=False, isolation_level="read_committed"
@@ -355,32 +378,38 @@ async def group_lag(bootstrap: str, group: str, topics: Sequence[str]) -> dict[s
     await consumer.start()
     try:
         committed = await admin.list_consumer_group_offsets(group)
-        partitions = await _partitions(bootstrap, topics)
-        end = await consumer.end_offsets(partitions)
-        behind: dict[TopicPartition, int] = {}
+        end = await consumer.end_offsets(list(partitions))
+        found: dict[TopicPartition, tuple[int, list[ConsumerRecord[bytes, bytes]]]] = {}
+        start: dict[TopicPartition, int] = {}
         for tp in partitions:
             meta = committed.get(tp)
             offset = meta.offset if meta is not None and meta.offset >= 0 else 0
-            if end[tp] > offset:
-                behind[tp] = offset
-        lag = {f"{tp.topic}[{tp.partition}]": 0 for tp in partitions}
-        if behind:
-            consumer.assign(list(behind))
-            for tp, offset in behind.items():
+            found[tp] = (offset, [])
+            first = 0 if before_commit else offset
+            if end[tp] > first:
+                start[tp] = first
+        if start:
+            consumer.assign(list(start))
+            for tp, offset in start.items():
                 consumer.seek(tp, offset)
             deadline = time.monotonic() + 30.0
             while time.monotonic() < deadline:
-                positions = {tp: await consumer.position(tp) for tp in behind}
-                if all(positions[tp] >= end[tp] for tp in behind):
+                positions = {tp: await consumer.position(tp) for tp in start}
+                if all(positions[tp] >= end[tp] for tp in start):
                     break
                 batch = await consumer.getmany(timeout_ms=200)
                 for tp, items in batch.items():
-                    waiting = sum(1 for r in items if r.offset < end[tp])
-                    lag[f"{tp.topic}[{tp.partition}]"] += waiting
-        return lag
+                    found[tp][1].extend(r for r in items if r.offset < end[tp])
+        return found
     finally:
         await consumer.stop()
         await admin.close()
+
+
+async def group_lag(bootstrap: str, group: str, topics: Sequence[str]) -> dict[str, int]:
+    """Records not yet committed by `group`, per "topic[partition]" (0 = caught up)."""
+    found = await group_records(bootstrap, group, await _partitions(bootstrap, topics))
+    return {f"{tp.topic}[{tp.partition}]": len(records) for tp, (_, records) in found.items()}
 
 
 async def topic_size(bootstrap: str, topic: str) -> int:

@@ -31,11 +31,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from devinfra.services import http_json
 from services.common.settings import GroupsSettings
 from services.groups.adapters.orm import audit_log, inbox, outbox
 from services.groups.adapters.retention import prune_targets
@@ -44,11 +42,11 @@ from services.groups.service_layer import messages
 from tests.reliability.badinput import BadInputGenerator, mix_into_waves
 from tests.reliability.conftest import Check, Scale
 from tests.reliability.harness import (
-    ServiceHandle,
     Stack,
     StreamProducer,
     caught_up,
     gate,
+    metric,
     read_topic,
     wait_until,
 )
@@ -210,16 +208,6 @@ async def audit_unchanged(stack: Stack, snapshot: tuple[int, tuple[int, str]]) -
     last, before = snapshot
     async with stack.engine.connect() as connection:
         return await audit_digest(connection, last) == before
-
-
-async def metric(handle: ServiceHandle, name: str, **labels: str) -> float:
-    status, body = await asyncio.to_thread(http_json, f"{handle.process.url}/metrics")
-    assert status == 200, body
-    for family in text_string_to_metric_families(body):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                return float(sample.value)
-    return 0.0
 
 
 def kept(week_rows: Sequence[int], ages: Sequence[timedelta], retention: timedelta) -> int:
