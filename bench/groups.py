@@ -106,6 +106,17 @@ class ServiceStack:
         return groups
 
 
+async def migrated_database(databases: Databases, name: str) -> str:
+    """A fresh database with the groups service's schema; its URL."""
+    url = await databases.create(name)
+    engine = create_engine(DatabaseSettings(database_url=url))
+    try:
+        await migrate.upgrade(engine)
+    finally:
+        await engine.dispose()
+    return url
+
+
 @contextlib.asynccontextmanager
 async def groups_stack(
     infra: Infrastructure,
@@ -118,12 +129,7 @@ async def groups_stack(
 ) -> AsyncIterator[ServiceStack]:
     """A fresh database (migrated, seeded) and topics, and `processes` service processes."""
     topics = topic_names(uuid.uuid4().hex[:8])
-    url = await databases.create("bench")
-    engine = create_engine(DatabaseSettings(database_url=url))
-    try:
-        await migrate.upgrade(engine)
-    finally:
-        await engine.dispose()
+    url = await migrated_database(databases, "bench")
     await workload.seed(asyncpg_dsn(url))
     env = service_env(infra, url, topics, partitions=partitions)
     with contextlib.ExitStack() as stack:

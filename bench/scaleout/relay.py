@@ -34,6 +34,7 @@ from typing import Any
 import asyncpg
 
 from bench import profiling
+from bench.groups import migrated_database
 from bench.infra import (
     CpuMeter,
     Databases,
@@ -44,10 +45,8 @@ from bench.infra import (
 )
 from bench.scaleout.service import RELAY_READS, OutputRow, per_1000, read_topics
 from devinfra.provider import Infrastructure
-from services.common.db import create_engine
 from services.common.kafka import ensure_topics
-from services.common.settings import DatabaseSettings, KafkaSettings, TopicSettings
-from services.groups.adapters import migrate
+from services.common.settings import KafkaSettings, TopicSettings
 from services.groups.adapters.outbox_relay import OutboxRelay
 
 WARM_ROWS = 1_000
@@ -221,12 +220,7 @@ async def relay_alone(
 ) -> RelayCost:
     if not samples:
         raise RuntimeError("no output rows to fill the outbox with")
-    url = await databases.create("bench_relay")
-    engine = create_engine(DatabaseSettings(database_url=url))
-    try:
-        await migrate.upgrade(engine)
-    finally:
-        await engine.dispose()
+    url = await migrated_database(databases, "bench_relay")
     dsn = asyncpg_dsn(url)
     topics = topic_names(uuid.uuid4().hex[:8])
     kafka = KafkaSettings(bootstrap_servers=infra.kafka_bootstrap, inbound_partitions=partitions)
