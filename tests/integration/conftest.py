@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -35,6 +36,8 @@ from services.groups.catalog import example_catalog_path
 from services.groups.domain.personnummer import luhn_check_digit
 from services.groups.entrypoints.consumer import register_consumer
 from services.groups.service_layer.context import Clock
+from tests.acl_broker import AclBroker, running_acl_broker
+from tests.conftest import IN_CI
 from tests.kafka_tools import KafkaTestClient, TopicCollector, cloudevent
 from tests.schema_validation import validate_event
 
@@ -102,6 +105,17 @@ async def running_groups_service(
 async def groups_service(groups_settings: GroupsSettingsBundle) -> AsyncIterator[GroupsService]:
     async with running_groups_service(groups_settings) as service:
         yield service
+
+
+@pytest.fixture(scope="module")
+async def acl_broker() -> AsyncIterator[AclBroker]:
+    """A broker with SASL/SCRAM and ACLs of its own (tests/acl_broker.py), per module."""
+    if shutil.which("java") is None:
+        if IN_CI:
+            pytest.fail("java is needed for the local Kafka broker")
+        pytest.skip("java not installed")
+    async with running_acl_broker() as broker:
+        yield broker
 
 
 @pytest.fixture

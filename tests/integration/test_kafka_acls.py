@@ -11,9 +11,8 @@ import asyncio
 import contextlib
 import json
 import logging
-import shutil
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -48,8 +47,7 @@ from services.groups.adapters.metrics import GroupsMetrics
 from services.groups.adapters.orm import outbox, outbox_parked
 from services.groups.adapters.outbox_relay import OutboxRelay
 from services.groups.bootstrap import GroupsSettingsBundle
-from tests.acl_broker import PRINCIPALS, AclBroker, producer_as, read_all, running_acl_broker
-from tests.conftest import IN_CI
+from tests.acl_broker import PRINCIPALS, AclBroker, producer_as, read_all
 from tests.integration.conftest import ACTOR, running_groups_service, unique_topics
 from tests.integration.export.conftest import running_export_service
 from tests.kafka_tools import cloudevent
@@ -58,16 +56,6 @@ pytestmark = pytest.mark.integration
 
 PNR = "191212121212"
 TOPIC_AUTHORIZATION_FAILED = 29
-
-
-@pytest.fixture(scope="module")
-async def acl_broker() -> AsyncIterator[AclBroker]:
-    if shutil.which("java") is None:
-        if IN_CI:
-            pytest.fail("java is needed for the local Kafka broker")
-        pytest.skip("java not installed")
-    async with running_acl_broker() as broker:
-        yield broker
 
 
 async def send_event(producer: AIOKafkaProducer, topic: str, event: dict[str, Any]) -> None:

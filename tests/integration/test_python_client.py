@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -34,8 +33,7 @@ from devinfra.services import ServiceProcess, free_port, http_json
 from devinfra.tokens import TokenIssuer, bearer
 from services.common.settings import AppSettings, DatabaseSettings, GroupsSettings
 from services.groups.bootstrap import GroupsSettingsBundle
-from tests.acl_broker import PRINCIPALS, AclBroker, running_acl_broker
-from tests.conftest import IN_CI
+from tests.acl_broker import PRINCIPALS, AclBroker
 from tests.e2e.conftest import stack_env
 from tests.integration.conftest import running_groups_service
 from tests.kafka_tools import KafkaTestClient
@@ -344,16 +342,6 @@ async def test_retries_keep_the_command_id_and_outlive_an_outage(
     )
     answers = [e for e in events if e["data"].get("command_id") == "add-1"]
     assert [e["type"] for e in answers] == ["customer_group.added"], "one answer for two sends"
-
-
-@pytest.fixture(scope="module")
-async def acl_broker() -> AsyncIterator[AclBroker]:
-    if shutil.which("java") is None:
-        if IN_CI:
-            pytest.fail("java is needed for the local Kafka broker")
-        pytest.skip("java not installed")
-    async with running_acl_broker() as broker:
-        yield broker
 
 
 def _client_config(broker: AclBroker, user: str) -> KafkaConfig:
