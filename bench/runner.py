@@ -26,6 +26,7 @@ from bench import limits, versus
 from bench.export import ExportResult, export_backfill
 from bench.groups import (
     LatencySeries,
+    ServiceStack,
     ThroughputResult,
     client_gc_quiet,
     groups_stack,
@@ -175,18 +176,28 @@ async def run(infra: Infrastructure, config: Config, args: argparse.Namespace) -
                 _say(f"  {figures.floors.as_dict()}")
 
         limit_s = max(120.0, len(mix.records) / 50)
+
+        @contextlib.asynccontextmanager
+        async def measured(
+            processes: int, profile_to: Path | None = None
+        ) -> AsyncIterator[tuple[ServiceStack, ThroughputResult]]:
+            """Fresh groups processes, warmed up, after the mix's throughput run."""
+            async with groups_stack(
+                infra, databases, workload, processes=processes, partitions=config.partitions,
+                logdir=logdir,
+            ) as stack:  # fmt: skip
+                await warm_up(stack, warm)
+                _say(f"  throughput: {len(mix.records):,} records produced as fast as possible")
+                with client_gc_quiet():
+                    result = await throughput(stack, mix, limit_s=limit_s, profile_to=profile_to)
+                _say(f"  {result.rate:,.0f} records/s end to end")
+                yield stack, result
+
         if "groups" in phases:
             async with errors.guard("groups, 1 process"):
                 _say("groups service, 1 process: seeding, starting, warming up")
-                async with groups_stack(
-                    infra, databases, workload, processes=1, partitions=config.partitions,
-                    logdir=logdir,
-                ) as stack:  # fmt: skip
-                    await warm_up(stack, warm)
-                    _say(f"  throughput: {len(mix.records):,} records produced as fast as possible")
-                    with client_gc_quiet():
-                        figures.throughputs[1] = await throughput(stack, mix, limit_s=limit_s)
-                    _say(f"  {figures.throughputs[1].rate:,.0f} records/s end to end")
+                async with measured(1) as (stack, one):
+                    figures.throughputs[1] = one
                     figures.latency = await latency_series(
                         stack, workload, config.loads, seconds=config.latency_seconds, say=_say
                     )
@@ -194,14 +205,8 @@ async def run(infra: Infrastructure, config: Config, args: argparse.Namespace) -
         if "scaling" in phases:
             async with errors.guard("groups, 2 processes"):
                 _say("groups service, 2 processes in one consumer group")
-                async with groups_stack(
-                    infra, databases, workload, processes=2, partitions=config.partitions,
-                    logdir=logdir,
-                ) as stack:  # fmt: skip
-                    await warm_up(stack, warm)
-                    with client_gc_quiet():
-                        figures.throughputs[2] = await throughput(stack, mix, limit_s=limit_s)
-                    _say(f"  {figures.throughputs[2].rate:,.0f} records/s end to end")
+                async with measured(2) as (_, two):
+                    figures.throughputs[2] = two
 
         if "versus" in phases:
             versus_warm = workload.mix(config.warm_records, VERSUS_MIX)
@@ -224,20 +229,8 @@ async def run(infra: Infrastructure, config: Config, args: argparse.Namespace) -
         if args.profile:
             async with errors.guard("profile"):
                 _say("profile: 1 process under py-spy, SQL counted (not used for the figures)")
-                async with groups_stack(
-                    infra, databases, workload, processes=1, partitions=config.partitions,
-                    logdir=logdir,
-                ) as stack:  # fmt: skip
-                    await warm_up(stack, warm)
-                    with client_gc_quiet():
-                        profiled = await throughput(
-                            stack,
-                            mix,
-                            limit_s=limit_s,
-                            profile_to=out.parent / "profile-groups.txt",
-                        )
+                async with measured(1, out.parent / "profile-groups.txt") as (_, profiled):
                     results["profile"] = profiled.as_dict()
-                    _say(f"  {profiled.rate:,.0f} records/s under the profiler")
 
         for rows in config.export_rows if "export" in phases else ():
             async with errors.guard(f"export {rows:,}"):
