@@ -12,7 +12,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from aiokafka.structs import TopicPartition
@@ -36,10 +36,12 @@ from services.groups.catalog import example_catalog_path
 from services.groups.domain.personnummer import luhn_check_digit
 from services.groups.entrypoints.consumer import register_consumer
 from services.groups.service_layer.context import Clock
-from tests.acl_broker import AclBroker, running_acl_broker
 from tests.conftest import IN_CI
 from tests.kafka_tools import KafkaTestClient, TopicCollector, cloudevent
 from tests.schema_validation import validate_event
+
+if TYPE_CHECKING:
+    from tests.acl_broker import AclBroker
 
 ACTOR = {"user_id": "nurse-1", "unit_id": "unit-1"}
 
@@ -110,6 +112,8 @@ async def groups_service(groups_settings: GroupsSettingsBundle) -> AsyncIterator
 @pytest.fixture(scope="module")
 async def acl_broker() -> AsyncIterator[AclBroker]:
     """A broker with SASL/SCRAM and ACLs of its own (tests/acl_broker.py), per module."""
+    from tests.acl_broker import running_acl_broker  # it imports this module's helpers
+
     if shutil.which("java") is None:
         if IN_CI:
             pytest.fail("java is needed for the local Kafka broker")
